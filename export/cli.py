@@ -1,0 +1,116 @@
+"""``pockettune export``: compile a (model, tier) into device training artifacts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from models.lora import DEFAULT_TARGETS, KNOWN_TARGETS
+from models.quantize import QUANTIZATIONS
+from models.registry import PRESETS, UnknownModelError, is_known_model
+from models.tier import MAX_PRUNE_RATIO, PRUNE_METHODS, Tier, TrainingHyperparameters, parse_rank_pattern
+
+VERIFY_TEXT_SOURCE = "BBC News train split"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export", help="compile a model and tier into ExecuTorch training artifacts",
+        description="Prune a base model, quantize its frozen weights, attach LoRA and compile an "
+                    "ExecuTorch training program (.pte, LoRA weights in a .ptd) with its manifest. "
+                    "The output directory appears only when complete.")
+    p.add_argument("--model", required=True,
+                   help=f"base model: {', '.join(PRESETS)}, or a local Hugging Face model directory")
+    p.add_argument("--prune", type=float, default=0.0, metavar="R",
+                   help=f"structured pruning ratio in [0, {MAX_PRUNE_RATIO}] (default 0)")
+    p.add_argument("--prune-method", choices=PRUNE_METHODS, default="width",
+                   help="width: attention heads and MLP channels; layers: whole decoder layers (default width)")
+    p.add_argument("--lora-rank", type=int, default=8, metavar="N", help="LoRA rank (top layer's rank; default 8)")
+    p.add_argument("--rank-pattern", default="uniform", metavar="P",
+                   help="uniform, rising (ranks grow toward the output), or one rank per LoRA layer "
+                        "bottom to top, e.g. 4,4,8,8 (default uniform)")
+    p.add_argument("--lora-layers", type=int, default=2, metavar="K", help="LoRA in the last K layers (default 2)")
+    p.add_argument("--lora-targets", default=",".join(DEFAULT_TARGETS), metavar="M,M",
+                   help=f"modules that get LoRA, from {','.join(KNOWN_TARGETS)} (default {','.join(DEFAULT_TARGETS)})")
+    p.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
+                   help="frozen base linears: none (fp32) or int8 weight-only (default none)")
+    p.add_argument("--batch", type=int, default=4, metavar="B", help="batch size compiled into the program (default 4)")
+    p.add_argument("--seq", type=int, default=128, metavar="S", help="sequence length compiled into the program (default 128)")
+    p.add_argument("--lr", type=float, default=TrainingHyperparameters.lr,
+                   help=f"SGD learning rate recorded in the manifest (default {TrainingHyperparameters.lr})")
+    p.add_argument("--local-steps", type=int, default=TrainingHyperparameters.local_steps,
+                   help=f"local steps per round recorded in the manifest (default {TrainingHyperparameters.local_steps})")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (must not exist, or use --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing output directory")
+    p.add_argument("--verify", type=int, default=0, metavar="N",
+                   help="after export, train N steps in the ExecuTorch runtime and in eager PyTorch from the "
+                        f"same start on the {VERIFY_TEXT_SOURCE} and print JSON comparing them")
+    p.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
+    p.set_defaults(func=run)
+
+
+def tier_from_args(args: argparse.Namespace) -> Tier:
+    """The tier the arguments describe, validated (``UsageError`` on a bad value)."""
+    from pockettune.cli import UsageError
+
+    try:
+        tier = Tier(prune_ratio=args.prune, prune_method=args.prune_method, lora_rank=args.lora_rank,
+                    rank_pattern=parse_rank_pattern(args.rank_pattern), lora_layers=args.lora_layers,
+                    lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
+                    quantize=args.quantize, batch=args.batch, seq=args.seq,
+                    train=TrainingHyperparameters(lr=args.lr, local_steps=args.local_steps))
+        tier.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return tier
+
+
+def run(args: argparse.Namespace) -> int:
+    from pockettune.cli import UsageError
+
+    if not is_known_model(args.model):
+        raise UsageError(f"unknown model {args.model!r}: use one of {', '.join(PRESETS)} or a directory "
+                         "with a Hugging Face config.json")
+    if args.verify < 0:
+        raise UsageError(f"--verify must be >= 0, got {args.verify}")
+    tier = tier_from_args(args)
+
+    from export.pipeline import STAGES, export_artifact
+    from tqdm import tqdm
+
+    with tqdm(total=len(STAGES), desc="export", unit="stage", disable=args.no_progress, file=sys.stderr) as bar:
+        def on_stage(stage: str) -> None:
+            bar.set_postfix_str(stage)
+            bar.n = STAGES.index(stage)
+            bar.refresh()
+
+        try:
+            training, manifest = export_artifact(args.model, tier, args.out, replace=args.force, on_stage=on_stage)
+        except (ValueError, UnknownModelError, FileExistsError, PermissionError, NotADirectoryError) as exc:
+            raise UsageError(str(exc)) from None
+        bar.n = len(STAGES)
+        bar.refresh()
+
+    device_bytes = sum(f["size"] for f in manifest["files"].values() if f["device"])
+    print(f"exported {args.model} -> {args.out} ({device_bytes / 2**20:.1f} MiB for the device, "
+          f"{manifest['lora']['trainable_parameters']} trainable LoRA parameters, "
+          f"{manifest['export']['total_seconds']:.1f} s)", file=sys.stderr)
+    if args.verify:
+        print(json.dumps(verify_artifact(training, args.out, args.verify), indent=2))
+    return 0
+
+
+def verify_artifact(training, out_dir: Path, steps: int) -> dict:
+    """Run :func:`export.verify.verify_against_eager` on real text batched as the manifest says."""
+    from export.verify import verify_against_eager
+    from models.batching import make_batches
+    from models.corpora import bbc_news
+
+    tier = training.tier
+    texts = [doc.text for doc in bbc_news("train")[: tier.batch * min(steps, 8)]]
+    batches = make_batches(training.base.tokenizer, texts, tier.batch, tier.seq)
+    result = verify_against_eager(training.peft_model, out_dir, batches, steps, lr=tier.train.lr,
+                                  momentum=tier.train.momentum, weight_decay=tier.train.weight_decay)
+    return {"model": training.base.model_id, "tier": tier.to_dict(), "data": VERIFY_TEXT_SOURCE, **result}

@@ -1,0 +1,58 @@
+"""Train a PocketTune ExecuTorch program through the ExecuTorch C++ runtime (Python bindings).
+
+This is the same runtime, loading the same ``.pte`` and ``.ptd`` files, that the Android app
+links; only the language that drives it differs. Keep this module free of coordinator and
+network concerns: the device logic (fleet/device.py) sits on top.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from export.executorch import peft_key
+
+
+class ExecuTorchTrainer:
+    """One loaded training program; ``step(ids, labels)`` runs forward+backward and an SGD update.
+
+    The starting adapter is whatever ``adapter_path`` holds: to train from another adapter
+    (a new global one), write it with ``export.executorch.write_adapter_ptd`` and load that.
+
+    Plain SGD (optionally with momentum) is what the runtime's optimizer offers; the parameter
+    tensors it exposes are the runtime's own memory, so updates happen in place, and
+    :meth:`adapter_tensors` reads the trained adapter straight from it.
+    """
+
+    def __init__(self, program_path: Path, adapter_path: Path, lr: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0):
+        from executorch.extension.pybindings.portable_lib import _load_for_executorch
+        from executorch.extension.training import TrainingModule
+
+        self._module = TrainingModule(_load_for_executorch(str(program_path), data_path=str(adapter_path)))
+        self._lr, self._momentum, self._weight_decay = lr, momentum, weight_decay
+        self._optimizer = None
+
+    def step(self, ids: torch.Tensor, labels: torch.Tensor) -> float:
+        """One training step on a [batch, seq] batch; returns the loss before the update."""
+        loss = self._module.forward_backward("forward", (ids, labels))[0]
+        if self._optimizer is None:
+            from executorch.extension.training import get_sgd_optimizer
+
+            self._optimizer = get_sgd_optimizer(self._module.named_parameters(), self._lr, self._momentum,
+                                                0.0, self._weight_decay, False)
+        self._optimizer.step(self._module.named_gradients())
+        return float(loss.item())
+
+    def loss(self, ids: torch.Tensor, labels: torch.Tensor) -> float:
+        """The loss on a batch without updating anything (gradients are computed and discarded)."""
+        return float(self._module.forward_backward("forward", (ids, labels))[0].item())
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The current LoRA weights under PEFT adapter-file keys (copies).
+
+        The runtime exposes its parameters only once a method has run: call :meth:`step` or
+        :meth:`loss` first.
+        """
+        return dict(sorted((peft_key(k), v.clone()) for k, v in self._module.named_parameters().items()))

@@ -1,0 +1,122 @@
+"""A device tier: everything that decides the shape and cost of one training artifact.
+
+A tier is a small frozen description (the PEFT idea of keeping a method's *config* apart from
+the code that applies it): the exporter compiles (base model, tier) into artifacts, the
+manifest records it, and the coordinator's schedulers choose tiers per device. Validation
+lives here so that the CLI, the coordinator's API and the schedulers refuse the same bad
+values with the same messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from models.lora import DEFAULT_TARGETS, KNOWN_TARGETS, RANK_PATTERNS
+from models.quantize import QUANTIZATIONS
+
+MAX_PRUNE_RATIO = 0.9
+PRUNE_METHODS = ("width", "layers")
+OPTIMIZERS = ("sgd",)
+
+
+@dataclass(frozen=True)
+class TrainingHyperparameters:
+    """How a device trains the artifact: the runtime's SGD, a learning rate and local steps."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    local_steps: int = 20
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; the on-device runtime offers {OPTIMIZERS}")
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if self.local_steps <= 0:
+            raise ValueError(f"local steps must be positive, got {self.local_steps}")
+
+
+@dataclass(frozen=True)
+class Tier:
+    """Pruning, LoRA layout, base quantization and the fixed [batch, seq] of one artifact."""
+
+    prune_ratio: float = 0.0
+    prune_method: str = "width"
+    lora_rank: int = 8
+    rank_pattern: str | tuple[int, ...] = "uniform"
+    lora_layers: int = 2
+    lora_targets: tuple[str, ...] = DEFAULT_TARGETS
+    quantize: str = "none"
+    batch: int = 4
+    seq: int = 128
+    train: TrainingHyperparameters = field(default_factory=TrainingHyperparameters)
+
+    def validate(self, num_hidden_layers: int | None = None) -> None:
+        """Raise ``ValueError`` naming the first bad field; with the model's depth, check LoRA depth too."""
+        if not 0.0 <= self.prune_ratio <= MAX_PRUNE_RATIO:
+            raise ValueError(f"prune ratio must be in [0, {MAX_PRUNE_RATIO}], got {self.prune_ratio}")
+        if self.prune_method not in PRUNE_METHODS:
+            raise ValueError(f"unknown prune method {self.prune_method!r}; use one of {', '.join(PRUNE_METHODS)}")
+        if self.lora_rank <= 0:
+            raise ValueError(f"LoRA rank must be a positive integer, got {self.lora_rank}")
+        if self.lora_layers <= 0:
+            raise ValueError(f"LoRA layers must be a positive integer, got {self.lora_layers}")
+        if num_hidden_layers is not None and self.lora_layers > num_hidden_layers:
+            raise ValueError(f"{self.lora_layers} LoRA layers requested but the model has only "
+                             f"{num_hidden_layers} layers")
+        if isinstance(self.rank_pattern, str):
+            if self.rank_pattern not in RANK_PATTERNS:
+                raise ValueError(f"unknown rank pattern {self.rank_pattern!r}; use {', '.join(RANK_PATTERNS)} "
+                                 "or a comma-separated list of ranks")
+        else:
+            if len(self.rank_pattern) != self.lora_layers:
+                raise ValueError(f"rank pattern lists {len(self.rank_pattern)} ranks for "
+                                 f"{self.lora_layers} LoRA layers")
+            if min(self.rank_pattern) <= 0:
+                raise ValueError(f"every rank in the rank pattern must be positive, got {list(self.rank_pattern)}")
+        unknown = [t for t in self.lora_targets if t not in KNOWN_TARGETS]
+        if unknown or not self.lora_targets:
+            raise ValueError(f"unknown LoRA target modules {unknown}; use some of {', '.join(KNOWN_TARGETS)}")
+        if self.quantize not in QUANTIZATIONS:
+            raise ValueError(f"unknown quantization {self.quantize!r}; use one of {', '.join(QUANTIZATIONS)}")
+        if self.batch <= 0:
+            raise ValueError(f"batch must be a positive integer, got {self.batch}")
+        if self.seq < 2:
+            raise ValueError(f"sequence length must be at least 2 (next-token loss), got {self.seq}")
+        self.train.validate()
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        if not isinstance(self.rank_pattern, str):
+            d["rank_pattern"] = list(self.rank_pattern)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Tier":
+        d = dict(d)
+        if "train" in d:
+            d["train"] = TrainingHyperparameters(**d["train"])
+        if "lora_targets" in d:
+            d["lora_targets"] = tuple(d["lora_targets"])
+        if not isinstance(d.get("rank_pattern", "uniform"), str):
+            d["rank_pattern"] = tuple(int(r) for r in d["rank_pattern"])
+        return cls(**d)
+
+
+def parse_rank_pattern(text: str) -> str | tuple[int, ...]:
+    """``uniform``, ``rising`` or ``4,4,8,8`` (one rank per LoRA layer, bottom to top)."""
+    text = text.strip()
+    if text in RANK_PATTERNS:
+        return text
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"rank pattern {text!r} is neither {' nor '.join(RANK_PATTERNS)} "
+                         "nor a comma-separated list of integers") from None

@@ -1,0 +1,1 @@
+"""The ``pockettune`` command line: one entry point, one subcommand per product part."""
