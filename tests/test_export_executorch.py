@@ -12,7 +12,7 @@ from export.executorch import ADAPTER_DATA_FILE, PROGRAM_FILE, read_adapter_ptd,
 from export.manifest import read_manifest
 from export.verify import train_eager, train_runtime, verify_against_eager
 from fleet.runtime_executorch import ExecuTorchTrainer
-from models.adapters import load_adapter
+from models.adapters import load_adapter, save_adapter
 
 STEPS = 20
 
@@ -40,21 +40,25 @@ def test_int8_artifact_is_quantized_and_smaller(tiny_fp32_artifact, tiny_int8_ar
     assert all(t.dtype == torch.float32 for k, t in state.items() if "lora_" in k or "embed_tokens" in k)
 
 
-def test_ptd_holds_the_initial_adapter_and_round_trips_exactly(tiny_fp32_artifact, tmp_path):
+def test_peft_adapter_to_ptd_to_runtime_to_peft_adapter_is_exact(tiny_fp32_artifact, tmp_path):
     out, _, _ = tiny_fp32_artifact
-    initial, _ = load_adapter(out / "initial_adapter")
+    initial, config = load_adapter(out / "initial_adapter")
     assert read_adapter_ptd(out / ADAPTER_DATA_FILE).keys() == initial.keys()
-    # A different adapter (random, so no two tensors are equal) through .ptd -> runtime -> PEFT.
+    # A different adapter (random, so no two tensors are equal), as a PEFT directory.
     generator = torch.Generator().manual_seed(7)
-    adapter = {k: torch.randn(v.shape, generator=generator) for k, v in initial.items()}
+    save_adapter({k: torch.randn(v.shape, generator=generator) for k, v in initial.items()}, config,
+                 tmp_path / "peft_in")
+    adapter, _ = load_adapter(tmp_path / "peft_in")
     ptd = tmp_path / "global.ptd"
     write_adapter_ptd(adapter, ptd)
-    assert all(torch.equal(adapter[k], v) for k, v in read_adapter_ptd(ptd).items())
     trainer = ExecuTorchTrainer(out / PROGRAM_FILE, ptd, lr=0.1)
     trainer.loss(*tiny_batches(_tokenizer(out))[0])
-    from_runtime = trainer.adapter_tensors()
-    assert from_runtime.keys() == adapter.keys()
-    assert all(torch.equal(adapter[k], from_runtime[k]) for k in adapter)
+    save_adapter(trainer.adapter_tensors(), config, tmp_path / "peft_out")
+    back, _ = load_adapter(tmp_path / "peft_out")
+    assert back.keys() == adapter.keys()
+    assert all(torch.equal(adapter[k], back[k]) for k in adapter)
+    assert (tmp_path / "peft_in" / "adapter_model.safetensors").read_bytes() == \
+        (tmp_path / "peft_out" / "adapter_model.safetensors").read_bytes()
 
 
 def test_zero_lora_b_tensors_are_trained_independently(tiny_fp32_artifact):
