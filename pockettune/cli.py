@@ -28,9 +28,10 @@ class UsageError(Exception):
 
 
 def _subcommand_modules():
+    from coordinator import cli as coordinator_cli
     from export import cli as export_cli
 
-    return [export_cli]
+    return [export_cli, coordinator_cli]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,40 @@
+"""Small helpers the blueprints share: the app's state and strict JSON bodies."""
+
+from __future__ import annotations
+
+import json
+
+from flask import current_app, request
+
+from coordinator.errors import ApiError
+
+
+def state():
+    """The running app's :class:`coordinator.app.CoordinatorState`."""
+    return current_app.extensions["pockettune"]
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def json_body(*, required: bool = True) -> dict:
+    """The request body as a JSON object (400 ``invalid_json`` if it is not one)."""
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        if required:
+            raise ApiError("invalid_json", "the request needs a JSON object body")
+        return {}
+    try:
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError("invalid_json", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError("invalid_json", "the body must be a JSON object")
+    return body
+
+
+def refuse_unknown(body: dict, allowed: set[str], what: str) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError("invalid_field", f"{what} has unknown fields {unknown}; allowed: {sorted(allowed)}")

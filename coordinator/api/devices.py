@@ -1,0 +1,167 @@
+"""Devices: registration with the enrollment key, heartbeats, and the fleet list for admins.
+
+Capabilities (all required at registration; a heartbeat may send any subset to update):
+
+====================  ======================================================================
+``ram_mb``            integer >= 0: RAM the app may use for training
+``cores``             integer >= 1: CPU cores
+``gflops``            number >= 0: measured fp32 GFLOP/s (the app's own micro-benchmark)
+``bandwidth_mbps``    number >= 0: measured network bandwidth, megabits per second
+``runtimes``          list of strings: training runtimes the app has (``"executorch"``, ...)
+====================  ======================================================================
+
+``platform`` (e.g. ``"android-14"``), ``battery`` (percent, 0-100) and ``charging`` (bool) sit
+beside ``capabilities``; battery and charging change often and come with heartbeats.
+A device is *online* when it was last seen (registration, heartbeat, a task given, a result
+accepted) within ``OFFLINE_AFTER_S`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from flask import Blueprint, g
+
+from coordinator.api.common import json_body, refuse_unknown, state
+from coordinator.auth import admin_required, device_required, new_token, secret_matches, token_digest
+from coordinator.errors import ApiError
+from coordinator.models import Device, utcnow
+from coordinator.services.payloads import device_payload, iso
+
+bp = Blueprint("devices", __name__)
+
+MAX_RUNTIMES = 16
+
+
+def _int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ApiError("invalid_field", f"{name} must be an integer >= {minimum}, got {json.dumps(value)}")
+    return value
+
+
+def _number(name, value, minimum, maximum=math.inf):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not minimum <= value <= maximum:
+        raise ApiError("invalid_field", f"{name} must be a number in [{minimum}, {maximum}], got {json.dumps(value)}")
+    return value
+
+
+def _runtimes(name, value):
+    if (not isinstance(value, list) or len(value) > MAX_RUNTIMES or
+            not all(isinstance(v, str) and 0 < len(v) <= 50 for v in value)):
+        raise ApiError("invalid_field", f"{name} must be a list of at most {MAX_RUNTIMES} runtime names")
+    return sorted(set(value))
+
+
+CAPABILITIES = {
+    "ram_mb": lambda v: _int("capabilities.ram_mb", v, 0),
+    "cores": lambda v: _int("capabilities.cores", v, 1),
+    "gflops": lambda v: _number("capabilities.gflops", v, 0),
+    "bandwidth_mbps": lambda v: _number("capabilities.bandwidth_mbps", v, 0),
+    "runtimes": lambda v: _runtimes("capabilities.runtimes", v),
+}
+
+
+def parse_capabilities(value, *, partial: bool) -> dict:
+    """Check a capabilities object; with ``partial`` any subset of the fields may be given."""
+    if not isinstance(value, dict):
+        raise ApiError("invalid_field", "capabilities must be a JSON object")
+    refuse_unknown(value, set(CAPABILITIES), "capabilities")
+    missing = sorted(set(CAPABILITIES) - set(value))
+    if missing and not partial:
+        raise ApiError("invalid_field", f"capabilities is missing {missing}")
+    return {name: check(value[name]) for name, check in CAPABILITIES.items() if name in value}
+
+
+def _battery(body):
+    if body.get("battery") is None:
+        return None
+    return float(_number("battery", body["battery"], 0, 100))
+
+
+def _charging(body):
+    value = body.get("charging")
+    if value is not None and not isinstance(value, bool):
+        raise ApiError("invalid_field", f"charging must be true or false, got {json.dumps(value)}")
+    return value
+
+
+def _text(body, name, max_len):
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip() or len(value) > max_len:
+        raise ApiError("invalid_field", f"{name} must be a non-empty string of at most {max_len} characters")
+    return value.strip()
+
+
+@bp.post("/devices")
+def register():
+    """Enroll a device: enrollment key in, device id and bearer token out (the token is shown once)."""
+    st = state()
+    body = json_body()
+    if not secret_matches(body.get("enrollment_key") if isinstance(body.get("enrollment_key"), str) else None,
+                          st.enrollment_key_digest):
+        raise ApiError("unauthorized", "missing or wrong enrollment_key")
+    refuse_unknown(body, {"enrollment_key", "name", "platform", "capabilities", "battery", "charging"},
+                   "the registration")
+    if "capabilities" not in body:
+        raise ApiError("invalid_field", "capabilities is required")
+    name, platform = _text(body, "name", 200), _text(body, "platform", 100)
+    capabilities = parse_capabilities(body["capabilities"], partial=False)
+    battery, charging = _battery(body), _charging(body)
+    token = new_token()
+    now = utcnow()
+    with st.db.write() as session:
+        device = Device(name=name, platform=platform, token_sha256=token_digest(token), capabilities=capabilities,
+                        battery=battery, charging=charging, registered_at=now, last_seen_at=now)
+        session.add(device)
+        session.flush()
+        device_id = device.id
+    return {"device_id": device_id, "token": token,
+            "heartbeat_interval_s": st.settings.HEARTBEAT_INTERVAL_S}, 201
+
+
+@bp.post("/devices/heartbeat")
+@device_required
+def heartbeat():
+    """A device says it is alive, optionally with new battery, charging and capabilities."""
+    st = state()
+    body = json_body(required=False)
+    refuse_unknown(body, {"capabilities", "battery", "charging"}, "the heartbeat")
+    capabilities = parse_capabilities(body["capabilities"], partial=True) if "capabilities" in body else None
+    battery, charging = _battery(body), _charging(body)
+    now = utcnow()
+    with st.db.write() as session:
+        device = session.get(Device, g.device.id)
+        if capabilities:
+            device.capabilities = {**device.capabilities, **capabilities}  # new object: SQLAlchemy sees the change
+        if "battery" in body:
+            device.battery = battery
+        if "charging" in body:
+            device.charging = charging
+        device.last_seen_at = now
+    return {"device_id": g.device.id, "last_seen": iso(now), "online": True,
+            "heartbeat_interval_s": st.settings.HEARTBEAT_INTERVAL_S}
+
+
+@bp.get("/devices")
+@admin_required
+def list_devices():
+    """Every registered device with its capabilities, last contact and online state."""
+    from sqlalchemy import select
+
+    st = state()
+    with st.db.read() as session:
+        devices = session.scalars(select(Device).order_by(Device.id)).all()
+    return {"devices": [device_payload(d, st.settings.OFFLINE_AFTER_S) for d in devices]}
+
+
+@bp.get("/devices/<int:device_id>")
+@admin_required
+def get_device(device_id: int):
+    st = state()
+    with st.db.read() as session:
+        device = session.get(Device, device_id)
+    if device is None:
+        raise ApiError("not_found", f"no device {device_id}")
+    return device_payload(device, st.settings.OFFLINE_AFTER_S)

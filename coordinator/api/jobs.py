@@ -1,0 +1,112 @@
+"""Jobs (admin): create, list, inspect, cancel, and download a round's global adapter."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, request, url_for
+from sqlalchemy import select
+
+from coordinator.api.common import json_body, state
+from coordinator.auth import admin_required
+from coordinator.errors import ApiError
+from coordinator.models import Artifact, GlobalAdapter, Job, JobStatus, Round, RoundStatus, utcnow
+from coordinator.services.jobs import parse_job_spec
+from coordinator.services.payloads import job_payload
+
+bp = Blueprint("jobs", __name__)
+
+
+def _payload(session, job: Job) -> dict:
+    artifact = session.get(Artifact, job.artifact_id) if job.artifact_id else None
+    rounds = session.scalars(select(Round).where(Round.job_id == job.id)).all()
+    adapters = session.scalars(select(GlobalAdapter).where(GlobalAdapter.job_id == job.id)).all()
+    return job_payload(job, artifact, list(rounds), list(adapters))
+
+
+def _job_or_404(session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise ApiError("not_found", f"no job {job_id}")
+    return job
+
+
+@bp.post("/jobs")
+@admin_required
+def create_job():
+    """Create a job; it starts ``preparing`` (artifact built in the background), then ``running``."""
+    st = state()
+    spec = parse_job_spec(json_body(), st.settings.MAX_UPDATE_NORM)
+    now = utcnow()
+    with st.db.write() as session:
+        job = Job(**spec.__dict__, status=JobStatus.PREPARING, created_at=now, updated_at=now)
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    st.worker.submit(job_id)
+    with st.db.read() as session:
+        body = _payload(session, _job_or_404(session, job_id))
+    return body, 202, {"Location": url_for("jobs.get_job", job_id=job_id)}
+
+
+@bp.get("/jobs")
+@admin_required
+def list_jobs():
+    with state().db.read() as session:
+        jobs = session.scalars(select(Job).order_by(Job.id)).all()
+        return {"jobs": [_payload(session, job) for job in jobs]}
+
+
+@bp.get("/jobs/<int:job_id>")
+@admin_required
+def get_job(job_id: int):
+    with state().db.read() as session:
+        return _payload(session, _job_or_404(session, job_id))
+
+
+@bp.post("/jobs/<int:job_id>/cancel")
+@admin_required
+def cancel_job(job_id: int):
+    """Stop a job: no more tasks or results; its open round is cancelled, closed rounds stay."""
+    db = state().db
+    with db.write() as session:
+        job = db.lock(session, Job, job_id)
+        if job is None:
+            raise ApiError("not_found", f"no job {job_id}")
+        if job.status not in (JobStatus.PREPARING, JobStatus.RUNNING):
+            raise ApiError("job_not_running", f"job {job_id} is already {job.status}")
+        job.status, job.updated_at = JobStatus.CANCELLED, utcnow()
+    # Rounds are locked only after the job's lock is released (lock order: round, then job).
+    with db.read() as session:
+        open_ids = session.scalars(select(Round.id).where(Round.job_id == job_id,
+                                                          Round.status == RoundStatus.OPEN)).all()
+    for round_id in open_ids:
+        with db.write() as session:
+            round_ = db.lock(session, Round, round_id)
+            if round_.status == RoundStatus.OPEN:
+                round_.status, round_.closed_at = RoundStatus.CANCELLED, utcnow()
+    with db.read() as session:
+        return _payload(session, _job_or_404(session, job_id))
+
+
+@bp.get("/jobs/<int:job_id>/adapter")
+@admin_required
+def get_adapter(job_id: int):
+    """The global adapter after round N (``?round=N``, default the latest) as a zipped PEFT directory."""
+    st = state()
+    requested = request.args.get("round")
+    if requested is not None and not (requested.isdigit() and len(requested) < 10):
+        raise ApiError("bad_request", f"round must be a non-negative integer, got {requested!r}")
+    with st.db.read() as session:
+        _job_or_404(session, job_id)
+        query = select(GlobalAdapter).where(GlobalAdapter.job_id == job_id)
+        if requested is None:
+            adapter = session.scalars(query.order_by(GlobalAdapter.round.desc()).limit(1)).first()
+        else:
+            adapter = session.scalars(query.where(GlobalAdapter.round == int(requested))).one_or_none()
+    if adapter is None:
+        which = "any round" if requested is None else f"round {requested}"
+        raise ApiError("not_found", f"job {job_id} has no global adapter for {which} yet")
+    data = st.adapters.zip_bytes(adapter.config_sha256, adapter.weights_sha256)
+    filename = f"pockettune-job{job_id}-round{adapter.round}-adapter.zip"
+    return Response(data, mimetype="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "PocketTune-Adapter-Round": str(adapter.round)})

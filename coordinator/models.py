@@ -1,0 +1,248 @@
+"""The coordinator's tables (SQLAlchemy 2 declarative models).
+
+Every state change the protocol needs to survive a crash lives here: devices and their
+hashed tokens, jobs and their artifact, rounds (with the global adapter each one starts
+from and produces), tasks handed to devices, and accepted updates. Bytes never live in the
+database: tables hold the sha256 of blobs in :mod:`coordinator.storage`.
+
+Invariants the schema itself enforces, so that no code path (or concurrent race) can break
+them even if a lock were forgotten:
+
+- one round row per ``(job, number)``: a round is opened exactly once;
+- one global adapter per ``(job, round)``: a round is aggregated exactly once;
+- one task per ``(round, device)``: a device is in a round at most once;
+- one update per task: a task's result is accepted at most once.
+
+Timestamps are stored as naive UTC (portable across SQLite and PostgreSQL) and come back
+timezone-aware (:class:`UTCDateTime`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Integer, MetaData, String, Text,
+                        TypeDecorator, UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Deterministic constraint names: Alembic migrations can then refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SHA256_HEX = 64
+
+
+def utcnow() -> datetime:
+    """The coordinator's clock: timezone-aware UTC, from this process."""
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Naive UTC in the database, aware UTC in Python (SQLite has no time zones)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; use coordinator.models.utcnow()")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# --- status values (strings in the database, listed here once) ---------------------------------
+
+class JobStatus:
+    PREPARING = "preparing"    # the artifact is being built or imported (background worker)
+    RUNNING = "running"        # rounds are being played
+    COMPLETED = "completed"    # the last round was aggregated
+    FAILED = "failed"          # preparing failed; ``Job.error`` says why
+    CANCELLED = "cancelled"    # an admin stopped it
+    ALL = (PREPARING, RUNNING, COMPLETED, FAILED, CANCELLED)
+
+
+class RoundStatus:
+    OPEN = "open"                  # hands out tasks, accepts results
+    AGGREGATING = "aggregating"    # no more results; its set of updates is frozen
+    CLOSED = "closed"              # aggregated; its global adapter exists
+    CANCELLED = "cancelled"        # the job was cancelled while this round was open
+    ALL = (OPEN, AGGREGATING, CLOSED, CANCELLED)
+
+
+class TaskStatus:
+    ASSIGNED = "assigned"
+    SUBMITTED = "submitted"
+
+
+class CloseReason:
+    MIN_UPDATES = "min_updates"
+    DEADLINE = "deadline"
+
+
+# --- tables ------------------------------------------------------------------------------------
+
+class Device(Base):
+    """A registered phone (or simulated device); it authenticates with a bearer token."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    platform: Mapped[str] = mapped_column(String(100))
+    #: sha256 of the bearer token; the token itself is shown once, at registration.
+    token_sha256: Mapped[str] = mapped_column(String(SHA256_HEX), unique=True)
+    #: ram_mb, cores, gflops, bandwidth_mbps, runtimes (see api/devices.py for the schema).
+    capabilities: Mapped[dict] = mapped_column(JSON)
+    battery: Mapped[float | None] = mapped_column(Float, nullable=True)
+    charging: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Artifact(Base):
+    """One exported (model, tier) artifact, every file of it stored as a blob."""
+
+    __tablename__ = "artifacts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: sha256 of the canonical (model, compiled tier) description: the cache key.
+    key: Mapped[str] = mapped_column(String(SHA256_HEX), unique=True)
+    model: Mapped[str] = mapped_column(String(500))
+    format: Mapped[str] = mapped_column(String(50))
+    manifest: Mapped[dict] = mapped_column(JSON)
+    manifest_sha256: Mapped[str] = mapped_column(String(SHA256_HEX))
+    manifest_size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ArtifactFile(Base):
+    """A file of an artifact (path relative to the artifact directory) and its blob."""
+
+    __tablename__ = "artifact_files"
+    __table_args__ = (UniqueConstraint("artifact_id", "path"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id"), index=True)
+    path: Mapped[str] = mapped_column(String(500))
+    sha256: Mapped[str] = mapped_column(String(SHA256_HEX), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    #: whether a device downloads it (program, .ptd, tokenizer) or it stays on the server.
+    device: Mapped[bool] = mapped_column(Boolean)
+
+
+class Job(Base):
+    """A federated fine-tuning job: what to train, how many rounds, and how rounds close."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(500))
+    task: Mapped[str] = mapped_column(String(200))
+    #: ``models.tier.Tier.to_dict()``, training hyper-parameters included.
+    tier: Mapped[dict] = mapped_column(JSON)
+    rounds: Mapped[int] = mapped_column(Integer)
+    devices_per_round: Mapped[int] = mapped_column(Integer)
+    min_updates: Mapped[int] = mapped_column(Integer)
+    round_deadline_s: Mapped[float] = mapped_column(Float)
+    local_steps: Mapped[int] = mapped_column(Integer)
+    lr: Mapped[float] = mapped_column(Float)
+    strategy: Mapped[str] = mapped_column(String(100))
+    max_update_norm: Mapped[float] = mapped_column(Float)
+    #: devices with less RAM than this are not selected (None: estimated from the artifact).
+    min_ram_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Round(Base):
+    """Training round ``number`` (1..job.rounds): starts from global adapter ``number - 1``."""
+
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("job_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deadline_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: set when the round stops accepting results (its update set is frozen from then on).
+    frozen_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    close_reason: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    num_updates: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class GlobalAdapter(Base):
+    """The global adapter after round ``round`` (0: the artifact's initial adapter)."""
+
+    __tablename__ = "global_adapters"
+    __table_args__ = (UniqueConstraint("job_id", "round"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    #: PEFT adapter directory: adapter_config.json and adapter_model.safetensors blobs.
+    config_sha256: Mapped[str] = mapped_column(String(SHA256_HEX))
+    weights_sha256: Mapped[str] = mapped_column(String(SHA256_HEX), index=True)
+    weights_size: Mapped[int] = mapped_column(BigInteger)
+    #: the same tensors as an ExecuTorch .ptd, what devices load beside the program.
+    ptd_sha256: Mapped[str] = mapped_column(String(SHA256_HEX), index=True)
+    ptd_size: Mapped[int] = mapped_column(BigInteger)
+    num_updates: Mapped[int] = mapped_column(Integer)
+    num_examples: Mapped[int] = mapped_column(Integer)
+    strategy: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Task(Base):
+    """A device's place in a round: it trains from the round's start adapter and uploads once."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (UniqueConstraint("round_id", "device_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    assigned_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Update(Base):
+    """An accepted upload: the new adapter values of one task, as a safetensors blob."""
+
+    __tablename__ = "updates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), unique=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    sha256: Mapped[str] = mapped_column(String(SHA256_HEX), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    num_examples: Mapped[int] = mapped_column(Integer)
+    loss_before: Mapped[float] = mapped_column(Float)
+    loss_after: Mapped[float] = mapped_column(Float)
+    train_seconds: Mapped[float] = mapped_column(Float)
+    bytes_downloaded: Mapped[int] = mapped_column(BigInteger)
+    bytes_uploaded: Mapped[int] = mapped_column(BigInteger)
+    #: L2 norm of (update - round's start adapter) over all tensors, as validated.
+    delta_norm: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,64 @@
+"""Client selection: which devices may join a round, and which of them get its places.
+
+PocketTune's protocol is pull-based: a device asks ``GET /api/v1/tasks/next`` and the
+coordinator decides on the spot, under the round's lock, whether this device gets a place.
+A selector answers two questions:
+
+- :meth:`Selector.ineligibility`: can this device train this job's artifact at all (the
+  artifact's runtime among the device's runtimes, enough RAM for the tier)? The reason is
+  returned to the device in a header so a device that never gets work can say why.
+- :meth:`Selector.admit`: given the places already taken in the round, does this eligible
+  device get one? (A bandit would score the device from its history here.)
+
+One file per selector, registered by name, as strategies are.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+_REGISTRY: dict[str, type["Selector"]] = {}
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a device needs for a job: a runtime for the artifact's format and RAM for its tier."""
+
+    runtime: str
+    min_ram_mb: int
+
+
+class Selector(ABC):
+    name: ClassVar[str]
+
+    def ineligibility(self, capabilities: dict, requirements: Requirements) -> str | None:
+        """Why a device with ``capabilities`` cannot take part (None: it can)."""
+        runtimes = capabilities.get("runtimes") or []
+        if requirements.runtime not in runtimes:
+            return f"the job's artifact needs the {requirements.runtime} runtime; the device has {runtimes}"
+        if capabilities.get("ram_mb", 0) < requirements.min_ram_mb:
+            return (f"the job's tier needs about {requirements.min_ram_mb} MB of RAM; the device reports "
+                    f"{capabilities.get('ram_mb', 0)} MB")
+        return None
+
+    @abstractmethod
+    def admit(self, capabilities: dict, taken: int, devices_per_round: int) -> bool:
+        """Whether an eligible device gets one of the round's places (``taken`` already given)."""
+
+
+def register(cls: type[Selector]) -> type[Selector]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def selector_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_selector(name: str) -> Selector:
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise KeyError(f"unknown selector {name!r}; known: {', '.join(selector_names())}") from None

@@ -1,0 +1,98 @@
+"""``GET /api/v1/tasks/next``: which task (if any) a device gets.
+
+Candidates are the open rounds of running jobs, oldest job first. For each, the selector
+first checks eligibility without any lock (the device's runtimes and RAM against the job's
+artifact and tier). Then, under the round's lock: a device that already holds an
+unsubmitted task in the round gets the same task again (asking twice, or after losing the
+response, never takes two places); a device that already submitted in this round is not
+selected again; otherwise it gets a place if the selector admits it with the places already
+taken (at most ``devices_per_round``). The unique ``(round, device)`` constraint backs this up.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import func, select
+
+from coordinator.models import (Device, GlobalAdapter, Job, JobStatus, Round, RoundStatus, Task, TaskStatus,
+                                CloseReason, utcnow)
+from coordinator.scheduling import Requirements
+from coordinator.services.payloads import task_payload
+from coordinator.services.rounds import freeze
+from coordinator.strategies import get_strategy
+
+log = logging.getLogger(__name__)
+
+NO_OPEN_ROUND = "no running job has an open round"
+
+
+def next_task(state, device: Device) -> tuple[dict | None, str]:
+    """The task payload for ``device``, or (None, why there is none)."""
+    db = state.db
+    with db.read() as session:
+        candidates = session.execute(
+            select(Round.id, Job.id, Job.artifact_id, Job.min_ram_mb, Job.devices_per_round)
+            .join(Job, Round.job_id == Job.id)
+            .where(Round.status == RoundStatus.OPEN, Job.status == JobStatus.RUNNING)
+            .order_by(Job.id, Round.number)).all()
+    reason = NO_OPEN_ROUND
+    for round_id, job_id, artifact_id, min_ram_mb, devices_per_round in candidates:
+        info = state.artifact_info(artifact_id)
+        requirements = Requirements(runtime=info.format,
+                                    min_ram_mb=info.required_ram_mb if min_ram_mb is None else min_ram_mb)
+        why = state.selector.ineligibility(device.capabilities, requirements)
+        if why is not None:
+            reason = f"job {job_id}: {why}"
+            continue
+        task_id, froze = None, False
+        with db.write() as session:
+            round_ = db.lock(session, Round, round_id)
+            now = utcnow()
+            if round_.status != RoundStatus.OPEN:
+                reason = f"job {job_id}: round {round_.number} is no longer open"
+            elif round_.deadline_at <= now:
+                freeze(round_, CloseReason.DEADLINE, now)
+                froze = True
+                reason = f"job {job_id}: round {round_.number} reached its deadline"
+            else:
+                mine = session.scalars(select(Task).where(Task.round_id == round_id,
+                                                          Task.device_id == device.id)).one_or_none()
+                if mine is not None:
+                    if mine.status == TaskStatus.ASSIGNED:
+                        task_id = mine.id
+                    else:
+                        reason = f"job {job_id}: this device already submitted in round {round_.number}"
+                else:
+                    taken = session.scalar(select(func.count(Task.id)).where(Task.round_id == round_id))
+                    if state.selector.admit(device.capabilities, taken, devices_per_round):
+                        task = Task(round_id=round_id, device_id=device.id, status=TaskStatus.ASSIGNED,
+                                    assigned_at=now)
+                        session.add(task)
+                        session.flush()
+                        task_id = task.id
+                        session.get(Device, device.id).last_seen_at = now
+                    else:
+                        reason = f"job {job_id}: round {round_.number} has all its {devices_per_round} devices"
+        if froze:
+            state.close_round(round_id)
+        if task_id is not None:
+            return task_offer(state, task_id), ""
+    return None, reason
+
+
+def task_offer(state, task_id: int) -> dict:
+    """The JSON a device gets for task ``task_id`` (artifact, start adapter, training settings)."""
+    with state.db.read() as session:
+        task = session.get(Task, task_id)
+        round_ = session.get(Round, task.round_id)
+        job = session.get(Job, round_.job_id)
+        start = session.scalars(select(GlobalAdapter).where(GlobalAdapter.job_id == job.id,
+                                                            GlobalAdapter.round == round_.number - 1)).one()
+    info = state.artifact_info(job.artifact_id)
+    tier_train = job.tier.get("train", {})
+    train = {"steps": job.local_steps, "lr": job.lr, "batch": job.tier["batch"], "seq": job.tier["seq"],
+             "optimizer": tier_train.get("optimizer", "sgd"), "momentum": tier_train.get("momentum", 0.0),
+             "weight_decay": tier_train.get("weight_decay", 0.0)}
+    train = get_strategy(job.strategy).configure_train(round_.number, train)
+    return task_payload(task, round_, job, info.artifact, info.files, start, train, info.max_update_bytes)

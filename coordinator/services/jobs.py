@@ -1,0 +1,118 @@
+"""The job an admin posts (``POST /api/v1/jobs``): fields, defaults and validation.
+
+A job names a base model and a tier (what devices train), a task (a dataset name, stored
+and passed on to devices), and how rounds run. Its ``lr`` and ``local_steps`` become the
+tier's training hyper-parameters; they are not compiled into the artifact, so they go to
+devices in each task's ``train`` section. Every problem is a 422 ``invalid_field`` naming
+the field, and unknown fields are refused (a typo must not silently become a default).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from coordinator.errors import ApiError
+from coordinator.strategies import strategy_names
+
+MAX_ROUNDS = 100_000
+MAX_DEVICES_PER_ROUND = 100_000
+DEFAULT_DEVICES_PER_ROUND = 10
+DEFAULT_ROUND_DEADLINE_S = 600.0
+_TIER_TRAIN_KEYS = {"optimizer", "momentum", "weight_decay"}
+
+
+@dataclass
+class JobSpec:
+    name: str
+    model: str
+    task: str
+    tier: dict
+    rounds: int
+    devices_per_round: int
+    min_updates: int
+    round_deadline_s: float
+    local_steps: int
+    lr: float
+    strategy: str
+    max_update_norm: float
+    min_ram_mb: int | None
+
+
+def _bad(field: str, message: str) -> ApiError:
+    return ApiError("invalid_field", f"{field}: {message}")
+
+
+def _string(body: dict, field: str, default=None, max_len: int = 200) -> str:
+    value = body.get(field, default)
+    if value is None:
+        raise _bad(field, "is required")
+    if not isinstance(value, str) or not value.strip() or len(value) > max_len:
+        raise _bad(field, f"must be a non-empty string of at most {max_len} characters")
+    return value.strip()
+
+
+def _integer(body: dict, field: str, default, minimum: int, maximum: int) -> int:
+    value = body.get(field, default)
+    if value is None:
+        raise _bad(field, "is required")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise _bad(field, f"must be an integer in [{minimum}, {maximum}], got {json.dumps(value)}")
+    return value
+
+
+def _positive(body: dict, field: str, default) -> float:
+    value = body.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise _bad(field, f"must be a positive number, got {json.dumps(value)}")
+    return float(value)
+
+
+def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
+    """Validate a job request body; raises ``ApiError`` (422) naming the first bad field."""
+    from models.registry import PRESETS, is_known_model
+    from models.tier import Tier, TrainingHyperparameters
+
+    if not isinstance(body, dict):
+        raise ApiError("invalid_field", "the job must be a JSON object")
+    known = set(JobSpec.__dataclass_fields__)
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise ApiError("invalid_field", f"unknown job fields {unknown}; known: {sorted(known)}")
+    model = _string(body, "model", max_len=500)
+    if not is_known_model(model):
+        raise _bad("model", f"unknown model {model!r}: use one of {', '.join(PRESETS)} or a directory "
+                            "on the coordinator with a Hugging Face config.json")
+    task = _string(body, "task")
+    rounds = _integer(body, "rounds", None, 1, MAX_ROUNDS)
+    devices_per_round = _integer(body, "devices_per_round", DEFAULT_DEVICES_PER_ROUND, 1, MAX_DEVICES_PER_ROUND)
+    min_updates = _integer(body, "min_updates", devices_per_round, 1, devices_per_round)
+    round_deadline_s = _positive(body, "round_deadline_s", DEFAULT_ROUND_DEADLINE_S)
+    local_steps = _integer(body, "local_steps", TrainingHyperparameters.local_steps, 1, 1_000_000)
+    lr = _positive(body, "lr", TrainingHyperparameters.lr)
+    strategy = _string(body, "strategy", "fedavg")
+    if strategy not in strategy_names():
+        raise _bad("strategy", f"unknown strategy {strategy!r}; known: {', '.join(strategy_names())}")
+    max_update_norm = _positive(body, "max_update_norm", default_max_update_norm)
+    min_ram_mb = body.get("min_ram_mb")
+    if min_ram_mb is not None:
+        min_ram_mb = _integer(body, "min_ram_mb", None, 0, 10**9)
+
+    tier_body = body.get("tier", {})
+    if not isinstance(tier_body, dict):
+        raise _bad("tier", "must be a JSON object of models.tier.Tier fields")
+    tier_body = dict(tier_body)
+    train = tier_body.pop("train", {}) or {}
+    if not isinstance(train, dict) or set(train) - _TIER_TRAIN_KEYS:
+        raise _bad("tier.train", f"may only set {sorted(_TIER_TRAIN_KEYS)}; lr and local_steps are job fields")
+    try:
+        tier = Tier.from_dict({**tier_body, "train": {**train, "lr": lr, "local_steps": local_steps}})
+        tier.validate()
+    except (TypeError, ValueError) as exc:
+        raise _bad("tier", str(exc)) from None
+    name = _string(body, "name", f"{model} / {task}")
+    return JobSpec(name=name, model=model, task=task, tier=tier.to_dict(), rounds=rounds,
+                   devices_per_round=devices_per_round, min_updates=min_updates,
+                   round_deadline_s=round_deadline_s, local_steps=local_steps, lr=lr, strategy=strategy,
+                   max_update_norm=max_update_norm, min_ram_mb=min_ram_mb)

@@ -1,0 +1,125 @@
+"""The JSON bodies the API returns, built in one place so that every endpoint agrees.
+
+URLs are paths relative to the coordinator's base URL (``/api/v1/blobs/<sha256>``): they stay
+right behind a reverse proxy, and clients join them with the base URL they already use.
+Timestamps are ISO 8601 in UTC with a ``Z``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from flask import url_for
+
+from coordinator.models import Artifact, ArtifactFile, Device, GlobalAdapter, Job, Round, Task, utcnow
+
+
+def iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def blob_url(sha256: str) -> str:
+    return url_for("blobs.get_blob", sha256=sha256)
+
+
+def blob_ref(sha256: str, size: int, **extra) -> dict:
+    return {**extra, "sha256": sha256, "size": size, "url": blob_url(sha256)}
+
+
+def device_payload(device: Device, offline_after_s: float) -> dict:
+    return {
+        "device_id": device.id,
+        "name": device.name,
+        "platform": device.platform,
+        "capabilities": device.capabilities,
+        "battery": device.battery,
+        "charging": device.charging,
+        "registered_at": iso(device.registered_at),
+        "last_seen": iso(device.last_seen_at),
+        "online": is_online(device, offline_after_s),
+    }
+
+
+def is_online(device: Device, offline_after_s: float) -> bool:
+    return utcnow() - device.last_seen_at <= timedelta(seconds=offline_after_s)
+
+
+def adapter_payload(job_id: int, adapter: GlobalAdapter) -> dict:
+    return {
+        "round": adapter.round,
+        "num_updates": adapter.num_updates,
+        "num_examples": adapter.num_examples,
+        "ptd": blob_ref(adapter.ptd_sha256, adapter.ptd_size),
+        "peft_zip_url": url_for("jobs.get_adapter", job_id=job_id, round=adapter.round),
+    }
+
+
+def round_payload(round_: Round, adapter: GlobalAdapter | None) -> dict:
+    return {
+        "round": round_.number,
+        "status": round_.status,
+        "opened_at": iso(round_.opened_at),
+        "deadline": iso(round_.deadline_at),
+        "closed_at": iso(round_.closed_at),
+        "close_reason": round_.close_reason,
+        "num_updates": round_.num_updates,
+        "adapter": None if adapter is None else adapter_payload(round_.job_id, adapter),
+    }
+
+
+def job_payload(job: Job, artifact: Artifact | None, rounds: list[Round], adapters: list[GlobalAdapter]) -> dict:
+    by_round = {a.round: a for a in adapters}
+    open_rounds = [r.number for r in rounds if r.status in ("open", "aggregating")]
+    latest = max(by_round) if by_round else None
+    return {
+        "job_id": job.id,
+        "name": job.name,
+        "status": job.status,
+        "error": job.error,
+        "model": job.model,
+        "task": job.task,
+        "tier": job.tier,
+        "rounds": job.rounds,
+        "devices_per_round": job.devices_per_round,
+        "min_updates": job.min_updates,
+        "round_deadline_s": job.round_deadline_s,
+        "local_steps": job.local_steps,
+        "lr": job.lr,
+        "strategy": job.strategy,
+        "max_update_norm": job.max_update_norm,
+        "min_ram_mb": job.min_ram_mb,
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+        "current_round": open_rounds[-1] if open_rounds else None,
+        "artifact": None if artifact is None else blob_ref(artifact.manifest_sha256, artifact.manifest_size,
+                                                           format=artifact.format),
+        "initial_adapter": None if 0 not in by_round else adapter_payload(job.id, by_round[0]),
+        "latest_adapter_round": latest,
+        "round_history": [round_payload(r, by_round.get(r.number)) for r in sorted(rounds, key=lambda r: r.number)],
+    }
+
+
+def task_payload(task: Task, round_: Round, job: Job, artifact: Artifact, files: list[ArtifactFile],
+                 start: GlobalAdapter, train: dict, max_update_bytes: int) -> dict:
+    device_files = sorted((f for f in files if f.device), key=lambda f: f.path)
+    return {
+        "task_id": task.id,
+        "job_id": job.id,
+        "round": round_.number,
+        "dataset": job.task,
+        "artifact": {
+            **blob_ref(artifact.manifest_sha256, artifact.manifest_size, format=artifact.format),
+            "files": [blob_ref(f.sha256, f.size, path=f.path) for f in device_files],
+        },
+        "adapter": blob_ref(start.ptd_sha256, start.ptd_size, round=start.round, format="ptd"),
+        "train": train,
+        "upload": {
+            "url": url_for("tasks.post_result", task_id=task.id),
+            "format": "safetensors",
+            "max_bytes": max_update_bytes,
+            "max_update_norm": job.max_update_norm,
+        },
+        "deadline": iso(round_.deadline_at),
+    }

@@ -1,0 +1,97 @@
+"""``POST /api/v1/tasks/<id>/result``: accept a device's update durably, exactly once, or not at all.
+
+Order of work, and why:
+
+1. Cheap checks without locks (404 unknown task, 403 another device's task, 409 task already
+   submitted / round no longer open / deadline passed), then the meta JSON and the update
+   itself (:func:`~coordinator.services.validation.validate_update`: names, dtypes, shapes,
+   finite, norm). Rejections here touch nothing.
+2. Stage the update's bytes: written to a temporary file and fsync'd (not yet a blob).
+3. One write transaction under the round's lock: check the task and round again (another
+   request may have won meanwhile; a rejection now rolls back and discards the staged file,
+   so it too changes nothing), publish the blob (rename + fsync of the directory), insert the
+   ``Update``, mark the task submitted, count it, and freeze the round if this was its
+   ``min_updates``-th result. Commit.
+4. Only then answer 201. So an acknowledged update has its bytes and its row on disk, and a
+   coordinator killed at any point before the commit has not acknowledged it.
+5. If this upload froze the round, aggregate it now (outside the transaction); if that
+   fails or the process dies, the deadline watcher finishes it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from coordinator.errors import ApiError
+from coordinator.models import (CloseReason, Device, GlobalAdapter, Job, Round, RoundStatus, Task, TaskStatus,
+                                Update, utcnow)
+from coordinator.services.rounds import freeze
+from coordinator.services.validation import parse_meta, validate_update
+
+
+def _check_state(task: Task, round_: Round, now) -> None:
+    if task.status == TaskStatus.SUBMITTED:
+        raise ApiError("already_submitted", f"task {task.id} already has an accepted result")
+    if round_.status != RoundStatus.OPEN:
+        raise ApiError("round_closed", f"round {round_.number} is {round_.status}; it accepts no more results")
+    if round_.deadline_at <= now:
+        raise ApiError("late", f"round {round_.number} reached its deadline; the result came too late")
+
+
+def accept_result(state, device: Device, task_id: int, meta_raw: str | bytes | None, update: bytes | None) -> dict:
+    """Validate and store one result; returns the response body (raises ``ApiError`` to reject)."""
+    db = state.db
+    with db.read() as session:
+        task = session.get(Task, task_id)
+        if task is None:
+            raise ApiError("not_found", f"no task {task_id}")
+        if task.device_id != device.id:
+            raise ApiError("forbidden", f"task {task_id} belongs to another device")
+        round_ = session.get(Round, task.round_id)
+        job = session.get(Job, round_.job_id)
+        start = session.scalars(select(GlobalAdapter).where(GlobalAdapter.job_id == job.id,
+                                                            GlobalAdapter.round == round_.number - 1)).one()
+    _check_state(task, round_, utcnow())
+    missing = [name for name, value in (("meta", meta_raw), ("update", update)) if value is None]
+    if missing:
+        raise ApiError("missing_part", f"the upload lacks {' and '.join(missing)}: send multipart/form-data with "
+                                       "a meta part (JSON) and an update file part (safetensors)")
+    meta = parse_meta(meta_raw)
+    info = state.artifact_info(job.artifact_id)
+    validated = validate_update(update, info.tensors, state.adapters.tensors(start.weights_sha256),
+                                job.max_update_norm)
+
+    late, froze = False, False
+    with state.blobs.stage(update) as staged:
+        with db.write() as session:
+            round_ = db.lock(session, Round, round_.id)
+            task = session.get(Task, task_id, populate_existing=True)
+            now = utcnow()
+            if round_.status == RoundStatus.OPEN and round_.deadline_at <= now:
+                # Record what the deadline means for the round (commit), then refuse the result.
+                freeze(round_, CloseReason.DEADLINE, now)
+                late = True
+            else:
+                _check_state(task, round_, now)
+                ref = staged.commit()
+                stored = Update(task_id=task.id, round_id=round_.id, device_id=device.id, sha256=ref.sha256,
+                                size=ref.size, delta_norm=validated.delta_norm, received_at=now, **meta.to_dict())
+                session.add(stored)
+                task.status, task.submitted_at = TaskStatus.SUBMITTED, now
+                round_.num_updates += 1
+                session.get(Device, device.id).last_seen_at = now
+                if round_.num_updates >= job.min_updates:
+                    freeze(round_, CloseReason.MIN_UPDATES, now)
+                    froze = True
+                session.flush()
+                body = {"update_id": stored.id, "task_id": task.id, "job_id": job.id, "round": round_.number,
+                        "sha256": ref.sha256, "size": ref.size, "delta_norm": validated.delta_norm,
+                        "accepted_updates": round_.num_updates}
+    if late:
+        state.close_round(round_.id)
+        raise ApiError("late", f"round {round_.number} reached its deadline; the result came too late")
+    if froze:
+        state.close_round(round_.id)
+    with db.read() as session:
+        body["round_status"] = session.get(Round, round_.id).status
+    return body

@@ -1,0 +1,245 @@
+"""What an upload must satisfy before the coordinator keeps it.
+
+An update is a safetensors file holding exactly the LoRA tensors of the job's manifest
+(PEFT keys, float32, the manifest's shapes): the device's adapter values after local
+training. The safetensors header is parsed here directly (a JSON header and a byte buffer),
+so a hostile file is refused from its header before any tensor is materialized, and every
+byte is accounted for: offsets must tile the buffer exactly, with no gaps, overlaps or
+trailing data.
+
+Checks, in order, each with its error code (status in ``coordinator.errors``):
+size (``update_too_large``), format (``malformed_update``), names (``tensor_names``),
+dtypes (``tensor_dtype``), shapes (``tensor_shape``), finite values (``non_finite``),
+and the L2 norm of the change from the round's start adapter (``norm_exceeded``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from coordinator.errors import ApiError
+
+#: safetensors dtype names -> (manifest dtype, bytes per element)
+SAFETENSORS_DTYPES = {
+    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1), "U8": ("uint8", 1),
+    "BOOL": ("bool", 1),
+}
+_NUMPY_DTYPES = {"float32": "<f4"}
+#: A safetensors header larger than this is refused outright (real ones are a few KB).
+MAX_HEADER_BYTES = 16 * 2**20
+#: Allowance for the safetensors header on top of the tensors' bytes when bounding an upload.
+HEADER_ALLOWANCE_BYTES = 4096
+HEADER_ALLOWANCE_PER_TENSOR = 256
+_MAX_LISTED = 5
+
+
+@dataclass(frozen=True)
+class UpdateMeta:
+    """The JSON ``meta`` part of a result upload."""
+
+    num_examples: int
+    loss_before: float
+    loss_after: float
+    train_seconds: float
+    bytes_downloaded: int
+    bytes_uploaded: int
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ValidatedUpdate:
+    tensors: dict[str, np.ndarray]
+    delta_norm: float
+    size: int
+
+
+# --- meta --------------------------------------------------------------------------------------
+
+def _int_field(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError("invalid_field", f"meta.{name} must be an integer, got {json.dumps(value)}")
+    if value < minimum:
+        raise ApiError("invalid_field", f"meta.{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _number_field(name: str, value, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ApiError("invalid_field", f"meta.{name} must be a number, got {json.dumps(value)}")
+    value = float(value)
+    if not math.isfinite(value) or value < minimum:
+        raise ApiError("invalid_field", f"meta.{name} must be a finite number >= {minimum}, got {value}")
+    return value
+
+
+_META_FIELDS = {
+    "num_examples": lambda v: _int_field("num_examples", v, 1),
+    "loss_before": lambda v: _number_field("loss_before", v, 0.0),
+    "loss_after": lambda v: _number_field("loss_after", v, 0.0),
+    "train_seconds": lambda v: _number_field("train_seconds", v, 0.0),
+    "bytes_downloaded": lambda v: _int_field("bytes_downloaded", v, 0),
+    "bytes_uploaded": lambda v: _int_field("bytes_uploaded", v, 0),
+}
+
+
+def parse_meta(raw: str | bytes) -> UpdateMeta:
+    """Parse and check the ``meta`` JSON: every field present, of its type and range, no others."""
+    try:
+        data = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError("invalid_json", f"meta is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError("invalid_field", "meta must be a JSON object")
+    unknown = sorted(set(data) - set(_META_FIELDS))
+    if unknown:
+        raise ApiError("invalid_field", f"meta has unknown fields {unknown}; expected {sorted(_META_FIELDS)}")
+    missing = sorted(set(_META_FIELDS) - set(data))
+    if missing:
+        raise ApiError("invalid_field", f"meta is missing {missing}")
+    return UpdateMeta(**{name: check(data[name]) for name, check in _META_FIELDS.items()})
+
+
+def _refuse_constant(name: str):
+    # json.loads would otherwise accept NaN / Infinity, which are not JSON.
+    raise ValueError(f"{name} is not a JSON value")
+
+
+# --- the update file ---------------------------------------------------------------------------
+
+def max_update_bytes(expected: Sequence[Mapping]) -> int:
+    """The largest upload that could be a valid update for ``expected`` tensors."""
+    payload = 0
+    for spec in expected:
+        itemsize = SAFETENSORS_DTYPES.get(_safetensors_name(spec["dtype"]), (None, 4))[1]
+        payload += math.prod(spec["shape"]) * itemsize
+    return payload + HEADER_ALLOWANCE_BYTES + HEADER_ALLOWANCE_PER_TENSOR * len(expected)
+
+
+def _safetensors_name(manifest_dtype: str) -> str:
+    for name, (dtype, _) in SAFETENSORS_DTYPES.items():
+        if dtype == manifest_dtype:
+            return name
+    return manifest_dtype
+
+
+@dataclass(frozen=True)
+class _Entry:
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+def parse_safetensors_header(data: bytes) -> tuple[dict[str, _Entry], int]:
+    """The tensor entries of a safetensors file and where its byte buffer starts."""
+    def malformed(why: str) -> ApiError:
+        return ApiError("malformed_update", f"update is not a valid safetensors file: {why}")
+
+    if len(data) < 8:
+        raise malformed("shorter than its 8-byte header length")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
+        raise malformed(f"header length {header_len} does not fit in {len(data)} bytes")
+    try:
+        header = json.loads(data[8:8 + header_len].decode("utf-8"), parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise malformed(f"header is not JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise malformed("header is not a JSON object")
+    buffer_start = 8 + header_len
+    buffer_len = len(data) - buffer_start
+    entries = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise malformed("__metadata__ must map strings to strings")
+            continue
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise malformed(f"entry {name!r} must have exactly dtype, shape and data_offsets")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in SAFETENSORS_DTYPES:
+            raise malformed(f"entry {name!r} has unknown dtype {dtype!r}")
+        if (not isinstance(shape, list) or
+                not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise malformed(f"entry {name!r} has an invalid shape {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2 or
+                not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets) or
+                not 0 <= offsets[0] <= offsets[1] <= buffer_len):
+            raise malformed(f"entry {name!r} has invalid data_offsets {offsets!r}")
+        if offsets[1] - offsets[0] != math.prod(shape) * SAFETENSORS_DTYPES[dtype][1]:
+            raise malformed(f"entry {name!r}: {offsets[1] - offsets[0]} bytes for shape {shape} of {dtype}")
+        entries[name] = _Entry(dtype, tuple(shape), offsets[0], offsets[1])
+    position = 0
+    for entry in sorted(entries.values(), key=lambda e: (e.start, e.end)):
+        if entry.start != position:
+            raise malformed("tensor data overlaps or leaves gaps")
+        position = entry.end
+    if position != buffer_len:
+        raise malformed(f"{buffer_len - position} bytes of trailing data after the tensors")
+    return entries, buffer_start
+
+
+def _listed(names) -> str:
+    names = sorted(names)
+    more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
+    return ", ".join(names[:_MAX_LISTED]) + more
+
+
+def validate_update(data: bytes, expected: Sequence[Mapping], start: Mapping[str, np.ndarray],
+                    max_norm: float) -> ValidatedUpdate:
+    """Check an uploaded update against the manifest's tensors and the round's start adapter.
+
+    ``expected``: the manifest's ``lora.tensors`` (name, shape, dtype). ``start``: the global
+    adapter the round started from (same keys), against which the change's norm is bounded.
+    Raises :class:`ApiError` with the code of the first failed check; returns the tensors.
+    """
+    limit = max_update_bytes(expected)
+    if len(data) > limit:
+        raise ApiError("update_too_large", f"update is {len(data)} bytes; an update of this job's "
+                                           f"{len(expected)} LoRA tensors is at most {limit} bytes")
+    entries, buffer_start = parse_safetensors_header(data)
+    wanted = {spec["name"]: spec for spec in expected}
+    missing, unexpected = set(wanted) - set(entries), set(entries) - set(wanted)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s): {_listed(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensor(s): {_listed(unexpected)}")
+        raise ApiError("tensor_names", "update tensors do not match the manifest: " + "; ".join(parts))
+    for name, spec in wanted.items():
+        got = SAFETENSORS_DTYPES[entries[name].dtype][0]
+        if got != spec["dtype"]:
+            raise ApiError("tensor_dtype", f"tensor {name} is {got}; the manifest says {spec['dtype']}")
+    for name, spec in wanted.items():
+        if list(entries[name].shape) != list(spec["shape"]):
+            raise ApiError("tensor_shape", f"tensor {name} has shape {list(entries[name].shape)}; "
+                                           f"the manifest says {list(spec['shape'])}")
+    tensors = {}
+    squared = 0.0
+    for name in sorted(wanted):
+        entry = entries[name]
+        if entry.dtype not in ("F32",):
+            raise ApiError("tensor_dtype", f"tensor {name}: only float32 updates are supported")
+        array = np.frombuffer(data, dtype=_NUMPY_DTYPES["float32"], count=math.prod(entry.shape),
+                              offset=buffer_start + entry.start).reshape(entry.shape).astype(np.float32)
+        if not np.isfinite(array).all():
+            bad = int((~np.isfinite(array)).sum())
+            raise ApiError("non_finite", f"tensor {name} has {bad} non-finite value(s) (NaN or infinity)")
+        delta = array.astype(np.float64) - np.asarray(start[name], dtype=np.float64)
+        squared += float(np.dot(delta.ravel(), delta.ravel()))
+        tensors[name] = array
+    delta_norm = math.sqrt(squared)
+    if not delta_norm <= max_norm:
+        raise ApiError("norm_exceeded", f"the update changes the adapter by L2 norm {delta_norm:.4g}; "
+                                        f"this job accepts at most {max_norm:.4g}")
+    return ValidatedUpdate(tensors=tensors, delta_norm=delta_norm, size=len(data))

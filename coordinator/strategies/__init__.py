@@ -1,0 +1,10 @@
+"""Aggregation strategies, one file per algorithm, looked up by name (``get_strategy("fedavg")``).
+
+Adding one: write ``coordinator/strategies/<name>.py`` with a ``@register``-ed subclass of
+:class:`~coordinator.strategies.base.Strategy` and import it below.
+"""
+
+from coordinator.strategies.base import ClientUpdate, Strategy, get_strategy, register, strategy_names
+from coordinator.strategies import fedavg  # noqa: F401  (registers "fedavg")
+
+__all__ = ["ClientUpdate", "Strategy", "get_strategy", "register", "strategy_names"]
