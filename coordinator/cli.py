@@ -120,9 +120,13 @@ def run(args: argparse.Namespace) -> int:
 
     from waitress import create_server
 
+    # waitress buffers a whole body before the app sees it, so it gets its own cap: bodies up to
+    # twice the app's limit reach Flask (which answers a JSON 413); beyond that waitress cuts
+    # the connection with a plain-text 413 instead of buffering an arbitrarily large upload.
+    body_cap = 2 * config["MAX_CONTENT_LENGTH"] + 2**20
     try:
         server = create_server(app, host=args.host, port=args.port, threads=args.threads, ident="pockettune",
-                               max_request_body_size=config["MAX_CONTENT_LENGTH"] + 2**20,
+                               max_request_body_size=body_cap,
                                clear_untrusted_proxy_headers=True)
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
