@@ -11,13 +11,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_measured(cmd: list[str]) -> tuple[str, str, int, int]:
+    """Run ``cmd``; return stdout, stderr, exit status and that child's own peak RSS in KiB.
+
+    ``os.wait4`` gives the rusage of exactly this child (RUSAGE_CHILDREN would be the largest
+    of all children so far).
+    """
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=REPO)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return out.read(), err.read(), child.returncode, usage.ru_maxrss
 
 
 def run_export(prune: float, quantize: str, args) -> dict:
@@ -26,15 +42,13 @@ def run_export(prune: float, quantize: str, args) -> dict:
            "--lora-layers", str(args.lora_layers), "--lora-rank", str(args.lora_rank), "--quantize", quantize,
            "--batch", "4", "--seq", "128", "--out", str(out), "--force", "--verify", str(args.verify),
            "--no-progress"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    stdout, stderr, returncode, peak_kib = run_measured(cmd)
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"export failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if returncode != 0:
+        raise RuntimeError(f"export failed ({' '.join(cmd)}):\n{stderr[-3000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
-    verify = json.loads(proc.stdout)
+    verify = json.loads(stdout)
     files = manifest["files"]
     return {
         "prune": prune, "quantize": quantize, "command": " ".join(cmd[1:]),
@@ -46,8 +60,7 @@ def run_export(prune: float, quantize: str, args) -> dict:
         "export_s": manifest["export"]["total_seconds"],
         "stage_s": manifest["export"]["stage_seconds"],
         "wall_s": wall,
-        # ru_maxrss of children is the largest child so far, so it is exact only while it grows.
-        "peak_rss_mib": peak / 1024 if peak > before else None,
+        "peak_rss_mib": peak_kib / 1024,
         "verify": verify,
     }
 
@@ -75,7 +88,7 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         p, v = r["pruned"], r["verify"]
-        rss = f"{r['peak_rss_mib']:.0f}" if r["peak_rss_mib"] else "n/a"
+        rss = f"{r['peak_rss_mib']:.0f}"
         print(f"| {r['prune']} | {r['quantize']} | {p['num_hidden_layers']} / {p['num_attention_heads']} / "
               f"{p['num_key_value_heads']} / {p['intermediate_size']} | {r['pte_mib']:.1f} | {r['ptd_kib']:.0f} "
               f"| {r['device_mib']:.1f} | {r['trainable']} | {r['export_s']:.0f} | {rss} | {v['steps']} "
