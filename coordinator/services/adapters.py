@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from coordinator.services.heavy_imports import ensure_heavy_imports
 from coordinator.storage import BlobRef, BlobStore
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -72,6 +73,7 @@ class AdapterStore:
 
 def ptd_bytes(tensors: Mapping[str, np.ndarray]) -> bytes:
     """The ExecuTorch ``.ptd`` of PEFT-keyed float32 tensors, through ``export.executorch``."""
+    ensure_heavy_imports()
     import torch
 
     from export.executorch import write_adapter_ptd
@@ -84,13 +86,3 @@ def ptd_bytes(tensors: Mapping[str, np.ndarray]) -> bytes:
         return Path(name).read_bytes()
     finally:
         os.unlink(name)
-
-
-def warm_up() -> None:
-    """Import the heavy modules aggregation needs (torch, ExecuTorch's serializer) ahead of time."""
-    import safetensors.numpy  # noqa: F401
-    import torch  # noqa: F401
-    from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer  # noqa: F401
-
-    import export.executorch  # noqa: F401
-    import models.tier  # noqa: F401

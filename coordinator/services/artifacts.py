@@ -30,7 +30,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from coordinator.models import (Artifact, ArtifactFile, GlobalAdapter, Job, JobStatus, utcnow)
+from coordinator.models import Artifact, ArtifactFile, GlobalAdapter, Job, JobStatus, utcnow
+from coordinator.services.heavy_imports import ensure_heavy_imports
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class ArtifactCache:
                 self._check_entry(directory, manifest, model, tier_dict)
                 log.info("artifact %s: using cached export %s", key[:12], directory)
                 return directory
+            ensure_heavy_imports()
             from export.pipeline import export_artifact
             from models.tier import Tier
 
@@ -110,6 +112,13 @@ class ArtifactCache:
                              "to export again")
 
 
+def _warm_up() -> None:
+    try:
+        ensure_heavy_imports()
+    except Exception:  # noqa: BLE001 - a failed warm-up only costs time later
+        log.exception("warming up imports failed")
+
+
 class ArtifactWorker:
     """The background thread that prepares jobs: artifact, round 0's adapter, round 1."""
 
@@ -126,6 +135,9 @@ class ArtifactWorker:
             self._queue.put(job_id)
         self._thread = threading.Thread(target=self._run, name="pockettune-artifacts", daemon=True)
         self._thread.start()
+        # The first aggregation and the first export need torch and ExecuTorch's serializer
+        # (~10 s of imports): load them in the background now rather than inside a request.
+        threading.Thread(target=_warm_up, name="pockettune-warm-up", daemon=True).start()
 
     def submit(self, job_id: int) -> None:
         self._queue.put(job_id)
@@ -134,12 +146,6 @@ class ArtifactWorker:
         self._queue.put(None)
 
     def _run(self) -> None:
-        try:
-            from coordinator.services.adapters import warm_up
-
-            warm_up()
-        except Exception:  # noqa: BLE001 - a failed warm-up only costs time later
-            log.exception("warming up imports failed")
         while (job_id := self._queue.get()) is not None:
             try:
                 self.prepare(job_id)

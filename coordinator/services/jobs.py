@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 from coordinator.errors import ApiError
+from coordinator.services.heavy_imports import ensure_heavy_imports
 from coordinator.strategies import strategy_names
 
 MAX_ROUNDS = 100_000
@@ -71,6 +72,7 @@ def _positive(body: dict, field: str, default) -> float:
 
 def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
     """Validate a job request body; raises ``ApiError`` (422) naming the first bad field."""
+    ensure_heavy_imports()
     from models.registry import PRESETS, is_known_model
     from models.tier import Tier, TrainingHyperparameters
 

@@ -55,8 +55,10 @@ class RoundCloser:
 
     def __init__(self, state):
         self.state = state
-        self._closing: set[int] = set()
-        self._guard = threading.Lock()
+        # One aggregation at a time per process: a request that froze a round and the watcher
+        # that found it frozen queue here, and the second finds it closed (so the request's
+        # answer reliably says "closed"). Across processes, the round's row lock decides.
+        self._lock = threading.Lock()
 
     # --- freezing at the deadline --------------------------------------------------------------
 
@@ -81,15 +83,8 @@ class RoundCloser:
 
     def close(self, round_id: int) -> bool:
         """Aggregate frozen round ``round_id`` and open the next one; False if nothing to do."""
-        with self._guard:
-            if round_id in self._closing:
-                return False  # this process is already on it
-            self._closing.add(round_id)
-        try:
+        with self._lock:
             return self._close(round_id)
-        finally:
-            with self._guard:
-                self._closing.discard(round_id)
 
     def _close(self, round_id: int) -> bool:
         state, db = self.state, self.state.db
