@@ -108,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         app = create_app(config)
-    except (ValueError, ArgumentError) as exc:
+    except ArgumentError as exc:
+        raise UsageError(f"bad database URL {args.db or '$POCKETTUNE_DB'!r}: {exc}") from None
+    except ValueError as exc:
         raise UsageError(str(exc)) from None
     except OperationalError as exc:
         raise UsageError(f"cannot open the database: {str(exc.orig).strip().splitlines()[0]}") from None

@@ -1,0 +1,277 @@
+"""Pieces of the coordinator on their own: FedAvg by hand, the update validator, the blob
+store, the schema against its migrations (SQLite and PostgreSQL), locking, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from coordinator.errors import ApiError
+from coordinator.storage import BlobStore
+from coordinator.strategies import ClientUpdate, get_strategy, strategy_names
+from coordinator.services.validation import max_update_bytes, parse_meta, validate_update
+from coordinator_harness import REPO, new_database, safetensors_bytes
+
+SPECS = [{"name": "l.lora_A.weight", "shape": [2, 3], "dtype": "float32"},
+         {"name": "l.lora_B.weight", "shape": [4, 2], "dtype": "float32"}]
+
+
+# --- FedAvg ------------------------------------------------------------------------------------
+
+def test_fedavg_is_the_example_weighted_mean_of_a_and_b_separately():
+    a1, a2 = np.array([[1.0, 2.0]], dtype=np.float32), np.array([[3.0, 6.0]], dtype=np.float32)
+    b1, b2 = np.array([[1.0], [0.0]], dtype=np.float32), np.array([[0.0], [2.0]], dtype=np.float32)
+    start = {"A": np.zeros((1, 2), np.float32), "B": np.zeros((2, 1), np.float32)}
+    updates = [ClientUpdate({"A": a1, "B": b1}, num_examples=1), ClientUpdate({"A": a2, "B": b2}, num_examples=3)]
+    out = get_strategy("fedavg").aggregate_train(start, updates)
+    # By hand: weights 1/4 and 3/4.
+    np.testing.assert_array_equal(out["A"], np.array([[0.25 * 1 + 0.75 * 3, 0.25 * 2 + 0.75 * 6]], np.float32))
+    np.testing.assert_array_equal(out["B"], np.array([[0.25], [1.5]], np.float32))
+    assert out["A"].dtype == np.float32 and out["B"].dtype == np.float32
+    # The documented error term: mean of products = product of means + weighted covariance.
+    w = np.array([0.25, 0.75])
+    mean_of_products = w[0] * (b1 @ a1) + w[1] * (b2 @ a2)
+    covariance = w[0] * (b1 - out["B"]) @ (a1 - out["A"]) + w[1] * (b2 - out["B"]) @ (a2 - out["A"])
+    np.testing.assert_allclose(mean_of_products, out["B"] @ out["A"] + covariance, atol=1e-6)
+    assert np.abs(covariance).max() > 0.1  # separate averaging is not exact here, as documented
+
+
+def test_fedavg_with_no_update_carries_the_adapter_over_and_refuses_empty_examples():
+    start = {"A": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    out = get_strategy("fedavg").aggregate_train(start, [])
+    np.testing.assert_array_equal(out["A"], start["A"])
+    with pytest.raises(ValueError):
+        get_strategy("fedavg").aggregate_train(start, [ClientUpdate(start, num_examples=0)])
+    assert "fedavg" in strategy_names()
+    with pytest.raises(KeyError, match="unknown strategy"):
+        get_strategy("no-such")
+
+
+# --- validation --------------------------------------------------------------------------------
+
+def _start():
+    return {s["name"]: np.zeros(s["shape"], np.float32) for s in SPECS}
+
+
+def _code(fn) -> str:
+    with pytest.raises(ApiError) as caught:
+        fn()
+    return caught.value.code
+
+
+def test_validate_update_accepts_exactly_the_manifest_tensors():
+    tensors = {s["name"]: np.full(s["shape"], 0.5, np.float32) for s in SPECS}
+    result = validate_update(safetensors_bytes(tensors), SPECS, _start(), max_norm=10.0)
+    assert result.delta_norm == pytest.approx(0.5 * np.sqrt(6 + 8))
+    for key, value in tensors.items():
+        np.testing.assert_array_equal(result.tensors[key], value)
+    # a norm exactly at the bound is accepted; just above is not
+    bound = float(np.sqrt(14) * 0.5)
+    assert validate_update(safetensors_bytes(tensors), SPECS, _start(), max_norm=bound + 1e-9)
+    assert _code(lambda: validate_update(safetensors_bytes(tensors), SPECS, _start(), max_norm=bound * 0.99)) == \
+        "norm_exceeded"
+
+
+def _raw(header: dict, payload: bytes) -> bytes:
+    encoded = json.dumps(header).encode()
+    return struct.pack("<Q", len(encoded)) + encoded + payload
+
+
+@pytest.mark.parametrize("data, code", [
+    (b"", "malformed_update"),
+    (struct.pack("<Q", 5) + b"[1,2]", "malformed_update"),
+    (_raw({"l.lora_A.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}}, b"\0" * 25),
+     "malformed_update"),  # trailing byte
+    (_raw({"l.lora_A.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 20]}}, b"\0" * 20),
+     "malformed_update"),  # byte count does not match the shape
+    (_raw({"l.lora_A.weight": {"dtype": "Q4", "shape": [1], "data_offsets": [0, 1]}}, b"\0"), "malformed_update"),
+    (_raw({"l.lora_A.weight": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}, b""), "malformed_update"),
+    (_raw({"__metadata__": {"a": 1}}, b""), "malformed_update"),
+    (_raw({"l.lora_A.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [8, 32]}}, b"\0" * 32),
+     "malformed_update"),  # a gap before the first tensor
+    (_raw({"l.lora_A.weight": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24], "x": 1}}, b"\0" * 24),
+     "malformed_update"),
+])
+def test_malformed_safetensors_is_refused_from_the_header(data, code):
+    assert _code(lambda: validate_update(data, SPECS, _start(), max_norm=1.0)) == code
+
+
+def test_update_size_is_bounded_by_the_manifest():
+    limit = max_update_bytes(SPECS)
+    assert limit >= (6 + 8) * 4
+    assert _code(lambda: validate_update(b"\0" * (limit + 1), SPECS, _start(), 1.0)) == "update_too_large"
+
+
+def test_parse_meta_is_strict():
+    good = {"num_examples": 3, "loss_before": 1, "loss_after": 0.5, "train_seconds": 0,
+            "bytes_downloaded": 0, "bytes_uploaded": 10}
+    assert parse_meta(json.dumps(good)).num_examples == 3
+    assert parse_meta(json.dumps(good).encode()).loss_before == 1.0
+    for bad, code in [("{", "invalid_json"), ('{"num_examples": Infinity}', "invalid_json"),
+                      (json.dumps({**good, "num_examples": True}), "invalid_field"),
+                      (json.dumps({**good, "bytes_uploaded": -1}), "invalid_field"),
+                      (json.dumps({**good, "loss_after": "low"}), "invalid_field")]:
+        assert _code(lambda: parse_meta(bad)) == code, bad
+
+
+# --- blob store --------------------------------------------------------------------------------
+
+def test_blob_store_stages_durably_and_publishes_atomically(tmp_path):
+    store = BlobStore(tmp_path / "blobs")
+    staged = store.stage(b"hello")
+    assert staged.tmp_path.read_bytes() == b"hello" and store.blob_files() == []
+    assert not store.exists(staged.sha256), "a staged blob must not be visible before commit"
+    ref = staged.commit()
+    assert store.read_bytes(ref.sha256) == b"hello" and ref.size == 5 and staged.created
+    assert list(store.tmp_dir.iterdir()) == []
+    assert store.put_bytes(b"hello") == ref and len(store.blob_files()) == 1  # deduplicated
+    with store.stage(b"discarded") as abandoned:
+        pass
+    assert not abandoned.tmp_path.exists() and not store.exists(abandoned.sha256)
+    source = tmp_path / "file.bin"
+    source.write_bytes(b"x" * 3_000_000)
+    assert store.read_bytes(store.put_file(source).sha256) == source.read_bytes()
+    with pytest.raises(ValueError):
+        store.path("../../etc/passwd")
+
+
+def test_stale_staging_files_are_removed_at_start(tmp_path):
+    import os
+
+    store = BlobStore(tmp_path / "blobs")
+    stale = store.stage(b"left by a crash")
+    fresh = store.stage(b"being written now")
+    os.utime(stale.tmp_path, (0, 0))
+    assert store.remove_stale_staging() == 1
+    assert not stale.tmp_path.exists() and fresh.tmp_path.exists()
+
+
+# --- schema, migrations and locking -------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migrations_create_exactly_the_models_schema(backend, tmp_path, request):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from coordinator.db import Database
+    from coordinator.migrations import head_revision
+    from coordinator.models import Base
+
+    database = new_database(backend, tmp_path)
+    request.addfinalizer(database.drop)
+    db = Database(database.url)
+    try:
+        assert db.upgrade_schema() == head_revision()
+        assert db.upgrade_schema() == head_revision()  # idempotent on restart
+        with db.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        assert diff == [], f"models and migrations disagree; write a migration: {diff}"
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_write_transactions_serialize_read_then_write(backend, tmp_path, request):
+    """Two writers that read a counter and write it back: without the write lock one increment is lost."""
+    from sqlalchemy import select
+
+    from coordinator.db import Database
+    from coordinator.models import Job, JobStatus, Round, RoundStatus, utcnow
+
+    database = new_database(backend, tmp_path)
+    request.addfinalizer(database.drop)
+    db = Database(database.url)
+    try:
+        db.upgrade_schema()
+        now = utcnow()
+        with db.write() as session:
+            job = Job(name="j", model="tiny", task="t", tier={}, rounds=1, devices_per_round=1, min_updates=1,
+                      round_deadline_s=1.0, local_steps=1, lr=0.1, strategy="fedavg", max_update_norm=1.0,
+                      status=JobStatus.RUNNING, created_at=now, updated_at=now)
+            session.add(job)
+            session.flush()
+            round_ = Round(job_id=job.id, number=1, status=RoundStatus.OPEN, opened_at=now, deadline_at=now,
+                           num_updates=0)
+            session.add(round_)
+            session.flush()
+            round_id = round_.id
+        first_has_read, second_started = threading.Event(), threading.Event()
+        errors = []
+
+        def increment(first: bool):
+            try:
+                if not first:
+                    first_has_read.wait(10)
+                    second_started.set()
+                with db.write() as session:
+                    locked = db.lock(session, Round, round_id)
+                    value = locked.num_updates
+                    if first:
+                        first_has_read.set()
+                        second_started.wait(10)
+                        time.sleep(0.5)  # without the lock, the second writer reads the old value now
+                    locked.num_updates = value + 1
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=increment, args=(first,)) for first in (True, False)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not errors, errors
+        with db.read() as session:
+            assert session.scalar(select(Round.num_updates).where(Round.id == round_id)) == 2
+    finally:
+        db.dispose()
+
+
+def test_in_memory_sqlite_is_refused():
+    from coordinator.db import Database
+
+    with pytest.raises(ValueError, match="in-memory"):
+        Database("sqlite://")
+
+
+# --- command line ------------------------------------------------------------------------------
+
+def test_coordinator_help_documents_every_option():
+    from pockettune.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._subparsers._group_actions if a.dest == "command").choices["coordinator"]
+    text = sub.format_help()
+    options = [a for a in sub._actions if a.option_strings and "-h" not in a.option_strings]
+    assert {o.option_strings[0] for o in options} >= {"--host", "--port", "--db", "--debug", "--admin-token",
+                                                      "--enrollment-key", "--instance", "--artifact-cache"}
+    for action in options:
+        assert action.help and len(action.help) > 15, f"{action.option_strings[0]} has no real help"
+        assert action.option_strings[0] in text
+    proc = subprocess.run([sys.executable, "-m", "pockettune", "coordinator", "--help"], capture_output=True,
+                          text=True, cwd=REPO, timeout=120, env={"PYTHONPATH": str(REPO), "PATH": ""})
+    assert proc.returncode == 0 and "waitress" in proc.stdout and "--debug" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "70000"], "--port must be in [0, 65535]"),
+    (["--threads", "0"], "--threads must be at least 1"),
+    (["--tick", "0"], "--tick must be positive"),
+    (["--db", "sqlite://"], "in-memory"),
+    (["--db", "nosuchdb://x"], "bad database URL 'nosuchdb://x'"),
+    (["--db", "not a url"], "bad database URL"),
+    (["--db", "postgresql+psycopg://postgres@127.0.0.1:1/none"], "cannot open the database"),
+])
+def test_bad_coordinator_arguments_are_one_line_exit_2(args, message, tmp_path, capsys):
+    from pockettune.cli import main
+
+    code = main(["coordinator", "--instance", str(tmp_path / "instance"), *args])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("pockettune coordinator: error:") and message in err[0], err
