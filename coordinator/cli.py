@@ -84,6 +84,8 @@ def _config(args: argparse.Namespace) -> dict:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be in [0, 65535], got {args.port}")
+    if args.debug and args.port == 0:
+        raise UsageError("--debug needs a fixed --port (Flask's development server cannot report a free one)")
     return {
         "DATABASE": args.db, "INSTANCE_PATH": args.instance, "BLOB_DIR": args.blob_dir,
         "ARTIFACT_CACHE": args.artifact_cache, "ADMIN_TOKEN": args.admin_token,

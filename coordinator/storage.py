@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -170,6 +169,3 @@ class BlobStore:
         """Stage and commit a copy of ``source`` in one go."""
         with self.stage_file(source) as staged:
             return staged.commit()
-
-    def copy_to(self, sha256: str, destination: Path) -> None:
-        shutil.copyfile(self.path(sha256), destination)

@@ -156,7 +156,8 @@ class ServedCoordinator:
         self.log_path = self.instance / f"server-{starts}.log"
         env = {**os.environ, "PYTHONPATH": str(REPO), "POCKETTUNE_ADMIN_TOKEN": ADMIN_TOKEN,
                "POCKETTUNE_ENROLLMENT_KEY": ENROLLMENT_KEY, "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "pockettune", "coordinator", "--host", "127.0.0.1", "--port", "0",
+        port = [] if "--port" in self.extra_args else ["--port", "0"]
+        command = [sys.executable, "-m", "pockettune", "coordinator", "--host", "127.0.0.1", *port,
                    "--db", self.database.url, "--instance", str(self.instance),
                    "--artifact-cache", str(self.artifact_cache), "--tick", str(TICK_S),
                    "--max-upload-mb", str(MAX_UPLOAD_MB), *self.extra_args]

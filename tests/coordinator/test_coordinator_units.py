@@ -264,6 +264,7 @@ def test_coordinator_help_documents_every_option():
     (["--threads", "0"], "--threads must be at least 1"),
     (["--tick", "0"], "--tick must be positive"),
     (["--db", "sqlite://"], "in-memory"),
+    (["--debug", "--port", "0"], "--debug needs a fixed --port"),
     (["--db", "nosuchdb://x"], "bad database URL 'nosuchdb://x'"),
     (["--db", "not a url"], "bad database URL"),
     (["--db", "postgresql+psycopg://postgres@127.0.0.1:1/none"], "cannot open the database"),
@@ -275,3 +276,30 @@ def test_bad_coordinator_arguments_are_one_line_exit_2(args, message, tmp_path, 
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pockettune coordinator: error:") and message in err[0], err
+
+
+def test_waitress_serves_by_default_and_flask_only_with_debug(tmp_path):
+    """The production server unless --debug: told apart by the Server header each one sends."""
+    import socket
+
+    import requests
+
+    from coordinator_harness import ServedCoordinator, TestDatabase
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    database = TestDatabase("sqlite", f"sqlite:///{tmp_path / 'debug.sqlite3'}")
+    debug = ServedCoordinator(database, tmp_path / "instance", tmp_path / "cache",
+                              extra_args=["--debug", "--port", str(port)])
+    try:
+        debug.start()
+        assert "Werkzeug" in requests.get(debug.base_url + "/api/v1/health", timeout=10).headers["Server"]
+    finally:
+        debug.stop()
+    production = ServedCoordinator(database, tmp_path / "instance", tmp_path / "cache")
+    try:
+        production.start()
+        assert requests.get(production.base_url + "/api/v1/health", timeout=10).headers["Server"] == "pockettune"
+    finally:
+        production.stop()
