@@ -339,6 +339,30 @@ def cleanup_jobs(server):
         admin.cancel(job_id)
 
 
+# --- checks -----------------------------------------------------------------------------------
+
+def assert_error(response: requests.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["Content-Type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body
+
+
+def fedavg_by_hand(updates: list[tuple[int, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """Example-weighted mean of each tensor, written out longhand: sum(n_i * T_i) / sum(n_i)."""
+    total = sum(n for n, _ in updates)
+    out = {}
+    for key in updates[0][1]:
+        acc = np.zeros_like(updates[0][1][key], dtype=np.float64)
+        for n, tensors in updates:
+            acc = acc + n * tensors[key].astype(np.float64)
+        out[key] = (acc / total).astype(np.float32)
+    return out
+
+
 # --- the device side, as a test double -----------------------------------------------------------
 
 class FakeTrainer:

@@ -13,18 +13,8 @@ from datetime import datetime, timezone
 import pytest
 import requests
 
-from coordinator_harness import (ADMIN_TOKEN, CAPABILITIES, ENROLLMENT_KEY, artifact_cache, backend,  # noqa: F401
-                                 cleanup_jobs, count_rows, query, register, server, set_last_seen)
-
-
-def assert_error(response: requests.Response, status: int, code: str) -> dict:
-    assert response.status_code == status, (response.status_code, response.text)
-    assert response.headers["Content-Type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
-    assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    return body
+from coordinator_harness import (ADMIN_TOKEN, CAPABILITIES, ENROLLMENT_KEY, artifact_cache,  # noqa: F401
+                                 assert_error, backend, cleanup_jobs, count_rows, query, register, server, set_last_seen)
 
 
 def test_health_and_flask_errors_are_json(server):

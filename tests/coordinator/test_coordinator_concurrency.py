@@ -13,9 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from coordinator_harness import (FakeTrainer, artifact_cache, backend, cleanup_jobs, meta, query,  # noqa: F401
-                                 record_measurement, register, server, start_adapter, upload)
-from test_coordinator_rounds import fedavg_by_hand
+from coordinator_harness import (  # noqa: F401 (fixtures are used by name)
+    FakeTrainer, artifact_cache, backend, cleanup_jobs, fedavg_by_hand,
+    meta, query, record_measurement, register, server, start_adapter,
+    upload)
 
 DEVICES = 50
 EXTRA = 5  # more devices than places: exactly DEVICES of them may be selected

@@ -15,9 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import requests
 
-from coordinator_harness import (FakeTrainer, ServedCoordinator, artifact_cache, backend, meta,  # noqa: F401
-                                 new_database, query, register, start_adapter, upload)
-from test_coordinator_rounds import fedavg_by_hand
+from coordinator_harness import (  # noqa: F401 (fixtures are used by name)
+    FakeTrainer, ServedCoordinator, artifact_cache, backend,
+    fedavg_by_hand, meta, new_database, query, register, start_adapter,
+    upload)
 
 DEVICES = 8
 

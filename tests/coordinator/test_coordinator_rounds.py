@@ -8,13 +8,11 @@ import time
 import zipfile
 
 import numpy as np
-import pytest
-import requests
 
-from coordinator_harness import (CAPABILITIES, FakeTrainer, artifact_cache, backend, cleanup_jobs,  # noqa: F401
-                                 load_safetensors, manifest_of, meta, query, register, server, start_adapter,
-                                 upload)
-from test_coordinator_api import assert_error
+from coordinator_harness import (  # noqa: F401 (fixtures are used by name)
+    CAPABILITIES, FakeTrainer, artifact_cache, assert_error, backend,
+    cleanup_jobs, fedavg_by_hand, manifest_of, meta, query, register,
+    server, start_adapter, upload)
 
 
 def fetch_verified(device, ref: dict) -> bytes:
@@ -24,18 +22,6 @@ def fetch_verified(device, ref: dict) -> bytes:
     assert len(response.content) == ref["size"]
     assert hashlib.sha256(response.content).hexdigest() == ref["sha256"]
     return response.content
-
-
-def fedavg_by_hand(updates: list[tuple[int, dict[str, np.ndarray]]]) -> dict[str, np.ndarray]:
-    """Example-weighted mean of each tensor, written out longhand: sum(n_i * T_i) / sum(n_i)."""
-    total = sum(n for n, _ in updates)
-    out = {}
-    for key in updates[0][1]:
-        acc = np.zeros_like(updates[0][1][key], dtype=np.float64)
-        for n, tensors in updates:
-            acc = acc + n * tensors[key].astype(np.float64)
-        out[key] = (acc / total).astype(np.float32)
-    return out
 
 
 def test_full_job_fedavg_matches_hand_computation_and_peft_loads_it(server, cleanup_jobs, tmp_path):

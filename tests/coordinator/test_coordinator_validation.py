@@ -10,11 +10,11 @@ import json
 import struct
 
 import numpy as np
-import pytest
 
-from coordinator_harness import (FakeTrainer, artifact_cache, backend, cleanup_jobs, count_rows,  # noqa: F401
-                                 manifest_of, meta, register, safetensors_bytes, server, start_adapter, upload)
-from test_coordinator_api import assert_error
+from coordinator_harness import (  # noqa: F401 (fixtures are used by name)
+    FakeTrainer, artifact_cache, assert_error, backend, cleanup_jobs,
+    count_rows, manifest_of, meta, register, safetensors_bytes, server,
+    start_adapter, upload)
 
 
 def _with(tensors, **changes):
