@@ -51,7 +51,11 @@ def make_tier(model: str, quantize: str):
 
 
 def measure(kind: str, model: str, quantize: str, artifact: Path, steps: int, threads: int) -> dict:
-    """Run in a child process: train ``steps`` (+1 warm-up) steps, report step times and peak RSS."""
+    """Run in a child process: train ``steps`` (+1 warm-up) steps, report step times and peak RSS.
+
+    "At start" is the peak RSS once everything is loaded but before the first step: the
+    runtime's artifact and batches, or the eager model (base loaded, pruned, LoRA attached).
+    """
     import torch
 
     torch.set_num_threads(threads)
@@ -59,21 +63,25 @@ def measure(kind: str, model: str, quantize: str, artifact: Path, steps: int, th
     from models.registry import load_base_model
 
     tier = make_tier(model, quantize)
-    base = load_base_model(model)
-    rss_loaded = peak_rss_mib()
-    batches = bench_batches(base.tokenizer, tier)
     if kind == "executorch":
+        from transformers import AutoTokenizer
+
         from export.executorch import ADAPTER_DATA_FILE, PROGRAM_FILE
+        from export.pipeline import TOKENIZER_DIR
         from fleet.runtime_executorch import ExecuTorchTrainer
 
-        del base  # the runtime needs only the artifact and the batches
-        rss_loaded = peak_rss_mib()
+        # Like a phone: only the artifact's files, never the eager model (it would set the peak).
+        batches = bench_batches(AutoTokenizer.from_pretrained(str(artifact / TOKENIZER_DIR)), tier)
         trainer = ExecuTorchTrainer(artifact / PROGRAM_FILE, artifact / ADAPTER_DATA_FILE, lr=tier.train.lr)
+        rss_loaded = peak_rss_mib()
         step = lambda ids, labels: trainer.step(ids, labels)  # noqa: E731
     else:
         from export.executorch import LanguageModelLoss
 
+        base = load_base_model(model)
+        batches = bench_batches(base.tokenizer, tier)
         peft_model = build_training_model(base, tier).peft_model
+        rss_loaded = peak_rss_mib()
         module = LanguageModelLoss(peft_model)
         optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=tier.train.lr)
 
@@ -149,13 +157,15 @@ def main() -> int:
                         "peak_rss_ratio": runtime["peak_rss_mib"] / eager["peak_rss_mib"]})
 
     print(f"\nExecuTorch runtime vs eager PyTorch, {args.threads} thread(s), median of {args.steps} steps")
-    print("| model | tier | quantize | ET step s | eager step s | step ratio | ET peak RSS MiB | eager peak RSS MiB | RSS ratio |")
+    print("| model | tier | quantize | ET step s | eager step s | step ratio | ET peak RSS MiB (at start) "
+          "| eager peak RSS MiB (at start) | RSS ratio |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         t = r["tier"]
         print(f"| {r['model']} | r{t['lora_rank']} last {t['lora_layers']} B{t['batch']} S{t['seq']} | {r['quantize']} "
               f"| {r['executorch']['median_step_s']:.3f} | {r['eager']['median_step_s']:.3f} | {r['step_time_ratio']:.2f} "
-              f"| {r['executorch']['peak_rss_mib']:.0f} | {r['eager']['peak_rss_mib']:.0f} | {r['peak_rss_ratio']:.2f} |")
+              f"| {r['executorch']['peak_rss_mib']:.0f} ({r['executorch']['rss_before_training_mib']:.0f}) "
+              f"| {r['eager']['peak_rss_mib']:.0f} ({r['eager']['rss_before_training_mib']:.0f}) | {r['peak_rss_ratio']:.2f} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

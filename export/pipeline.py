@@ -25,7 +25,7 @@ from export.manifest import describe_files, write_manifest
 from models.adapters import peft_config_dict, save_adapter
 from models.batching import IGNORE_INDEX, pad_token_id
 from models.lora import LoraLayout, apply_lora, resolve_layout
-from models.pruning import PruningConfig, calibration_ids, prune_model
+from models.pruning import calibration_ids, prune_model
 from models.quantize import quantize_frozen_base
 from models.registry import BaseModel, load_base_model
 from models.tier import Tier
@@ -62,9 +62,8 @@ def build_training_model(base: BaseModel, tier: Tier, on_stage=None,
     notify = on_stage or (lambda stage: None)
     tier.validate(base.config.num_hidden_layers)
     notify("prune")
-    pruning = PruningConfig(ratio=tier.prune_ratio, method=tier.prune_method)
     calibration = calibration_ids(base.tokenizer) if tier.prune_ratio > 0 else None
-    prune_report = prune_model(base.model, pruning, calibration)
+    prune_report = prune_model(base.model, tier.pruning, calibration)
     if pruned_base_dir is not None and tier.prune_ratio > 0:
         base.model.save_pretrained(pruned_base_dir, safe_serialization=True)
     depth = base.model.config.num_hidden_layers

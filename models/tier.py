@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from models.lora import DEFAULT_TARGETS, KNOWN_TARGETS, RANK_PATTERNS
+from models.pruning import MAX_RATIO as MAX_PRUNE_RATIO
+from models.pruning import PRUNING_METHODS as PRUNE_METHODS
+from models.pruning import PruningConfig
 from models.quantize import QUANTIZATIONS
-
-MAX_PRUNE_RATIO = 0.9
-PRUNE_METHODS = ("width", "layers")
 OPTIMIZERS = ("sgd",)
 
 
@@ -57,12 +57,14 @@ class Tier:
     seq: int = 128
     train: TrainingHyperparameters = field(default_factory=TrainingHyperparameters)
 
+    @property
+    def pruning(self) -> PruningConfig:
+        """The pruning part of the tier, in the form ``models.pruning`` takes."""
+        return PruningConfig(ratio=self.prune_ratio, method=self.prune_method)
+
     def validate(self, num_hidden_layers: int | None = None) -> None:
         """Raise ``ValueError`` naming the first bad field; with the model's depth, check LoRA depth too."""
-        if not 0.0 <= self.prune_ratio <= MAX_PRUNE_RATIO:
-            raise ValueError(f"prune ratio must be in [0, {MAX_PRUNE_RATIO}], got {self.prune_ratio}")
-        if self.prune_method not in PRUNE_METHODS:
-            raise ValueError(f"unknown prune method {self.prune_method!r}; use one of {', '.join(PRUNE_METHODS)}")
+        self.pruning  # PruningConfig validates ratio and method
         if self.lora_rank <= 0:
             raise ValueError(f"LoRA rank must be a positive integer, got {self.lora_rank}")
         if self.lora_layers <= 0:

@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("bad_args, message", [
     (["--model", "no-such-model"], "unknown model"),
-    (["--model", "tiny", "--prune", "0.95"], "prune ratio must be in [0, 0.9]"),
-    (["--model", "tiny", "--prune", "-0.1"], "prune ratio must be in [0, 0.9]"),
+    (["--model", "tiny", "--prune", "0.95"], "pruning ratio must be in [0, 0.9]"),
+    (["--model", "tiny", "--prune", "-0.1"], "pruning ratio must be in [0, 0.9]"),
     (["--model", "tiny", "--lora-rank", "0"], "LoRA rank must be a positive integer"),
     (["--model", "tiny", "--lora-layers", "5"], "only 4 layers"),
     (["--model", "tiny", "--rank-pattern", "4,x"], "rank pattern"),

@@ -78,7 +78,7 @@ def test_lora_initialization_is_reproducible():
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(prune_ratio=0.91), "prune ratio"),
+    (dict(prune_ratio=0.91), "pruning ratio"),
     (dict(lora_rank=0), "LoRA rank"),
     (dict(lora_layers=0), "LoRA layers"),
     (dict(quantize="int4"), "quantization"),
