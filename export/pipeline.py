@@ -199,7 +199,7 @@ def _manifest_data(training: TrainingModel, base_config: dict, report: dict, ada
             "frozen_linears": "int8 weight-only, per-output-channel scale" if tier.quantize == "int8" else "float32",
             "embeddings_and_lm_head": "float32 (tied)",
         },
-        "training": {**tier.train.__dict__, "loss": "cross_entropy"},
+        "training": {**tier.to_dict()["train"], "loss": "cross_entropy"},
         "export": {
             "stage_seconds": report["stage_seconds"],
             "graph_passes": {"empty_permuted_rewritten": report["empty_permuted_rewritten"]},

@@ -71,7 +71,7 @@ def rank_schedule(rank: int, num_layers: int, pattern: str | list[int] | tuple[i
     if rank <= 0:
         raise ValueError(f"LoRA rank must be a positive integer, got {rank}")
     if num_layers <= 0:
-        raise ValueError(f"the number of LoRA layers must be positive, got {num_layers}")
+        raise ValueError(f"LoRA layers must be a positive integer, got {num_layers}")
     if isinstance(pattern, (list, tuple)):
         ranks = tuple(int(r) for r in pattern)
         if len(ranks) != num_layers:
@@ -89,6 +89,13 @@ def rank_schedule(rank: int, num_layers: int, pattern: str | list[int] | tuple[i
     raise ValueError(f"unknown rank pattern {pattern!r}; use {', '.join(RANK_PATTERNS)} or a comma list")
 
 
+def check_targets(targets: tuple[str, ...]) -> None:
+    """Refuse an empty or unknown set of LoRA target modules."""
+    unknown = [t for t in targets if t not in KNOWN_TARGETS]
+    if unknown or not targets:
+        raise ValueError(f"unknown LoRA target modules {unknown}; use some of {', '.join(KNOWN_TARGETS)}")
+
+
 def resolve_layout(num_hidden_layers: int, rank: int, lora_layers: int,
                    pattern: str | list[int] | tuple[int, ...] = "uniform",
                    targets: tuple[str, ...] = DEFAULT_TARGETS) -> LoraLayout:
@@ -96,9 +103,7 @@ def resolve_layout(num_hidden_layers: int, rank: int, lora_layers: int,
     if lora_layers > num_hidden_layers:
         raise ValueError(f"{lora_layers} LoRA layers requested but the model has only "
                          f"{num_hidden_layers} layers")
-    unknown = [t for t in targets if t not in KNOWN_TARGETS]
-    if unknown or not targets:
-        raise ValueError(f"unknown LoRA target modules {unknown}; use some of {', '.join(KNOWN_TARGETS)}")
+    check_targets(targets)
     ranks = rank_schedule(rank, lora_layers, pattern)
     return LoraLayout(ranks=ranks, first_layer=num_hidden_layers - lora_layers, targets=tuple(targets))
 

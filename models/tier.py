@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from models.lora import DEFAULT_TARGETS, KNOWN_TARGETS, RANK_PATTERNS
+from models.lora import DEFAULT_TARGETS, RANK_PATTERNS, check_targets, rank_schedule
 from models.pruning import MAX_RATIO as MAX_PRUNE_RATIO
 from models.pruning import PRUNING_METHODS as PRUNE_METHODS
 from models.pruning import PruningConfig
@@ -65,26 +65,11 @@ class Tier:
     def validate(self, num_hidden_layers: int | None = None) -> None:
         """Raise ``ValueError`` naming the first bad field; with the model's depth, check LoRA depth too."""
         self.pruning  # PruningConfig validates ratio and method
-        if self.lora_rank <= 0:
-            raise ValueError(f"LoRA rank must be a positive integer, got {self.lora_rank}")
-        if self.lora_layers <= 0:
-            raise ValueError(f"LoRA layers must be a positive integer, got {self.lora_layers}")
+        rank_schedule(self.lora_rank, self.lora_layers, self.rank_pattern)  # rank, depth, pattern
         if num_hidden_layers is not None and self.lora_layers > num_hidden_layers:
             raise ValueError(f"{self.lora_layers} LoRA layers requested but the model has only "
                              f"{num_hidden_layers} layers")
-        if isinstance(self.rank_pattern, str):
-            if self.rank_pattern not in RANK_PATTERNS:
-                raise ValueError(f"unknown rank pattern {self.rank_pattern!r}; use {', '.join(RANK_PATTERNS)} "
-                                 "or a comma-separated list of ranks")
-        else:
-            if len(self.rank_pattern) != self.lora_layers:
-                raise ValueError(f"rank pattern lists {len(self.rank_pattern)} ranks for "
-                                 f"{self.lora_layers} LoRA layers")
-            if min(self.rank_pattern) <= 0:
-                raise ValueError(f"every rank in the rank pattern must be positive, got {list(self.rank_pattern)}")
-        unknown = [t for t in self.lora_targets if t not in KNOWN_TARGETS]
-        if unknown or not self.lora_targets:
-            raise ValueError(f"unknown LoRA target modules {unknown}; use some of {', '.join(KNOWN_TARGETS)}")
+        check_targets(self.lora_targets)
         if self.quantize not in QUANTIZATIONS:
             raise ValueError(f"unknown quantization {self.quantize!r}; use one of {', '.join(QUANTIZATIONS)}")
         if self.batch <= 0:
