@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
 
 from flask import current_app, request
 
+from coordinator import strict_json
 from coordinator.errors import ApiError
 
 
 def state():
     """The running app's :class:`coordinator.app.CoordinatorState`."""
     return current_app.extensions["pockettune"]
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not a JSON value")
 
 
 def json_body(*, required: bool = True) -> dict:
@@ -26,7 +22,7 @@ def json_body(*, required: bool = True) -> dict:
             raise ApiError("invalid_json", "the request needs a JSON object body")
         return {}
     try:
-        body = json.loads(raw, parse_constant=_refuse_constant)
+        body = strict_json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError("invalid_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from coordinator import strict_json
 from coordinator.errors import ApiError
 
 #: safetensors dtype names -> (manifest dtype, bytes per element)
@@ -94,7 +95,7 @@ _META_FIELDS = {
 def parse_meta(raw: str | bytes) -> UpdateMeta:
     """Parse and check the ``meta`` JSON: every field present, of its type and range, no others."""
     try:
-        data = json.loads(raw, parse_constant=_refuse_constant)
+        data = strict_json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError("invalid_json", f"meta is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -106,11 +107,6 @@ def parse_meta(raw: str | bytes) -> UpdateMeta:
     if missing:
         raise ApiError("invalid_field", f"meta is missing {missing}")
     return UpdateMeta(**{name: check(data[name]) for name, check in _META_FIELDS.items()})
-
-
-def _refuse_constant(name: str):
-    # json.loads would otherwise accept NaN / Infinity, which are not JSON.
-    raise ValueError(f"{name} is not a JSON value")
 
 
 # --- the update file ---------------------------------------------------------------------------
@@ -150,7 +146,7 @@ def parse_safetensors_header(data: bytes) -> tuple[dict[str, _Entry], int]:
     if header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
         raise malformed(f"header length {header_len} does not fit in {len(data)} bytes")
     try:
-        header = json.loads(data[8:8 + header_len].decode("utf-8"), parse_constant=_refuse_constant)
+        header = strict_json.loads(data[8:8 + header_len].decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise malformed(f"header is not JSON ({exc})") from None
     if not isinstance(header, dict):
