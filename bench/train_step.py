@@ -114,13 +114,22 @@ def run_child(kind: str, model: str, quantize: str, artifact: Path, steps: int, 
 
 
 def ensure_artifact(model: str, quantize: str, workdir: Path) -> Path:
+    """Export the benchmark tier once, in a child process.
+
+    Not in this process: Linux carries a process's peak RSS across fork and exec into its
+    children's ``ru_maxrss``, so a parent that had exported (gigabytes) would set a floor under
+    every measurement that follows.
+    """
     from export.manifest import MANIFEST_FILE
-    from export.pipeline import export_artifact
 
     out = workdir / f"{model}-{quantize}"
     if not (out / MANIFEST_FILE).is_file():
         print(f"[bench] exporting {model} ({quantize}) -> {out}", file=sys.stderr, flush=True)
-        export_artifact(model, make_tier(model, quantize), out, replace=True)
+        tier = TIERS[model]
+        subprocess.run([sys.executable, "-m", "pockettune", "export", "--model", model, "--quantize", quantize,
+                        "--lora-rank", str(tier["lora_rank"]), "--lora-layers", str(tier["lora_layers"]),
+                        "--batch", str(tier["batch"]), "--seq", str(tier["seq"]), "--out", str(out), "--force",
+                        "--no-progress"], check=True, cwd=REPO)
     return out
 
 
