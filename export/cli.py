@@ -10,7 +10,9 @@ from pathlib import Path
 from models.lora import DEFAULT_TARGETS, KNOWN_TARGETS
 from models.quantize import QUANTIZATIONS
 from models.registry import PRESETS, UnknownModelError, is_known_model
-from models.tier import MAX_PRUNE_RATIO, PRUNE_METHODS, Tier, TrainingHyperparameters, parse_rank_pattern
+from models.pruning import MAX_RATIO as MAX_PRUNE_RATIO
+from models.pruning import PRUNING_METHODS as PRUNE_METHODS
+from models.tier import Tier, TrainingHyperparameters, parse_rank_pattern
 
 VERIFY_TEXT_SOURCE = "BBC News train split"
 

@@ -9,7 +9,7 @@ capacity where fine-tuning changes the model most (as LEGEND argues).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 

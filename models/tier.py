@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from models.lora import DEFAULT_TARGETS, RANK_PATTERNS, check_targets, rank_schedule
-from models.pruning import MAX_RATIO as MAX_PRUNE_RATIO
-from models.pruning import PRUNING_METHODS as PRUNE_METHODS
 from models.pruning import PruningConfig
 from models.quantize import QUANTIZATIONS
 OPTIMIZERS = ("sgd",)
