@@ -1,0 +1,58 @@
+"""Question answering on chatterbot-corpus (2,026 English Q/A pairs, 21 categories): perplexity.
+
+A generative task: the model reads ``"Question: ...\\nAnswer:"`` and learns to continue with
+the answer and an end-of-sequence token. It is scored by the perplexity of the held-out
+answers given their questions (exp of the mean per-token negative log-likelihood), the
+measure that says whether a tuned adapter made the model better at *these* conversations.
+The category (the YAML file) is each example's label, which a non-IID partition splits by.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from models.corpora import split_of
+from models.tasks.base import Example, register
+from models.tasks.generative import GenerativeTask
+
+
+def chatterbot_dir() -> Path:
+    """The English YAML files shipped inside the ``chatterbot-corpus`` package."""
+    spec = importlib.util.find_spec("chatterbot_corpus")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("chatterbot QA needs the 'chatterbot-corpus' package: pip install chatterbot-corpus")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / "english"
+
+
+def _text(value) -> str:
+    # A few answers in the corpus are YAML lists or numbers rather than strings.
+    if isinstance(value, list):
+        return " ".join(_text(v) for v in value)
+    return str(value).strip()
+
+
+@register
+class ChatterbotQA(GenerativeTask):
+    name = "chatterbot"
+    description = "chatterbot-corpus question answering, answer perplexity"
+
+    def examples(self, split: str) -> list[Example]:
+        import yaml
+
+        if split not in ("train", "heldout"):
+            raise ValueError(f"unknown split {split!r}; use train or heldout")
+        examples = []
+        for path in sorted(chatterbot_dir().glob("*.yml")):
+            conversations = yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations") or []
+            for i, turns in enumerate(conversations):
+                # A conversation [q, a1, a2, ...] is the question and its answer(s), in order.
+                for j in range(1, len(turns)):
+                    example_id = f"chatterbot/{path.stem}/{i}/{j}"
+                    # The 5% calibration bucket of the shared hash split joins training here.
+                    in_split = "heldout" if split_of(example_id) == "heldout" else "train"
+                    if in_split == split and _text(turns[j - 1]) and _text(turns[j]):
+                        examples.append(Example(example_id=example_id, context="",
+                                                prompt=f"Question: {_text(turns[j - 1])}\nAnswer:",
+                                                target=f" {_text(turns[j])}", label=path.stem))
+        return examples
