@@ -30,8 +30,10 @@ class UsageError(Exception):
 def _subcommand_modules():
     from coordinator import cli as coordinator_cli
     from export import cli as export_cli
+    from fleet import cli as fleet_cli
+    from pockettune import demo
 
-    return [export_cli, coordinator_cli]
+    return [export_cli, coordinator_cli, fleet_cli, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

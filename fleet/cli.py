@@ -1,0 +1,219 @@
+"""``pockettune device`` (one device against a coordinator) and ``pockettune simulate`` (a fleet)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fleet.profiles import FLEETS, PROFILES
+
+
+def add_parser(subparsers) -> None:
+    _add_device(subparsers)
+    _add_simulate(subparsers)
+
+
+# --- pockettune device -------------------------------------------------------------------------
+
+def _add_device(subparsers) -> None:
+    p = subparsers.add_parser(
+        "device", help="run one device: register, train the coordinator's tasks on local data, upload",
+        description="A PocketTune device in Python: it trains the same ExecuTorch artifacts as the "
+                    "Android app, through the same C++ runtime, on local data that never leaves it.")
+    p.add_argument("--coordinator", required=True, metavar="URL", help="coordinator base URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("--enroll", metavar="KEY", help="the coordinator's enrollment key (needed the first time)")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", metavar="PATH", type=Path,
+                      help="a UTF-8 text file of your own; each blank-line separated paragraph is an example")
+    data.add_argument("--task", metavar="NAME", help="a built-in task's training split (bbcnews, chatterbot)")
+    p.add_argument("--shard", metavar="I/N", default="1/1", help="with --task: this device holds shard I of N (default 1/1)")
+    p.add_argument("--partition", default="iid", metavar="SCHEME", help="with --task: iid or dirichlet:ALPHA (default iid)")
+    p.add_argument("--seed", type=int, default=0, help="partition and dropout seed (default 0)")
+    p.add_argument("--state-dir", type=Path, default=None, metavar="DIR",
+                   help="where the token and cached artifacts live (default ~/.cache/pockettune/device-NAME)")
+    p.add_argument("--name", default=None, help="device name shown on the coordinator (default: the host name)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="native",
+                   help="simulated hardware profile (default native: this machine as it is)")
+    p.add_argument("--realtime-factor", type=float, default=0.0, metavar="F",
+                   help="sleep out the profile's extra compute and transfer time x F (default 0: virtual only)")
+    p.add_argument("--max-tasks", type=int, default=None, metavar="N", help="exit after N tasks")
+    p.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
+                   help="exit after this long without a task (default: run until stopped)")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    p.set_defaults(func=run_device)
+
+
+def run_device(args) -> int:
+    import socket
+
+    from pockettune.cli import UsageError
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from fleet.data import LocalData, parse_shard
+    from fleet.device import DeviceAgent, DeviceConfig
+    from models.tasks import PartitionSpec, UnknownTaskError
+
+    if args.realtime_factor < 0:
+        raise UsageError("--realtime-factor must be >= 0")
+    if args.max_tasks is not None and args.max_tasks < 1:
+        raise UsageError("--max-tasks must be >= 1")
+    try:
+        if args.data is not None:
+            if not args.data.is_file():
+                raise UsageError(f"--data {args.data}: no such file")
+            data = LocalData.from_file(args.data)
+        else:
+            index, count = parse_shard(args.shard)
+            data = LocalData.from_task(args.task, index, count, PartitionSpec.parse(args.partition, seed=args.seed))
+    except (ValueError, UnknownTaskError) as exc:
+        raise UsageError(str(exc)) from None
+    name = args.name or socket.gethostname()
+    state_dir = args.state_dir or Path.home() / ".cache" / "pockettune" / f"device-{name}"
+    agent = DeviceAgent(DeviceConfig(coordinator=args.coordinator, state_dir=state_dir, data=data,
+                                     enrollment_key=args.enroll, name=name, profile=PROFILES[args.profile],
+                                     realtime_factor=args.realtime_factor, seed=args.seed))
+    print(f"device {name}: {data.description}", flush=True)
+    try:
+        agent.ensure_registered()
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
+
+    def show(outcome):
+        loss = (f" loss {outcome.loss_before:.4f} -> {outcome.loss_after:.4f}" if outcome.loss_after is not None else "")
+        print(f"task {outcome.task_id} (job {outcome.job_id}, round {outcome.round}): {outcome.status}{loss}, "
+              f"{outcome.compute_seconds:.1f} s compute, {outcome.flop_utilization:.1%} FLOP utilization, "
+              f"{outcome.bytes_down} B down, {outcome.bytes_up} B up", flush=True)
+
+    agent.run(max_tasks=args.max_tasks, idle_exit_s=args.idle_exit, on_outcome=show)
+    return 0
+
+
+# --- pockettune simulate -----------------------------------------------------------------------
+
+def add_fleet_options(p, devices: int, rounds: int) -> None:
+    """Options shared by ``simulate`` and ``demo``."""
+    p.add_argument("--devices", type=int, default=devices, help=f"number of simulated devices (default {devices})")
+    p.add_argument("--profile", choices=sorted(FLEETS), default="mixed",
+                   help="fleet mix: " + "; ".join(f"{k}={v}" for k, v in FLEETS.items()))
+    p.add_argument("--rounds", type=int, default=rounds, help=f"federated rounds (default {rounds})")
+    p.add_argument("--partition", default="iid", metavar="SCHEME", help="iid or dirichlet:ALPHA (default iid)")
+    p.add_argument("--dropout", type=float, default=0.1, help="chance a device vanishes during a task (default 0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="device processes (default 2, one per core)")
+    p.add_argument("--devices-per-round", type=int, default=None, help="places per round (default: all devices)")
+    p.add_argument("--min-updates", type=int, default=None,
+                   help="updates that close a round (default: 75%% of the places)")
+    p.add_argument("--round-deadline", type=float, default=300.0, metavar="SECONDS")
+    p.add_argument("--realtime-factor", type=float, default=0.0, metavar="F",
+                   help="devices sleep out their profile's extra time x F (default 0: virtual clock only)")
+    p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
+                   help="run folder: coordinator database, device caches, report (default: a new temp folder)")
+    p.add_argument("--coordinator", metavar="URL", default=None,
+                   help="use a running coordinator (with --admin-token and --enroll) instead of starting one")
+    p.add_argument("--admin-token", default=None)
+    p.add_argument("--enroll", metavar="KEY", default=None)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_simulate(subparsers) -> None:
+    p = subparsers.add_parser(
+        "simulate", help="run a heterogeneous simulated fleet against a real coordinator on this machine",
+        description="N devices with profiles (compute slowdown, RAM, bandwidth, dropout, battery) train "
+                    "the real ExecuTorch artifacts against a coordinator over loopback HTTP; reports each "
+                    "round on the real and the virtual clock.")
+    add_fleet_options(p, devices=8, rounds=3)
+    p.add_argument("--model", default="tiny", help="base model (default tiny; smollm2-135m for real runs)")
+    p.add_argument("--task", default="bbcnews", help="task (bbcnews, chatterbot)")
+    p.add_argument("--local-steps", type=int, default=5)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--prune", type=float, default=0.0)
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-layers", type=int, default=2)
+    p.add_argument("--quantize", choices=("none", "int8"), default="none")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--eval-examples", type=int, default=100, help="held-out examples scored after each round")
+    p.add_argument("--report", type=Path, default=None, metavar="PATH", help="write the JSON report here")
+    p.set_defaults(func=run_simulate)
+
+
+def fleet_spec_from(args, job: dict):
+    from fleet.simulator import FleetSpec
+    from pockettune.cli import UsageError
+
+    if args.devices < 1 or args.rounds < 1 or args.workers < 1:
+        raise UsageError("--devices, --rounds and --workers must be >= 1")
+    if not 0 <= args.dropout < 1:
+        raise UsageError("--dropout must be in [0, 1)")
+    from models.tasks import PartitionSpec
+
+    try:
+        PartitionSpec.parse(args.partition)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return FleetSpec(devices=args.devices, fleet=args.profile, rounds=args.rounds, task=job["task"],
+                     partition=args.partition, seed=args.seed, dropout=args.dropout, workers=args.workers,
+                     devices_per_round=args.devices_per_round, min_updates=args.min_updates,
+                     round_deadline_s=args.round_deadline, realtime_factor=args.realtime_factor,
+                     job={k: v for k, v in job.items() if k != "task"})
+
+
+def run_fleet(args, spec, progress_label: str = ""):
+    """Start (or join) a coordinator, run the fleet, return (report, simulation, workdir)."""
+    from fleet.local_coordinator import LocalCoordinator
+    from fleet.simulator import FleetSimulation
+    from pockettune.cli import UsageError
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pockettune-sim-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.coordinator:
+        if not (args.admin_token and args.enroll):
+            raise UsageError("--coordinator needs --admin-token and --enroll")
+        sim = FleetSimulation(spec, args.coordinator, args.admin_token, args.enroll, workdir,
+                              progress=not args.no_progress)
+        return sim.run(), sim, workdir, None
+    coordinator = LocalCoordinator(workdir, extra_args=["--tick", "0.5"]).start()
+    print(f"coordinator: {coordinator.base_url} (log {coordinator.log_path}, data {coordinator.instance})", flush=True)
+    sim = FleetSimulation(spec, coordinator.base_url, coordinator.admin_token, coordinator.enrollment_key, workdir,
+                          progress=not args.no_progress)
+    try:
+        return sim.run(), sim, workdir, coordinator
+    except BaseException:
+        coordinator.stop()
+        raise
+
+
+def run_simulate(args) -> int:
+    from fleet.simulator import format_report, save_report
+    from models.tier import Tier
+    from pockettune.cli import UsageError
+
+    tier = {"prune_ratio": args.prune, "lora_rank": args.lora_rank, "lora_layers": args.lora_layers,
+            "quantize": args.quantize, "batch": args.batch, "seq": args.seq}
+    try:
+        Tier.from_dict({**Tier().to_dict(), **tier}).validate()
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    job = {"model": args.model, "task": args.task, "tier": tier, "local_steps": args.local_steps, "lr": args.lr,
+           "eval_examples": args.eval_examples}
+    spec = fleet_spec_from(args, job)
+    started = time.monotonic()
+    report, sim, workdir, coordinator = run_fleet(args, spec)
+    try:
+        adapter = sim.download_adapter(report["job_id"], workdir / "final_adapter")
+    finally:
+        if coordinator:
+            coordinator.stop()
+    report_path = args.report or workdir / "report.json"
+    save_report(report, report_path)
+    print(format_report(report))
+    print(f"job {report['job_id']} {report['status']} in {time.monotonic() - started:.0f} s; "
+          f"virtual time {report['virtual_seconds']:.0f} s; report {report_path}; final adapter {adapter}")
+    return 0 if report["status"] == "completed" else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use: pockettune simulate --help")

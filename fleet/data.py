@@ -1,0 +1,59 @@
+"""A device's local data: a shard of a named task, or the user's own text file.
+
+Only the device ever reads these examples; what leaves it is the adapter it trained on them.
+Which examples a round trains on is a pure function of (shard, round, steps, batch), so a
+test (or an eager-PyTorch reference) can reproduce exactly what a device did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.tasks import Example, PartitionSpec, Task, TextFileTask, get_task, label_histogram, shard
+
+
+@dataclass
+class LocalData:
+    task: Task
+    examples: list[Example]
+    description: str
+
+    @classmethod
+    def from_task(cls, name: str, index: int, num_shards: int, spec: PartitionSpec) -> "LocalData":
+        """Shard ``index`` (0-based) of ``num_shards`` of task ``name``'s training split."""
+        task = get_task(name)
+        examples = shard(task.examples("train"), lambda e: e.label, num_shards, index, spec)
+        histogram = label_histogram(examples, lambda e: e.label)
+        return cls(task, examples, f"{name} shard {index + 1}/{num_shards} ({spec}, seed {spec.seed}): "
+                                   f"{len(examples)} examples {histogram}")
+
+    @classmethod
+    def from_file(cls, path: Path) -> "LocalData":
+        task = TextFileTask(path)
+        examples = task.examples("train")
+        return cls(task, examples, f"{path}: {len(examples)} paragraphs")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` (1-based, as people count devices) -> (I-1, N)."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard takes I/N, e.g. 3/10; got {text!r}") from None
+    if not 1 <= index <= count:
+        raise ValueError(f"--shard {text}: I must be between 1 and N")
+    return index - 1, count
+
+
+def round_examples(examples: list[Example], round_number: int, steps: int, batch: int) -> list[Example]:
+    """The ``steps * batch`` examples a device trains on in ``round_number`` (1-based).
+
+    Rounds walk through the shard in order and wrap around, so a device sees all its data
+    before seeing any example twice, and a small shard simply repeats.
+    """
+    if not examples:
+        raise ValueError("this device has no examples")
+    need = steps * batch
+    start = ((round_number - 1) * need) % len(examples)
+    return [examples[(start + i) % len(examples)] for i in range(need)]

@@ -1,0 +1,45 @@
+"""A simulated fleet: 8 tiny devices, 25% dropout, 3 rounds, against a real coordinator."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet_harness import ENROLLMENT_KEY, private_server, seeded_artifact_cache
+
+
+@pytest.fixture(scope="module")
+def artifact_cache(tiny_fp32_artifact, tmp_path_factory):
+    return seeded_artifact_cache(tiny_fp32_artifact, tmp_path_factory)
+
+
+def test_fleet_of_eight_with_dropout_completes_three_rounds(artifact_cache, tmp_path):
+    from coordinator_harness import ADMIN_TOKEN, JOB_TIER
+    from fleet.simulator import FleetSimulation, FleetSpec, format_report
+
+    server = private_server(tmp_path / "coordinator", artifact_cache)
+    try:
+        spec = FleetSpec(devices=8, fleet="mixed", rounds=3, task="bbcnews", partition="dirichlet:0.5", seed=3,
+                         dropout=0.25, workers=2, devices_per_round=8, min_updates=4, round_deadline_s=60,
+                         job={"model": "tiny", "tier": dict(JOB_TIER), "local_steps": 2, "lr": 0.5,
+                              "eval_examples": 10})
+        report = FleetSimulation(spec, server.base_url, ADMIN_TOKEN, ENROLLMENT_KEY, tmp_path / "run",
+                                 progress=False).run(timeout_s=600)
+    finally:
+        server.stop()
+    print(format_report(report))
+    assert report["status"] == "completed"
+    assert [r["round"] for r in report["rounds"]] == [1, 2, 3]
+    assert all(r["accepted"] >= 1 for r in report["rounds"])
+    statuses = [o["status"] for o in report["outcomes"]]
+    assert "dropped" in statuses, "with 25% dropout over 24 tasks some device must have dropped out"
+    assert all(r["virtual_seconds"] > 0 for r in report["rounds"])
+    # Every global adapter, the initial one included, was evaluated on held-out articles.
+    assert report["initial_evaluation"]["num_examples"] == 10
+    assert all(r["metric"] == "accuracy" and 0 <= r["value"] <= 1 for r in report["rounds"])
+    # Budget devices (10x slower, 1 Mbit/s) make their rounds slower on the virtual clock.
+    by_profile = {}
+    for o in report["outcomes"]:
+        if o["status"] == "accepted" and o["round"] > 1:
+            by_profile.setdefault(o["profile"], []).append(o["virtual_seconds"] / max(o["compute_seconds"], 1e-9))
+    if "budget" in by_profile and "flagship" in by_profile:
+        assert min(by_profile["budget"]) > max(by_profile["flagship"])
