@@ -4,7 +4,7 @@ Everything an app needs is built here and kept on the app (``app.extensions["poc
 a :class:`CoordinatorState`), never in module globals: tests build as many apps as they
 like, each with its own database, blob store and background threads. On creation the app
 upgrades its database to the newest Alembic revision, then (unless ``BACKGROUND`` is off)
-starts the artifact worker and the deadline watcher.
+starts the artifact worker, the evaluation worker and the deadline watcher.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from coordinator.models import Artifact, ArtifactFile
 from coordinator.scheduling import DEFAULT_SELECTOR, get_selector
 from coordinator.services.adapters import AdapterStore
 from coordinator.services.artifacts import ArtifactWorker, required_ram_mb
+from coordinator.services.evaluation import EvaluationWorker
 from coordinator.services.rounds import RoundCloser
 from coordinator.services.validation import max_update_bytes
 from coordinator.services.watcher import DeadlineWatcher
@@ -64,16 +65,19 @@ class CoordinatorState:
         self.selector = get_selector(DEFAULT_SELECTOR)
         self.closer = RoundCloser(self)
         self.worker = ArtifactWorker(self)
+        self.evaluator = EvaluationWorker(self)
         self.watcher = DeadlineWatcher(self.closer, settings.TICK_S)
         self._artifacts: dict[int, ArtifactInfo] = {}
         self._artifacts_lock = threading.Lock()
 
     def start_background(self) -> None:
         self.worker.start()
+        self.evaluator.start()
         self.watcher.start()
 
     def stop_background(self) -> None:
         self.worker.stop()
+        self.evaluator.stop()
         self.watcher.stop()
 
     def close_round(self, round_id: int) -> None:

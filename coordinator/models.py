@@ -11,7 +11,8 @@ them even if a lock were forgotten:
 - one round row per ``(job, number)``: a round is opened exactly once;
 - one global adapter per ``(job, round)``: a round is aggregated exactly once;
 - one task per ``(round, device)``: a device is in a round at most once;
-- one update per task: a task's result is accepted at most once.
+- one update per task: a task's result is accepted at most once;
+- one evaluation per ``(job, round)``: a global adapter is scored at most once.
 
 Timestamps are stored as naive UTC (portable across SQLite and PostgreSQL) and come back
 timezone-aware (:class:`UTCDateTime`).
@@ -164,6 +165,8 @@ class Job(Base):
     max_update_norm: Mapped[float] = mapped_column(Float)
     #: devices with less RAM than this are not selected (None: estimated from the artifact).
     min_ram_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: held-out examples each global adapter is evaluated on (0: no evaluation).
+    eval_examples: Mapped[int] = mapped_column(Integer, default=100, server_default="100")
     status: Mapped[str] = mapped_column(String(20), index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"), nullable=True)
@@ -246,3 +249,30 @@ class Update(Base):
     #: L2 norm of (update - round's start adapter) over all tensors, as validated.
     delta_norm: Mapped[float] = mapped_column(Float)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: the device's hardware measurements (``meta.metrics``, validated), None if it sent none.
+    #: (``none_as_null``: SQL NULL, not the JSON value null, so that ``IS NULL`` finds them.)
+    metrics: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+
+
+class Evaluation(Base):
+    """Global adapter ``round`` of a job (0: the initial one) scored on the task's held-out split.
+
+    Written once by the evaluation worker; a failed evaluation is recorded too (``error``
+    set, the scores None), so it is reported rather than retried on every start.
+    """
+
+    __tablename__ = "evaluations"
+    __table_args__ = (UniqueConstraint("job_id", "round"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    #: the task's metric: "accuracy" (higher is better) or "perplexity" (lower is better).
+    metric: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    num_examples: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: wall time of the evaluation itself (loading the model the first time included).
+    seconds: Mapped[float] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)

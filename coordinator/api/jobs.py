@@ -1,4 +1,4 @@
-"""Jobs (admin): create, list, inspect, cancel, and download a round's global adapter."""
+"""Jobs (admin): create, list, inspect, cancel, a round's details, and a round's global adapter."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from sqlalchemy import select
 from coordinator.api.common import json_body, state
 from coordinator.auth import admin_required
 from coordinator.errors import ApiError
-from coordinator.models import Artifact, GlobalAdapter, Job, JobStatus, Round, RoundStatus, utcnow
-from coordinator.services.jobs import parse_job_spec
-from coordinator.services.payloads import job_payload
+from coordinator.models import (Artifact, Device, Evaluation, GlobalAdapter, Job, JobStatus, Round, RoundStatus, Task,
+                                Update, utcnow)
+from coordinator.services.jobs import MAX_ROUNDS, parse_job_spec
+from coordinator.services.payloads import job_payload, round_detail_payload
 
 bp = Blueprint("jobs", __name__)
 
@@ -19,7 +20,8 @@ def _payload(session, job: Job) -> dict:
     artifact = session.get(Artifact, job.artifact_id) if job.artifact_id else None
     rounds = session.scalars(select(Round).where(Round.job_id == job.id)).all()
     adapters = session.scalars(select(GlobalAdapter).where(GlobalAdapter.job_id == job.id)).all()
-    return job_payload(job, artifact, list(rounds), list(adapters))
+    evaluations = session.scalars(select(Evaluation).where(Evaluation.job_id == job.id)).all()
+    return job_payload(job, artifact, list(rounds), list(adapters), list(evaluations))
 
 
 def _job_or_404(session, job_id: int) -> Job:
@@ -85,6 +87,30 @@ def cancel_job(job_id: int):
                 round_.status, round_.closed_at = RoundStatus.CANCELLED, utcnow()
     with db.read() as session:
         return _payload(session, _job_or_404(session, job_id))
+
+
+@bp.get("/jobs/<int:job_id>/rounds/<int:number>")
+@admin_required
+def get_round(job_id: int, number: int):
+    """Round ``number`` (1..rounds) with its adapter, evaluation, and every device's task and result."""
+    with state().db.read() as session:
+        _job_or_404(session, job_id)
+        round_ = None if number > MAX_ROUNDS else session.scalars(
+            select(Round).where(Round.job_id == job_id, Round.number == number)).one_or_none()
+        if round_ is None:
+            hint = (" (round 0 is the initial adapter: initial_adapter and initial_evaluation in GET /jobs/<id>)"
+                    if number == 0 else "")
+            raise ApiError("not_found", f"job {job_id} has no round {number}{hint}")
+        adapter = session.scalars(select(GlobalAdapter).where(GlobalAdapter.job_id == job_id,
+                                                              GlobalAdapter.round == number)).one_or_none()
+        evaluation = session.scalars(select(Evaluation).where(Evaluation.job_id == job_id,
+                                                              Evaluation.round == number)).one_or_none()
+        tasks = session.scalars(select(Task).where(Task.round_id == round_.id)).all()
+        updates = session.scalars(select(Update).where(Update.round_id == round_.id)).all()
+        device_ids = {t.device_id for t in tasks}
+        devices = {d.id: d for d in session.scalars(select(Device).where(Device.id.in_(device_ids)))} if device_ids \
+            else {}
+        return round_detail_payload(round_, adapter, evaluation, list(tasks), list(updates), devices)
 
 
 @bp.get("/jobs/<int:job_id>/adapter")

@@ -241,3 +241,4 @@ class ArtifactWorker:
             job.status, job.updated_at = JobStatus.RUNNING, now
             open_round(session, job, 1, now)
         log.info("job %s: running (artifact %s)", job_id, artifact_id)
+        self.state.evaluator.submit(job_id, 0)  # the initial adapter: the tier's zero-shot score

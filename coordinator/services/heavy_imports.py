@@ -30,5 +30,6 @@ def ensure_heavy_imports() -> None:
         import export.manifest  # noqa: F401
         import export.pipeline  # noqa: F401
         import models.registry  # noqa: F401
+        import models.tasks  # noqa: F401
         import models.tier  # noqa: F401
         _DONE = True

@@ -1,7 +1,8 @@
 """The job an admin posts (``POST /api/v1/jobs``): fields, defaults and validation.
 
-A job names a base model and a tier (what devices train), a task (a dataset name, stored
-and passed on to devices), and how rounds run. Its ``lr`` and ``local_steps`` become the
+A job names a base model and a tier (what devices train), a task (a name in the task
+registry, ``models.tasks``: the dataset devices train on and the held-out split each global
+adapter is evaluated on), and how rounds run. Its ``lr`` and ``local_steps`` become the
 tier's training hyper-parameters; they are not compiled into the artifact, so they go to
 devices in each task's ``train`` section. Every problem is a 422 ``invalid_field`` naming
 the field, and unknown fields are refused (a typo must not silently become a default).
@@ -21,6 +22,8 @@ MAX_ROUNDS = 100_000
 MAX_DEVICES_PER_ROUND = 100_000
 DEFAULT_DEVICES_PER_ROUND = 10
 DEFAULT_ROUND_DEADLINE_S = 600.0
+DEFAULT_EVAL_EXAMPLES = 100
+MAX_EVAL_EXAMPLES = 100_000
 _TIER_TRAIN_KEYS = {"optimizer", "momentum", "weight_decay"}
 
 
@@ -39,6 +42,7 @@ class JobSpec:
     strategy: str
     max_update_norm: float
     min_ram_mb: int | None
+    eval_examples: int
 
 
 def _bad(field: str, message: str) -> ApiError:
@@ -74,6 +78,7 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
     """Validate a job request body; raises ``ApiError`` (422) naming the first bad field."""
     ensure_heavy_imports()
     from models.registry import PRESETS, is_known_model
+    from models.tasks import task_names
     from models.tier import Tier, TrainingHyperparameters
 
     if not isinstance(body, dict):
@@ -87,6 +92,8 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
         raise _bad("model", f"unknown model {model!r}: use one of {', '.join(PRESETS)} or a directory "
                             "on the coordinator with a Hugging Face config.json")
     task = _string(body, "task")
+    if task not in task_names():
+        raise _bad("task", f"unknown task {task!r}; known: {', '.join(task_names())}")
     rounds = _integer(body, "rounds", None, 1, MAX_ROUNDS)
     devices_per_round = _integer(body, "devices_per_round", DEFAULT_DEVICES_PER_ROUND, 1, MAX_DEVICES_PER_ROUND)
     min_updates = _integer(body, "min_updates", devices_per_round, 1, devices_per_round)
@@ -100,6 +107,7 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
     min_ram_mb = body.get("min_ram_mb")
     if min_ram_mb is not None:
         min_ram_mb = _integer(body, "min_ram_mb", None, 0, 10**9)
+    eval_examples = _integer(body, "eval_examples", DEFAULT_EVAL_EXAMPLES, 0, MAX_EVAL_EXAMPLES)
 
     tier_body = body.get("tier", {})
     if not isinstance(tier_body, dict):
@@ -117,4 +125,4 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
     return JobSpec(name=name, model=model, task=task, tier=tier.to_dict(), rounds=rounds,
                    devices_per_round=devices_per_round, min_updates=min_updates,
                    round_deadline_s=round_deadline_s, local_steps=local_steps, lr=lr, strategy=strategy,
-                   max_update_norm=max_update_norm, min_ram_mb=min_ram_mb)
+                   max_update_norm=max_update_norm, min_ram_mb=min_ram_mb, eval_examples=eval_examples)

@@ -11,7 +11,8 @@ from datetime import datetime, timedelta
 
 from flask import url_for
 
-from coordinator.models import Artifact, ArtifactFile, Device, GlobalAdapter, Job, Round, Task, utcnow
+from coordinator.models import (Artifact, ArtifactFile, Device, Evaluation, GlobalAdapter, Job, Round, Task, Update,
+                                utcnow)
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -56,7 +57,21 @@ def adapter_payload(job_id: int, adapter: GlobalAdapter) -> dict:
     }
 
 
-def round_payload(round_: Round, adapter: GlobalAdapter | None) -> dict:
+def evaluation_payload(evaluation: Evaluation | None) -> dict | None:
+    """A global adapter's held-out score; None until it is evaluated (or if evaluation is off)."""
+    if evaluation is None:
+        return None
+    return {
+        "metric": evaluation.metric,
+        "value": evaluation.value,
+        "loss": evaluation.loss,
+        "num_examples": evaluation.num_examples,
+        "seconds": evaluation.seconds,
+        "error": evaluation.error,
+    }
+
+
+def round_payload(round_: Round, adapter: GlobalAdapter | None, evaluation: Evaluation | None = None) -> dict:
     return {
         "round": round_.number,
         "status": round_.status,
@@ -66,11 +81,50 @@ def round_payload(round_: Round, adapter: GlobalAdapter | None) -> dict:
         "close_reason": round_.close_reason,
         "num_updates": round_.num_updates,
         "adapter": None if adapter is None else adapter_payload(round_.job_id, adapter),
+        "evaluation": evaluation_payload(evaluation),
     }
 
 
-def job_payload(job: Job, artifact: Artifact | None, rounds: list[Round], adapters: list[GlobalAdapter]) -> dict:
+def update_payload(update: Update) -> dict:
+    """An accepted result as the admin sees it (the update's bytes: the blob ``url``, admin only)."""
+    return {
+        "update_id": update.id,
+        **blob_ref(update.sha256, update.size),
+        "num_examples": update.num_examples,
+        "loss_before": update.loss_before,
+        "loss_after": update.loss_after,
+        "train_seconds": update.train_seconds,
+        "bytes_downloaded": update.bytes_downloaded,
+        "bytes_uploaded": update.bytes_uploaded,
+        "delta_norm": update.delta_norm,
+        "received_at": iso(update.received_at),
+        "metrics": update.metrics,
+    }
+
+
+def round_detail_payload(round_: Round, adapter: GlobalAdapter | None, evaluation: Evaluation | None,
+                         tasks: list[Task], updates: list[Update], devices: dict[int, Device]) -> dict:
+    """``GET /jobs/<id>/rounds/<n>``: the round, and each device's task and result in it."""
+    by_task = {u.task_id: u for u in updates}
+    return {
+        "job_id": round_.job_id,
+        **round_payload(round_, adapter, evaluation),
+        "tasks": [{
+            "task_id": task.id,
+            "device_id": task.device_id,
+            "device_name": devices[task.device_id].name,
+            "status": task.status,
+            "assigned_at": iso(task.assigned_at),
+            "submitted_at": iso(task.submitted_at),
+            "update": update_payload(by_task[task.id]) if task.id in by_task else None,
+        } for task in sorted(tasks, key=lambda t: t.id)],
+    }
+
+
+def job_payload(job: Job, artifact: Artifact | None, rounds: list[Round], adapters: list[GlobalAdapter],
+                evaluations: list[Evaluation] = ()) -> dict:
     by_round = {a.round: a for a in adapters}
+    evaluated = {e.round: e for e in evaluations}
     open_rounds = [r.number for r in rounds if r.status in ("open", "aggregating")]
     latest = max(by_round) if by_round else None
     return {
@@ -90,14 +144,17 @@ def job_payload(job: Job, artifact: Artifact | None, rounds: list[Round], adapte
         "strategy": job.strategy,
         "max_update_norm": job.max_update_norm,
         "min_ram_mb": job.min_ram_mb,
+        "eval_examples": job.eval_examples,
         "created_at": iso(job.created_at),
         "updated_at": iso(job.updated_at),
         "current_round": open_rounds[-1] if open_rounds else None,
         "artifact": None if artifact is None else blob_ref(artifact.manifest_sha256, artifact.manifest_size,
                                                            format=artifact.format),
         "initial_adapter": None if 0 not in by_round else adapter_payload(job.id, by_round[0]),
+        "initial_evaluation": evaluation_payload(evaluated.get(0)),
         "latest_adapter_round": latest,
-        "round_history": [round_payload(r, by_round.get(r.number)) for r in sorted(rounds, key=lambda r: r.number)],
+        "round_history": [round_payload(r, by_round.get(r.number), evaluated.get(r.number))
+                          for r in sorted(rounds, key=lambda r: r.number)],
     }
 
 

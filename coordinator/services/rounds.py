@@ -20,6 +20,7 @@ A round's life: ``open`` -> ``aggregating`` -> ``closed``.
 
 A round that reaches its deadline with fewer than ``min_updates`` results is aggregated
 with what it has; with none, the global adapter carries over unchanged (``num_updates`` 0).
+Once recorded, the new global adapter is queued for evaluation (``services/evaluation.py``).
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ class RoundCloser:
                 job.updated_at = now
         log.info("job %s round %s closed (%s, %d update(s))", job.id, round_.number, round_.close_reason,
                  len(updates))
+        state.evaluator.submit(job.id, round_.number)  # scored in the background, never waited for
         return True
 
 

@@ -51,6 +51,8 @@ class UpdateMeta:
     train_seconds: float
     bytes_downloaded: int
     bytes_uploaded: int
+    #: The device's hardware measurements of this task (``METRIC_FIELDS``), or None.
+    metrics: dict | None = None
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -73,13 +75,48 @@ def _int_field(name: str, value, minimum: int) -> int:
     return value
 
 
-def _number_field(name: str, value, minimum: float) -> float:
+def _number_field(name: str, value, minimum: float, *, exclusive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ApiError("invalid_field", f"meta.{name} must be a number, got {json.dumps(value)}")
     value = float(value)
-    if not math.isfinite(value) or value < minimum:
-        raise ApiError("invalid_field", f"meta.{name} must be a finite number >= {minimum}, got {value}")
+    if not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
+        bound = f"> {minimum}" if exclusive else f">= {minimum}"
+        raise ApiError("invalid_field", f"meta.{name} must be a finite number {bound}, got {value}")
     return value
+
+
+def _optional(check):
+    return lambda name, value: None if value is None else check(name, value)
+
+
+#: ``meta.metrics``: what a device measured while running the task, every key optional.
+#: name -> check(qualified name, value) returning the stored value.
+METRIC_FIELDS = {
+    "steps": lambda n, v: _int_field(n, v, 1),                       # local steps run
+    "flops_per_step": lambda n, v: _number_field(n, v, 0.0),         # analytical FLOPs of one step
+    "compute_seconds": lambda n, v: _number_field(n, v, 0.0),        # wall time inside training steps
+    "achieved_gflops": lambda n, v: _number_field(n, v, 0.0),
+    "peak_gflops": lambda n, v: _number_field(n, v, 0.0, exclusive=True),  # measured matmul peak
+    "flop_utilization": lambda n, v: _number_field(n, v, 0.0),       # achieved / peak
+    "download_seconds": lambda n, v: _number_field(n, v, 0.0),       # fetching this task's files
+    # A device cannot time the upload that carries this meta: it reports its previous one.
+    "previous_upload_seconds": _optional(lambda n, v: _number_field(n, v, 0.0)),
+    "peak_rss_mb": lambda n, v: _number_field(n, v, 0.0),
+    "slowdown": lambda n, v: _number_field(n, v, 1.0),               # simulated devices: compute slowdown
+    "virtual_seconds": lambda n, v: _number_field(n, v, 0.0),        # simulated devices: simulated round time
+}
+
+
+def parse_metrics(value) -> dict | None:
+    """Check ``meta.metrics``: an object of known keys (all optional), each of its type and range."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ApiError("invalid_field", f"meta.metrics must be a JSON object, got {json.dumps(value)[:80]}")
+    unknown = sorted(set(value) - set(METRIC_FIELDS))
+    if unknown:
+        raise ApiError("invalid_field", f"meta.metrics has unknown keys {unknown}; known: {sorted(METRIC_FIELDS)}")
+    return {name: METRIC_FIELDS[name](f"metrics.{name}", value[name]) for name in sorted(value)}
 
 
 _META_FIELDS = {
@@ -90,23 +127,30 @@ _META_FIELDS = {
     "bytes_downloaded": lambda v: _int_field("bytes_downloaded", v, 0),
     "bytes_uploaded": lambda v: _int_field("bytes_uploaded", v, 0),
 }
+_OPTIONAL_META_FIELDS = {
+    "metrics": parse_metrics,
+}
 
 
 def parse_meta(raw: str | bytes) -> UpdateMeta:
-    """Parse and check the ``meta`` JSON: every field present, of its type and range, no others."""
+    """Parse and check the ``meta`` JSON: every required field present, each of its type and range,
+    the optional ``metrics`` object checked key by key, and no other field."""
     try:
         data = strict_json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError("invalid_json", f"meta is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ApiError("invalid_field", "meta must be a JSON object")
-    unknown = sorted(set(data) - set(_META_FIELDS))
+    unknown = sorted(set(data) - set(_META_FIELDS) - set(_OPTIONAL_META_FIELDS))
     if unknown:
-        raise ApiError("invalid_field", f"meta has unknown fields {unknown}; expected {sorted(_META_FIELDS)}")
+        raise ApiError("invalid_field", f"meta has unknown fields {unknown}; expected {sorted(_META_FIELDS)} "
+                                        f"and optionally {sorted(_OPTIONAL_META_FIELDS)}")
     missing = sorted(set(_META_FIELDS) - set(data))
     if missing:
         raise ApiError("invalid_field", f"meta is missing {missing}")
-    return UpdateMeta(**{name: check(data[name]) for name, check in _META_FIELDS.items()})
+    fields = {name: check(data[name]) for name, check in _META_FIELDS.items()}
+    fields.update({name: check(data.get(name)) for name, check in _OPTIONAL_META_FIELDS.items()})
+    return UpdateMeta(**fields)
 
 
 # --- the update file ---------------------------------------------------------------------------

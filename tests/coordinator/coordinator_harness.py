@@ -100,7 +100,8 @@ def new_database(backend: str, tmp_dir: Path) -> TestDatabase:
 
 
 def count_rows(database: TestDatabase) -> dict[str, int]:
-    tables = ("devices", "jobs", "rounds", "tasks", "updates", "global_adapters", "artifacts", "artifact_files")
+    tables = ("devices", "jobs", "rounds", "tasks", "updates", "global_adapters", "artifacts", "artifact_files",
+              "evaluations")
     engine = database.engine()
     try:
         with engine.connect() as conn:
@@ -291,8 +292,11 @@ class Api:
 
     # operator helpers
     def create_job(self, **fields) -> dict:
+        """A tiny job; evaluation is off unless ``eval_examples`` is given, so that a test's row
+        counts never change under it from the background evaluation worker."""
         body = {"model": "tiny", "task": "bbcnews", "rounds": 1, "devices_per_round": 2, "min_updates": 2,
-                "round_deadline_s": 300, "local_steps": 5, "lr": 0.5, "tier": dict(JOB_TIER), **fields}
+                "round_deadline_s": 300, "local_steps": 5, "lr": 0.5, "tier": dict(JOB_TIER), "eval_examples": 0,
+                **fields}
         response = self.post("/api/v1/jobs", json=body)
         assert response.status_code == 202, response.text
         return response.json()
@@ -392,6 +396,12 @@ def load_safetensors(data: bytes) -> dict[str, np.ndarray]:
     from safetensors.numpy import load
 
     return load(data)
+
+
+#: A ``meta.metrics`` object as a (simulated) device sends it: every key, one of them null.
+DEVICE_METRICS = {"steps": 5, "flops_per_step": 2.5e7, "compute_seconds": 0.42, "achieved_gflops": 0.3,
+                  "peak_gflops": 21.5, "flop_utilization": 0.014, "download_seconds": 0.05,
+                  "previous_upload_seconds": None, "peak_rss_mb": 812.5, "slowdown": 4.0, "virtual_seconds": 12.75}
 
 
 def meta(num_examples: int = 16, **overrides) -> dict:

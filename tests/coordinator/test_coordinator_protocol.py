@@ -99,7 +99,8 @@ def test_every_example_matches_the_served_coordinator(server, cleanup_jobs):
     assert_shape(created.json(), "job_created_response.json")
     job_id = created.json()["job_id"]
     cleanup_jobs.append(job_id)
-    job = admin.wait_job(job_id, lambda j: j["status"] == "running")
+    # Running, with round 0 (the initial adapter) evaluated: the example shows an evaluation.
+    job = admin.wait_job(job_id, lambda j: j["status"] == "running" and j["initial_evaluation"] is not None)
     assert_shape(job, "job_response.json")
     assert_shape({"jobs": [j for j in admin.get("/api/v1/jobs").json()["jobs"] if j["job_id"] == job_id]},
                  "job_list_response.json")
@@ -119,6 +120,19 @@ def test_every_example_matches_the_served_coordinator(server, cleanup_jobs):
     job = admin.job(job_id)  # round 1 closed, round 2 open: both kinds of round_history entry
     assert [r["status"] for r in job["round_history"]] == ["closed", "open"]
     assert_shape(job, "job_response.json")
+
+    # Round 2 with the device's hardware metrics, then the round as GET /jobs/<id>/rounds/<n> shows it.
+    task = device.get("/api/v1/tasks/next").json()
+    assert task["round"] == 2
+    tensors = FakeTrainer(manifest_of(device, task)).update(start_adapter(admin, job_id, 1), seed=10)
+    with_metrics = example("result_meta_with_metrics.json")
+    result = upload(device, task, tensors, with_metrics)
+    assert result.status_code == 201, result.text
+    admin.wait_job(job_id, lambda j: j["round_history"][1]["evaluation"] is not None)
+    detail = admin.get(f"/api/v1/jobs/{job_id}/rounds/2")
+    assert detail.status_code == 200, detail.text
+    assert_shape(detail.json(), "round_response.json")
+    assert detail.json()["tasks"][0]["update"]["metrics"] == with_metrics["metrics"]
     cancelled = admin.post(f"/api/v1/jobs/{job_id}/cancel").json()
     assert cancelled["status"] == "cancelled" and cancelled["current_round"] is None
     # A job that is over has no current round: job_list_response.json shows both kinds of job.

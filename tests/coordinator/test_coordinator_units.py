@@ -1,5 +1,6 @@
-"""Pieces of the coordinator on their own: FedAvg by hand, the update validator, the blob
-store, the schema against its migrations (SQLite and PostgreSQL), locking, and the CLI."""
+"""Pieces of the coordinator on their own: FedAvg by hand, the update validator and the meta's
+metrics, the blob store, the schema against its migrations (SQLite and PostgreSQL, and an
+upgrade from 0001 with data in it), locking, and the CLI."""
 
 from __future__ import annotations
 
@@ -121,6 +122,38 @@ def test_parse_meta_is_strict():
         assert _code(lambda: parse_meta(bad)) == code, bad
 
 
+METRICS = {"steps": 5, "flops_per_step": 1_234_567, "compute_seconds": 0.8, "achieved_gflops": 7.7,
+           "peak_gflops": 20.5, "flop_utilization": 0.376, "download_seconds": 1.5, "previous_upload_seconds": None,
+           "peak_rss_mb": 412.0, "slowdown": 2.5, "virtual_seconds": 9.25}
+
+
+def test_meta_metrics_are_optional_and_checked_key_by_key():
+    good = {"num_examples": 3, "loss_before": 1, "loss_after": 0.5, "train_seconds": 0,
+            "bytes_downloaded": 0, "bytes_uploaded": 10}
+    assert parse_meta(json.dumps(good)).metrics is None
+    assert parse_meta(json.dumps({**good, "metrics": None})).metrics is None
+    assert parse_meta(json.dumps({**good, "metrics": {}})).metrics == {}
+    parsed = parse_meta(json.dumps({**good, "metrics": METRICS})).metrics
+    assert parsed == METRICS and isinstance(parsed["flops_per_step"], float) and isinstance(parsed["steps"], int)
+    assert parse_meta(json.dumps({**good, "metrics": {"previous_upload_seconds": 0.25}})).metrics == {
+        "previous_upload_seconds": 0.25}
+    for metrics, snippet in [
+        ([1, 2], "meta.metrics must be a JSON object"),
+        ({"accuracy": 0.9}, "unknown keys ['accuracy']"),
+        ({"steps": 0}, "meta.metrics.steps"), ({"steps": 2.5}, "meta.metrics.steps"),
+        ({"steps": True}, "meta.metrics.steps"),
+        ({"peak_gflops": 0}, "meta.metrics.peak_gflops"), ({"slowdown": 0.5}, "meta.metrics.slowdown"),
+        ({"compute_seconds": -1}, "meta.metrics.compute_seconds"),
+        ({"flop_utilization": "high"}, "meta.metrics.flop_utilization"),
+        ({"download_seconds": None}, "meta.metrics.download_seconds"),
+        ({"virtual_seconds": 1e400}, "meta.metrics.virtual_seconds"),  # JSON's 1e400 parses as inf
+    ]:
+        with pytest.raises(ApiError) as caught:
+            parse_meta(json.dumps({**good, "metrics": metrics}).replace("Infinity", "1e400"))
+        assert caught.value.code == "invalid_field" and snippet in caught.value.message, (metrics, caught.value)
+    assert _code(lambda: parse_meta(json.dumps({**good, "metrics": {"steps": float("nan")}}))) == "invalid_json"
+
+
 # --- blob store --------------------------------------------------------------------------------
 
 def test_blob_store_stages_durably_and_publishes_atomically(tmp_path):
@@ -173,6 +206,51 @@ def test_migrations_create_exactly_the_models_schema(backend, tmp_path, request)
         with db.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == [], f"models and migrations disagree; write a migration: {diff}"
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_0002_upgrades_a_0001_database_with_data(backend, tmp_path, request):
+    """Jobs and updates written at 0001 keep working: eval_examples 100, metrics null; and back."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from coordinator.db import Database
+    from coordinator.migrations import alembic_config, current_revision, head_revision
+
+    database = new_database(backend, tmp_path)
+    request.addfinalizer(database.drop)
+    db = Database(database.url)
+    stamp = "'2026-11-22 08:00:00'"
+    rows = [
+        "INSERT INTO devices (id, name, platform, token_sha256, capabilities, registered_at, last_seen_at) "
+        f"VALUES (1, 'p', 'android', '{'0' * 64}', '{{}}', {stamp}, {stamp})",
+        "INSERT INTO jobs (id, name, model, task, tier, rounds, devices_per_round, min_updates, round_deadline_s, "
+        "local_steps, lr, strategy, max_update_norm, status, created_at, updated_at) VALUES "
+        f"(1, 'j', 'tiny', 'bbcnews', '{{}}', 1, 1, 1, 60.0, 1, 0.1, 'fedavg', 1.0, 'running', {stamp}, {stamp})",
+        f"INSERT INTO rounds (id, job_id, number, status, opened_at, deadline_at, num_updates) VALUES "
+        f"(1, 1, 1, 'open', {stamp}, {stamp}, 1)",
+        f"INSERT INTO tasks (id, round_id, device_id, status, assigned_at) VALUES (1, 1, 1, 'submitted', {stamp})",
+        "INSERT INTO updates (id, task_id, round_id, device_id, sha256, size, num_examples, loss_before, loss_after, "
+        f"train_seconds, bytes_downloaded, bytes_uploaded, delta_norm, received_at) VALUES "
+        f"(1, 1, 1, 1, '{'1' * 64}', 10, 4, 2.0, 1.5, 3.0, 100, 10, 0.5, {stamp})",
+    ]
+    try:
+        with db.engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0001")
+            for row in rows:
+                conn.execute(text(row))
+        assert db.upgrade_schema() == head_revision() == "0002"
+        with db.engine.connect() as conn:
+            assert conn.execute(text("SELECT eval_examples FROM jobs")).all() == [(100,)]
+            assert conn.execute(text("SELECT metrics, num_examples FROM updates")).all() == [(None, 4)]
+            assert conn.execute(text("SELECT COUNT(*) FROM evaluations")).scalar_one() == 0
+        with db.engine.begin() as conn:  # and back down, keeping the rows
+            command.downgrade(alembic_config(conn), "0001")
+            assert current_revision(conn) == "0001"
+            assert conn.execute(text("SELECT COUNT(*) FROM updates")).scalar_one() == 1
+        assert db.upgrade_schema() == "0002"
     finally:
         db.dispose()
 

@@ -12,7 +12,7 @@ import struct
 import numpy as np
 
 from coordinator_harness import (  # noqa: F401 (fixtures are used by name)
-    FakeTrainer, artifact_cache, assert_error, backend, cleanup_jobs,
+    DEVICE_METRICS, FakeTrainer, artifact_cache, assert_error, backend, cleanup_jobs,
     count_rows, manifest_of, meta, register, safetensors_bytes, server,
     start_adapter, upload)
 
@@ -42,6 +42,15 @@ def rejection_cases(good: dict[str, np.ndarray], names: list[str]):
     yield "meta-examples-not-int", good, {**ok_meta, "num_examples": 3.5}, 422, "invalid_field"
     yield "meta-nan-loss", good, json.dumps(ok_meta).replace("2.1", "NaN"), 400, "invalid_json"
     yield "meta-negative-seconds", good, {**ok_meta, "train_seconds": -1}, 422, "invalid_field"
+    yield "metrics-not-object", good, {**ok_meta, "metrics": [5]}, 422, "invalid_field"
+    yield "metrics-unknown-key", good, {**ok_meta, "metrics": {**DEVICE_METRICS, "battery_drain": 3}}, 422, \
+        "invalid_field"
+    yield "metrics-zero-steps", good, {**ok_meta, "metrics": {**DEVICE_METRICS, "steps": 0}}, 422, "invalid_field"
+    yield "metrics-zero-peak", good, {**ok_meta, "metrics": {"peak_gflops": 0.0}}, 422, "invalid_field"
+    yield "metrics-speedup", good, {**ok_meta, "metrics": {"slowdown": 0.5}}, 422, "invalid_field"
+    yield "metrics-string", good, {**ok_meta, "metrics": {"peak_rss_mb": "812"}}, 422, "invalid_field"
+    yield "metrics-infinite", good, json.dumps({**ok_meta, "metrics": {"compute_seconds": 1.5}}).replace(
+        "1.5", "1e999"), 422, "invalid_field"
     yield "not-safetensors", b"PK\x03\x04 this is a zip, not safetensors", ok_meta, 400, "malformed_update"
     yield "truncated", safetensors_bytes(good)[:-7], ok_meta, 400, "malformed_update"
     yield "header-length-lies", struct.pack("<Q", 10**6) + b"{}", ok_meta, 400, "malformed_update"

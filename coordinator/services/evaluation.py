@@ -1,0 +1,237 @@
+"""Scoring each global adapter on the task's held-out split, in the background.
+
+Round 0's adapter (the artifact's initial one: the tier's zero-shot model) is scored when the
+job starts running, and round N's when round N closes. :class:`EvaluationWorker` is one
+thread reading a queue, like the artifact worker: requests and the round closer only put
+``(job, round)`` on it, so an evaluation never delays an upload or the closing of a round,
+and never two evaluations run at once (a process-wide lock also covers several apps in one
+process, as in tests).
+
+What is scored is exactly the eager model the artifact's program was compiled from
+(:func:`export.server_model.load_artifact_model`), loaded once per artifact and kept; each
+round only swaps the LoRA tensors in. The examples are the task's fixed held-out subset
+(``Task.eval_examples(limit=job.eval_examples)``), the same for every round, so rounds
+compare. ``eval_examples`` 0 turns evaluation off for a job.
+
+Results land in the ``evaluations`` table, one row per ``(job, round)``. A failed evaluation
+is recorded too (``error`` set, scores null) and logged: it is reported once, not retried on
+every start. When the coordinator starts it queues every global adapter of a running or
+completed job that has no row yet (e.g. the process stopped mid-queue). Rounds of a job that
+was cancelled or failed by the time its turn comes are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import and_, select
+from sqlalchemy.exc import IntegrityError
+
+from coordinator.models import Artifact, ArtifactFile, Evaluation, GlobalAdapter, Job, JobStatus, utcnow
+from coordinator.services.heavy_imports import ensure_heavy_imports
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+#: Files of an artifact the server-side model does not read (the device's program and adapter).
+_NOT_NEEDED_FOR_EVALUATION = ("model.pte", "lora.ptd")
+#: Examples lists kept in memory, by (task, limit).
+_CACHED_EXAMPLE_SETS = 4
+_EVALUATED_STATUSES = (JobStatus.RUNNING, JobStatus.COMPLETED)
+
+#: One evaluation at a time in this process, whichever app's worker runs it.
+_EVALUATION_LOCK = threading.Lock()
+
+
+def missing_evaluations(session) -> list[tuple[int, int]]:
+    """``(job_id, round)`` of every global adapter of a running or completed job with
+    ``eval_examples`` > 0 and no evaluation row, oldest job and round first."""
+    query = (select(GlobalAdapter.job_id, GlobalAdapter.round)
+             .join(Job, Job.id == GlobalAdapter.job_id)
+             .outerjoin(Evaluation, and_(Evaluation.job_id == GlobalAdapter.job_id,
+                                         Evaluation.round == GlobalAdapter.round))
+             .where(Job.status.in_(_EVALUATED_STATUSES), Job.eval_examples > 0, Evaluation.id.is_(None))
+             .order_by(GlobalAdapter.job_id, GlobalAdapter.round))
+    return [(job_id, round_number) for job_id, round_number in session.execute(query)]
+
+
+class EvaluationWorker:
+    """The background thread that scores global adapters, one at a time."""
+
+    def __init__(self, state):
+        self.state = state
+        self._queue: queue.Queue[tuple[int, int] | None] = queue.Queue()
+        self._queued: set[tuple[int, int]] = set()
+        self._queued_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._model = None            # (artifact id, export.server_model.ArtifactModel)
+        self._examples: dict[tuple[str, int], list] = {}
+
+    # --- queue ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self.state.db.read() as session:
+            pending = missing_evaluations(session)
+        if pending:
+            log.info("evaluations: %d global adapter(s) not yet evaluated, queued", len(pending))
+        for job_id, round_number in pending:
+            self.submit(job_id, round_number)
+        self._thread = threading.Thread(target=self._run, name="pockettune-evaluations", daemon=True)
+        self._thread.start()
+
+    def submit(self, job_id: int, round_number: int) -> None:
+        """Queue the evaluation of global adapter ``round_number`` of ``job_id`` (never blocks)."""
+        key = (job_id, round_number)
+        with self._queued_lock:
+            if key in self._queued:
+                return
+            self._queued.add(key)
+        self._queue.put(key)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (key := self._queue.get()) is not None:
+            with self._queued_lock:
+                self._queued.discard(key)
+            try:
+                self.evaluate(*key)
+            except Exception:  # noqa: BLE001 - evaluate records failures itself; never kill the worker
+                log.exception("evaluating job %s round %s failed unexpectedly", *key)
+
+    # --- one evaluation ------------------------------------------------------------------------
+
+    def evaluate(self, job_id: int, round_number: int) -> Evaluation | None:
+        """Score one global adapter and record the result (or the error); None if not due."""
+        db = self.state.db
+        with db.read() as session:
+            job = session.get(Job, job_id)
+            adapter = session.scalars(select(GlobalAdapter).where(
+                GlobalAdapter.job_id == job_id, GlobalAdapter.round == round_number)).one_or_none()
+            done = session.scalars(select(Evaluation.id).where(
+                Evaluation.job_id == job_id, Evaluation.round == round_number)).first()
+            artifact = session.get(Artifact, job.artifact_id) if job is not None and job.artifact_id else None
+        if (job is None or adapter is None or artifact is None or done is not None or job.eval_examples <= 0
+                or job.status not in _EVALUATED_STATUSES):
+            return None
+        with _EVALUATION_LOCK:
+            started = time.perf_counter()
+            try:
+                scores, error = self._score(job, artifact, adapter), None
+            except Exception as exc:  # noqa: BLE001 - any failure is this evaluation's, recorded and reported
+                log.exception("job %s round %s: evaluation failed", job_id, round_number)
+                scores, error = {}, f"{type(exc).__name__}: {exc}"
+            seconds = time.perf_counter() - started
+        evaluation = Evaluation(job_id=job_id, round=round_number, metric=scores.get("metric"),
+                                value=scores.get("value"), loss=scores.get("loss"),
+                                num_examples=scores.get("num_examples"), seconds=round(seconds, 4),
+                                error=error, created_at=utcnow())
+        try:
+            with db.write() as session:
+                session.add(evaluation)
+        except IntegrityError:
+            # Another coordinator process on the same database recorded this round first.
+            log.info("job %s round %s: already evaluated by another process", job_id, round_number)
+            return None
+        if error is None:
+            log.info("job %s round %s evaluated: %s %.4g, loss %s, %d examples, %.2f s", job_id, round_number,
+                     evaluation.metric, evaluation.value, evaluation.loss, evaluation.num_examples, seconds)
+        return evaluation
+
+    def _score(self, job: Job, artifact: Artifact, adapter: GlobalAdapter) -> dict:
+        ensure_heavy_imports()
+        import torch
+
+        from export.server_model import set_adapter_tensors
+        from models.tasks import get_task
+
+        model = self._artifact_model(artifact)
+        set_adapter_tensors(model.peft_model, self.state.adapters.tensors(adapter.weights_sha256))
+        task = get_task(job.task)
+        examples = self._eval_examples(task, job.task, job.eval_examples)
+        with torch.no_grad():
+            result = task.evaluate(model.peft_model, model.tokenizer, examples, seq=int(job.tier["seq"]))
+        return checked_result(result)
+
+    def _eval_examples(self, task, name: str, limit: int) -> list:
+        key = (name, limit)
+        if key not in self._examples:
+            while len(self._examples) >= _CACHED_EXAMPLE_SETS:
+                self._examples.pop(next(iter(self._examples)))
+            self._examples[key] = list(task.eval_examples(limit=limit))
+        return self._examples[key]
+
+    def _artifact_model(self, artifact: Artifact):
+        if self._model is not None and self._model[0] == artifact.id:
+            return self._model[1]
+        from export.server_model import load_artifact_model
+
+        self._model = None  # one model in memory at a time: drop the old one before loading
+        started = time.perf_counter()
+        model = load_artifact_model(self._artifact_directory(artifact))
+        log.info("evaluations: loaded the eager model of artifact %s in %.1f s", artifact.id,
+                 time.perf_counter() - started)
+        self._model = (artifact.id, model)
+        return model
+
+    def _artifact_directory(self, artifact: Artifact) -> Path:
+        """A directory holding the artifact's files: the export cache's, or one rebuilt from blobs."""
+        from export.manifest import sha256_file
+
+        cached = self.state.worker.cache.directory(artifact.key)
+        if (cached / MANIFEST_FILE).is_file() and sha256_file(cached / MANIFEST_FILE) == artifact.manifest_sha256:
+            return cached
+        target = Path(self.state.settings.INSTANCE_PATH) / "evaluation" / artifact.key
+        if (target / MANIFEST_FILE).is_file() and sha256_file(target / MANIFEST_FILE) == artifact.manifest_sha256:
+            return target
+        return self._materialize(artifact, target)
+
+    def _materialize(self, artifact: Artifact, target: Path) -> Path:
+        """Copy the artifact's server-side files out of the blob store into ``target`` (all or nothing)."""
+        blobs = self.state.blobs
+        with self.state.db.read() as session:
+            files = session.scalars(select(ArtifactFile).where(ArtifactFile.artifact_id == artifact.id)).all()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{artifact.key[:12]}.partial-", dir=target.parent))
+        try:
+            for file in files:
+                if file.path in _NOT_NEEDED_FOR_EVALUATION:
+                    continue
+                destination = staging / file.path
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(blobs.path(file.sha256), destination)
+            shutil.copyfile(blobs.path(artifact.manifest_sha256), staging / MANIFEST_FILE)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+
+def checked_result(result) -> dict:
+    """A task's evaluation result, checked: metric name, finite value and loss, example count."""
+    if not isinstance(result, dict):
+        raise TypeError(f"the task's evaluate returned {type(result).__name__}, not a dict")
+    metric, value, loss, count = (result.get(k) for k in ("metric", "value", "loss", "num_examples"))
+    if not isinstance(metric, str) or not metric:
+        raise ValueError(f"the task's evaluate returned no metric name: {result!r}")
+    for name, number in (("value", value), ("loss", loss)):
+        if number is None and name == "loss":
+            continue
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise ValueError(f"the task's evaluate returned a non-finite or missing {name}: {result!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"the task's evaluate returned no example count: {result!r}")
+    return {"metric": metric, "value": float(value), "loss": None if loss is None else float(loss),
+            "num_examples": count}
