@@ -36,13 +36,13 @@ from sqlalchemy import and_, select
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.models import Artifact, ArtifactFile, Evaluation, GlobalAdapter, Job, JobStatus, utcnow
+from coordinator.services.artifacts import ADAPTER_PTD, MANIFEST_FILE
 from coordinator.services.heavy_imports import ensure_heavy_imports
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
 #: Files of an artifact the server-side model does not read (the device's program and adapter).
-_NOT_NEEDED_FOR_EVALUATION = ("model.pte", "lora.ptd")
+_NOT_NEEDED_FOR_EVALUATION = ("model.pte", ADAPTER_PTD)
 #: Examples lists kept in memory, by (task, limit).
 _CACHED_EXAMPLE_SETS = 4
 _EVALUATED_STATUSES = (JobStatus.RUNNING, JobStatus.COMPLETED)

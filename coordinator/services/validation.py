@@ -7,7 +7,10 @@ so a hostile file is refused from its header before any tensor is materialized, 
 byte is accounted for: offsets must tile the buffer exactly, with no gaps, overlaps or
 trailing data.
 
-Checks, in order, each with its error code (status in ``coordinator.errors``):
+The ``meta`` part (:func:`parse_meta`) is checked as strictly: required fields, the optional
+``metrics`` object of device measurements (:data:`METRIC_FIELDS`), nothing else.
+
+Checks of the update, in order, each with its error code (status in ``coordinator.errors``):
 size (``update_too_large``), format (``malformed_update``), names (``tensor_names``),
 dtypes (``tensor_dtype``), shapes (``tensor_shape``), finite values (``non_finite``),
 and the L2 norm of the change from the round's start adapter (``norm_exceeded``).

@@ -299,6 +299,7 @@ def test_failed_evaluation_is_recorded_once_and_a_missing_export_is_rebuilt_from
 
 def test_worker_thread_skips_jobs_with_evaluation_off_and_cancelled_jobs(tmp_path, artifact_cache, fake_task):
     from coordinator.models import Evaluation, Job, JobStatus
+    from coordinator.services.evaluation import EvaluationWorker
 
     state = _app_state(tmp_path, artifact_cache)
     try:
@@ -307,7 +308,9 @@ def test_worker_thread_skips_jobs_with_evaluation_off_and_cancelled_jobs(tmp_pat
         with state.db.write() as session:
             session.get(Job, cancelled).status = JobStatus.CANCELLED
         evaluated = _prepared_job(state)
-        state.evaluator.start()  # the thread, fed by the start-up scan
+        # As after a restart: a fresh worker whose queue only the start-up scan fills.
+        state.evaluator = EvaluationWorker(state)
+        state.evaluator.start()
         deadline = time.monotonic() + 60
         while True:
             with state.db.read() as session:
