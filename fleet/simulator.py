@@ -212,6 +212,7 @@ class FleetSimulation:
         from fleet.hardware import measure_matmul_gflops
 
         started = time.monotonic()
+        self.workdir.mkdir(parents=True, exist_ok=True)
         job = self.create_job()
         job_id = job["job_id"]
         bar = tqdm(total=self.spec.rounds, desc="preparing artifact", unit="round", disable=not self.progress)
@@ -252,7 +253,7 @@ class FleetSimulation:
                 if time.monotonic() - started > timeout_s:
                     raise TimeoutError(f"job {job_id} did not finish within {timeout_s:.0f} s")
                 if any(not w.is_alive() for w in workers) and not stop.is_set():
-                    raise RuntimeError("a device worker process died; see the log above")
+                    raise RuntimeError(f"a device worker process died; see {self.workdir / 'devices.log'}")
                 time.sleep(1.0)
         finally:
             stop.set()

@@ -37,7 +37,7 @@ def _wait(process, timeout=180):
 def _round_updates(admin, job_id: int, round_number: int) -> list[dict]:
     response = admin.get(f"/api/v1/jobs/{job_id}/rounds/{round_number}")
     assert response.status_code == 200, response.text
-    return response.json()["updates"]
+    return [task["update"] for task in response.json()["tasks"] if task.get("update")]
 
 
 def _update_tensors(admin, sha256: str) -> dict[str, np.ndarray]:
