@@ -10,7 +10,7 @@ DEV_INSTALLED := $(VENV)/.dev-installed
 .PHONY: demo test install clean help
 
 help:
-	@echo "make demo    set up .venv and export + verify SmolLM2-135M training artifacts"
+	@echo "make demo    set up .venv and run the end-to-end demo (coordinator, SmolLM2-135M export, simulated fleet)"
 	@echo "make test    set up .venv and run the test suite (pytest)"
 	@echo "make clean   remove .venv and build outputs"
 
@@ -32,11 +32,10 @@ $(DEV_INSTALLED): $(INSTALLED) requirements/dev.txt
 install: $(INSTALLED)
 
 demo: $(INSTALLED)
-	$(VENV)/bin/pockettune export --model smollm2-135m --prune 0.5 --lora-layers 8 --lora-rank 8 \
-		--quantize int8 --batch 4 --seq 128 --out artifacts/smollm2-135m-p50-int8 --force --verify 5
+	$(VENV)/bin/pockettune demo $(DEMO_ARGS)
 
 test: $(DEV_INSTALLED)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info artifacts
+	rm -rf $(VENV) build dist *.egg-info artifacts runs

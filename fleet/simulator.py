@@ -281,8 +281,8 @@ class FleetSimulation:
 
     def _evaluated(self, job: dict) -> bool:
         """True once every closed round (and round 0) has an evaluation, or evaluation is off."""
-        if not self.spec.job.get("eval_examples", 100):
-            return True
+        if not self.spec.job.get("eval_examples", 100) or job["status"] != "completed":
+            return True     # a cancelled or failed job's remaining rounds are never evaluated
         rounds = [0] + [e["round"] for e in job.get("round_history", []) if e.get("status") == "closed"]
         return all(evaluation_of(job, r) is not None for r in rounds)
 

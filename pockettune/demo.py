@@ -16,9 +16,10 @@ from pathlib import Path
 DEMO_JOB = {
     "model": "smollm2-135m",
     "task": "bbcnews",
-    "tier": {"prune_ratio": 0.0, "lora_rank": 8, "lora_layers": 4, "quantize": "int8", "batch": 4, "seq": 64},
-    "local_steps": 4,
-    "lr": 0.2,
+    "tier": {"prune_ratio": 0.0, "lora_rank": 8, "lora_layers": 4, "quantize": "int8", "batch": 4, "seq": 64,
+             "train": {"momentum": 0.8}},
+    "local_steps": 8,
+    "lr": 0.1,
     "eval_examples": 100,
 }
 
@@ -29,12 +30,12 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="run the end-to-end demo: coordinator, SmolLM2-135M export, simulated fleet on BBC News",
         description=__doc__.split("\n\n")[1].replace("\n", " "))
-    add_fleet_options(p, devices=10, rounds=4)
+    add_fleet_options(p, devices=10, rounds=5)
     p.add_argument("--model", default=DEMO_JOB["model"], help="base model (default smollm2-135m; tiny for a smoke run)")
     p.add_argument("--local-steps", type=int, default=DEMO_JOB["local_steps"])
     p.add_argument("--lr", type=float, default=DEMO_JOB["lr"])
     p.add_argument("--serve", action="store_true", help="keep the coordinator running after the demo (Ctrl-C stops it)")
-    p.set_defaults(func=run_demo, workdir=Path("runs/demo"))
+    p.set_defaults(func=run_demo, workdir=Path("runs/demo"), devices_per_round=6, min_updates=5)
 
 
 def run_demo(args) -> int:
