@@ -7,6 +7,7 @@ test (or an eager-PyTorch reference) can reproduce exactly what a device did.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ class LocalData:
         """Shard ``index`` (0-based) of ``num_shards`` of task ``name``'s training split."""
         task = get_task(name)
         examples = shard(task.examples("train"), lambda e: e.label, num_shards, index, spec)
+        # Corpora list examples grouped by label; a round's slice of them must not be.
+        random.Random(f"{spec.seed}/{index}").shuffle(examples)
         histogram = label_histogram(examples, lambda e: e.label)
         return cls(task, examples, f"{name} shard {index + 1}/{num_shards} ({spec}, seed {spec.seed}): "
                                    f"{len(examples)} examples {histogram}")
@@ -32,6 +35,7 @@ class LocalData:
     def from_file(cls, path: Path) -> "LocalData":
         task = TextFileTask(path)
         examples = task.examples("train")
+        random.Random(str(path)).shuffle(examples)     # a notes file is in time order; SGD wants it mixed
         return cls(task, examples, f"{path}: {len(examples)} paragraphs")
 
 

@@ -56,3 +56,14 @@ def test_round_examples_walk_the_shard_and_wrap():
     for bad in ("0/3", "4/3", "a/b", "3"):
         with pytest.raises(ValueError):
             parse_shard(bad)
+
+
+def test_a_shard_is_mixed_and_reproducible():
+    """Corpora are listed by label; a device's first round must not see one topic only."""
+    from fleet.data import LocalData
+    from models.tasks import PartitionSpec
+
+    shard = LocalData.from_task("bbcnews", 0, 10, PartitionSpec.parse("iid", seed=0)).examples
+    assert len({e.label for e in shard[:16]}) >= 3
+    again = LocalData.from_task("bbcnews", 0, 10, PartitionSpec.parse("iid", seed=0)).examples
+    assert [e.example_id for e in shard] == [e.example_id for e in again]
