@@ -14,7 +14,6 @@ bandwidth when a simulated device emulates its link in real time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,8 @@ from pathlib import Path
 from urllib.parse import urljoin
 
 import requests
+
+from export.manifest import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +212,7 @@ class CoordinatorClient:
                     except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
                         log.info("download of %s interrupted (%s); resuming", url, exc)
                         continue
-            digest_ok = _sha256(part) == sha256
+            digest_ok = sha256_file(part) == sha256
             if not digest_ok:
                 part.unlink(missing_ok=True)
                 raise IntegrityError(f"{url}: downloaded bytes do not have the sha256 {sha256} the task named; "
@@ -222,10 +223,3 @@ class CoordinatorClient:
         self.transfers.files_fetched.append(url)
         return fetched
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
