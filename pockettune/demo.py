@@ -17,7 +17,7 @@ DEMO_JOB = {
     "model": "smollm2-135m",
     "task": "bbcnews",
     "tier": {"prune_ratio": 0.0, "lora_rank": 8, "lora_layers": 4, "quantize": "int8", "batch": 4, "seq": 64,
-             "train": {"momentum": 0.8}},
+             "train": {"momentum": 0.5}},
     "local_steps": 8,
     "lr": 0.1,
     "eval_examples": 100,
@@ -35,7 +35,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--local-steps", type=int, default=DEMO_JOB["local_steps"])
     p.add_argument("--lr", type=float, default=DEMO_JOB["lr"])
     p.add_argument("--serve", action="store_true", help="keep the coordinator running after the demo (Ctrl-C stops it)")
-    p.set_defaults(func=run_demo, workdir=Path("runs/demo"), devices_per_round=6, min_updates=5)
+    p.set_defaults(func=run_demo, workdir=Path("runs/demo"), devices_per_round=5, min_updates=4)
 
 
 def run_demo(args) -> int:
@@ -70,9 +70,12 @@ def run_demo(args) -> int:
         lines.append(f"bytes moved: {moved_down / 1e6:.1f} MB down (artifacts once per device, then adapters), "
                      f"{moved_up / 1e6:.2f} MB up (adapter updates only)")
         base_url = coordinator.base_url if coordinator else args.coordinator
-        lines.append(f"coordinator API: {base_url}/api/v1/jobs/{report['job_id']} "
-                     f"(admin token in {workdir / 'coordinator'} log-in: see README)" if coordinator else
-                     f"coordinator API: {base_url}/api/v1/jobs/{report['job_id']}")
+        api = f"{base_url}/api/v1/jobs/{report['job_id']}"
+        if coordinator and not args.serve:
+            lines.append(f"coordinator API: {api} (stopped now; --serve keeps it up; its database and blobs "
+                         f"stay in {coordinator.instance})")
+        else:
+            lines.append(f"coordinator API: {api}")
         lines.append(f"final PEFT adapter: {adapter} (PeftModel.from_pretrained loads it)")
         lines.append(f"report: {workdir / 'report.json'}; total time {time.monotonic() - started:.0f} s")
         text = "\n".join(lines)
