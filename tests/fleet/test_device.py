@@ -141,3 +141,33 @@ def test_device_survives_coordinator_restart(artifact_cache, tmp_path):
         if device.poll() is None:
             device.send_signal(signal.SIGKILL)
         server.stop()
+
+
+def test_download_resumes_a_partial_file_and_rejects_a_corrupt_one(artifact_cache, tmp_path):
+    from fleet.transport import CoordinatorClient, IntegrityError, RetryPolicy
+
+    server = private_server(tmp_path / "coordinator", artifact_cache)
+    try:
+        admin = server.admin()
+        job = admin.running_job(rounds=1, devices_per_round=1, min_updates=1)
+        manifest = admin.get(f"/api/v1/blobs/{job['artifact']['sha256']}").json()
+        program = manifest["files"]["model.pte"]
+        whole = admin.get(f"/api/v1/blobs/{program['sha256']}").content
+        client = CoordinatorClient(server.base_url, token=admin.token, retry=RetryPolicy(give_up_after_s=10))
+        url = f"/api/v1/blobs/{program['sha256']}"
+
+        dest = tmp_path / "resumed.pte"
+        dest.with_name("resumed.pte.part").write_bytes(whole[:1000])     # an interrupted earlier fetch
+        fetched = client.download(url, program["sha256"], dest)
+        assert fetched == len(whole) - 1000, "only the missing tail is transferred"
+        assert dest.read_bytes() == whole
+        assert client.download(url, program["sha256"], dest) == 0         # cached: nothing transferred
+
+        corrupt = tmp_path / "corrupt.pte"
+        corrupt.with_name("corrupt.pte.part").write_bytes(b"x" * 1000)    # a partial file that went bad
+        with pytest.raises(IntegrityError):
+            client.download(url, program["sha256"], corrupt)
+        assert not corrupt.exists() and not corrupt.with_name("corrupt.pte.part").exists()
+        assert client.download(url, program["sha256"], corrupt) == len(whole)   # the next try starts clean
+    finally:
+        server.stop()
