@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import queue
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -197,12 +195,12 @@ class EvaluationWorker:
 
     def _materialize(self, artifact: Artifact, target: Path) -> Path:
         """Copy the artifact's server-side files out of the blob store into ``target`` (all or nothing)."""
+        from export.pipeline import staged_output_dir
+
         blobs = self.state.blobs
         with self.state.db.read() as session:
             files = session.scalars(select(ArtifactFile).where(ArtifactFile.artifact_id == artifact.id)).all()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{artifact.key[:12]}.partial-", dir=target.parent))
-        try:
+        with staged_output_dir(target, replace=True) as staging:
             for file in files:
                 if file.path in _NOT_NEEDED_FOR_EVALUATION:
                     continue
@@ -210,14 +208,7 @@ class EvaluationWorker:
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(blobs.path(file.sha256), destination)
             shutil.copyfile(blobs.path(artifact.manifest_sha256), staging / MANIFEST_FILE)
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
         return target
-
 
 def checked_result(result) -> dict:
     """A task's evaluation result, checked: metric name, finite value and loss, example count."""
