@@ -182,7 +182,8 @@ class DeviceAgent:
                 profile = self.config.profile
                 self.client.heartbeat(battery=profile.battery, charging=profile.charging)
                 last_heartbeat = time.monotonic()
-            time.sleep(min(wait, 1.0 if idle_exit_s else wait))
+            # With an idle limit, look at the clock at least every second.
+            time.sleep(wait if idle_exit_s is None else min(wait, 1.0))
         return outcomes
 
     def work_once(self) -> tuple[TaskOutcome | None, float]:

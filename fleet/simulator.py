@@ -143,12 +143,17 @@ def evaluation_of(job: dict, round_number: int) -> dict | None:
 
 
 def _seconds_between(start: str | None, end: str | None) -> float | None:
+    """Seconds between two of the coordinator's ISO 8601 timestamps (``...Z``)."""
     from datetime import datetime
 
     if not start or not end:
         return None
-    parse = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
-    return (parse(end) - parse(start)).total_seconds()
+    return (datetime.fromisoformat(end.replace("Z", "+00:00"))
+            - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
 
 
 def round_reports(job: dict, outcomes: list[dict], virtual_deadline_s: float) -> list[RoundReport]:
@@ -163,16 +168,15 @@ def round_reports(job: dict, outcomes: list[dict], virtual_deadline_s: float) ->
         if entry.get("close_reason") == "deadline":
             virtual = max(virtual, virtual_deadline_s)
         evaluation = evaluation_of(job, number) or {}
-        mean = lambda xs: statistics.fmean(xs) if xs else None  # noqa: E731
         reports.append(RoundReport(
             round=number, real_seconds=_seconds_between(entry.get("opened_at"), entry.get("closed_at")),
             virtual_seconds=virtual, close_reason=entry.get("close_reason"), accepted=len(accepted),
             dropped=sum(o["status"] == "dropped" for o in mine),
             rejected=sum(o["status"].startswith("rejected") or o["status"] == "refused_artifact" for o in mine),
             bytes_down=sum(o["bytes_down"] for o in mine), bytes_up=sum(o["bytes_up"] for o in mine),
-            mean_loss_before=mean([o["loss_before"] for o in accepted]),
-            mean_loss_after=mean([o["loss_after"] for o in accepted]),
-            mean_flop_utilization=mean([o["flop_utilization"] for o in accepted]),
+            mean_loss_before=_mean([o["loss_before"] for o in accepted]),
+            mean_loss_after=_mean([o["loss_after"] for o in accepted]),
+            mean_flop_utilization=_mean([o["flop_utilization"] for o in accepted]),
             metric=evaluation.get("metric"), value=evaluation.get("value")))
     return reports
 
