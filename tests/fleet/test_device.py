@@ -83,6 +83,12 @@ def test_device_round_matches_eager_pytorch(artifact_cache, tmp_path):
     assert worst <= 1e-5, f"device update differs from eager PyTorch by {worst}"
 
 
+def _program_entry(admin, job: dict) -> dict:
+    """The manifest's entry (sha256, size) for the job's training program."""
+    manifest = admin.get(f"/api/v1/blobs/{job['artifact']['sha256']}").json()
+    return manifest["files"]["model.pte"]
+
+
 def test_device_refuses_tampered_artifact(artifact_cache, tmp_path):
     from fleet.data import LocalData
     from fleet.device import DeviceAgent, DeviceConfig
@@ -93,8 +99,7 @@ def test_device_refuses_tampered_artifact(artifact_cache, tmp_path):
     try:
         admin = server.admin()
         job = admin.running_job(rounds=1, devices_per_round=1, min_updates=1)
-        artifact = admin.get(f"/api/v1/blobs/{job['artifact']['sha256']}").json()
-        program = artifact["files"]["model.pte"]["sha256"]
+        program = _program_entry(admin, job)["sha256"]
         blob = server.blob_dir / program[:2] / program
         blob.chmod(0o644)
         data = bytearray(blob.read_bytes())
@@ -156,8 +161,7 @@ def test_download_resumes_a_partial_file_and_rejects_a_corrupt_one(artifact_cach
     try:
         admin = server.admin()
         job = admin.running_job(rounds=1, devices_per_round=1, min_updates=1)
-        manifest = admin.get(f"/api/v1/blobs/{job['artifact']['sha256']}").json()
-        program = manifest["files"]["model.pte"]
+        program = _program_entry(admin, job)
         whole = admin.get(f"/api/v1/blobs/{program['sha256']}").content
         client = CoordinatorClient(server.base_url, token=admin.token, retry=RetryPolicy(give_up_after_s=10))
         url = f"/api/v1/blobs/{program['sha256']}"
