@@ -82,9 +82,15 @@ def main(argv=None) -> int:
     from pockettune.cli import quiet_library_chatter
 
     quiet_library_chatter()
+    from export.manifest import read_manifest
+    from fleet.hardware import measure_matmul_gflops, training_flops
+
     with tempfile.TemporaryDirectory(prefix="pockettune-profile-") as tmp:
         artifact = args.artifact or export(args, Path(tmp) / "artifact")
         rows, step_ms = profile(artifact, args.steps, Path(tmp) / "step.etdp")
+        step_gflop = training_flops(read_manifest(artifact).data).total / 1e9
+    # The baseline, measured in this run: torch's fp32 matmul on one thread of this machine.
+    peak = measure_matmul_gflops()
     print(f"artifact: {args.artifact or f'{args.model} r{args.lora_rank} last-{args.lora_layers} {args.quantize} B{args.batch} S{args.seq}'}")
     print(f"step: {step_ms:.1f} ms (ETDump, mean of {args.steps} steps)\n")
     print("| operator | ms / step | share | calls / step |\n|---|---|---|---|")
@@ -92,6 +98,13 @@ def main(argv=None) -> int:
         print(f"| `{name}` | {ms:.1f} | {ms / step_ms:.1%} | {count} |")
     rest = sum(ms for _, ms, _ in rows[args.top:])
     print(f"| (other {max(0, len(rows) - args.top)} operators) | {rest:.1f} | {rest / step_ms:.1%} | |")
+    mm_ms = sum(ms for name, ms, _ in rows if name.startswith("mm"))
+    print(f"\nanalytical training work: {step_gflop:.1f} GFLOP per step (fleet/hardware.py)")
+    print(f"torch fp32 matmul, 1 thread, this run: {peak:.1f} GFLOP/s")
+    if mm_ms > 0:
+        # An upper bound on mm's own throughput: bmm (attention) does a little of that work.
+        print(f"mm at most {step_gflop / (mm_ms / 1e3):.1f} GFLOP/s (all step FLOPs / mm time), "
+              f"{step_gflop / (mm_ms / 1e3) / peak:.1%} of torch's")
     return 0
 
 
