@@ -12,7 +12,7 @@ from models.quantize import QUANTIZATIONS
 from models.registry import PRESETS, UnknownModelError, is_known_model
 from models.pruning import MAX_RATIO as MAX_PRUNE_RATIO
 from models.pruning import PRUNING_METHODS as PRUNE_METHODS
-from models.tier import Tier, TrainingHyperparameters, parse_rank_pattern
+from models.tier import KERNELS, Tier, TrainingHyperparameters, parse_rank_pattern
 
 VERIFY_TEXT_SOURCE = "BBC News train split"
 
@@ -38,6 +38,12 @@ def add_parser(subparsers) -> None:
                    help=f"modules that get LoRA, from {','.join(KNOWN_TARGETS)} (default {','.join(DEFAULT_TARGETS)})")
     p.add_argument("--quantize", choices=QUANTIZATIONS, default="none",
                    help="frozen base linears: none (fp32) or int8 weight-only (default none)")
+    p.add_argument("--kernels", choices=KERNELS, default="xnnpack",
+                   help="xnnpack: frozen matmuls and element-wise ops on XNNPACK (SIMD, threadpool); "
+                        "portable: ExecuTorch's reference kernels only (default xnnpack)")
+    p.add_argument("--prefix-cache", action="store_true",
+                   help="also ship a prefix program for the layers below the LoRA layers, and train only "
+                        "the top on cached prefix outputs (devices compute the prefix once per example)")
     p.add_argument("--batch", type=int, default=4, metavar="B", help="batch size compiled into the program (default 4)")
     p.add_argument("--seq", type=int, default=128, metavar="S", help="sequence length compiled into the program (default 128)")
     p.add_argument("--lr", type=float, default=TrainingHyperparameters.lr,
@@ -61,7 +67,8 @@ def tier_from_args(args: argparse.Namespace) -> Tier:
         tier = Tier(prune_ratio=args.prune, prune_method=args.prune_method, lora_rank=args.lora_rank,
                     rank_pattern=parse_rank_pattern(args.rank_pattern), lora_layers=args.lora_layers,
                     lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
-                    quantize=args.quantize, batch=args.batch, seq=args.seq,
+                    quantize=args.quantize, batch=args.batch, seq=args.seq, kernels=args.kernels,
+                    prefix_cache=args.prefix_cache,
                     train=TrainingHyperparameters(lr=args.lr, local_steps=args.local_steps))
         tier.validate()
     except ValueError as exc:

@@ -20,22 +20,31 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from export.graph_passes import replace_empty_permuted
+from export.graph_passes import (backward_weight_use, fold_frozen_double_transposes, frozen_matmuls_to_linear,
+                                 replace_empty_permuted)
+from export.program_modules import WRAPPED_MODEL_ATTRIBUTE, PrefixProgram, TopTrainingProgram, TrainingProgram
 from models.batching import IGNORE_INDEX
+from models.tier import KERNELS  # noqa: F401  (re-exported: the exporter's choices)
 
 PROGRAM_FILE = "model.pte"
+PREFIX_PROGRAM_FILE = "prefix.pte"
 ADAPTER_DATA_FILE = "lora.ptd"
 #: Tensors in a .ptd are aligned to this many bytes (enough for any SIMD load on phones).
 _PTD_ALIGNMENT = 64
 
-_WRAPPER_ATTRIBUTE = "model"
+_WRAPPER_ATTRIBUTE = WRAPPED_MODEL_ATTRIBUTE
 _ADAPTER_NAME = "default"
 
 ExportStageCallback = Callable[[str], None]
 
 
 class LanguageModelLoss(torch.nn.Module):
-    """``forward(ids, labels)`` -> mean next-token cross-entropy over labels != -100.
+    """``forward(ids, labels)`` -> mean next-token cross-entropy over labels != -100, in eager PyTorch.
+
+    The eager reference the runtime is checked against (and the eager side of benchmarks):
+    the usual ``F.cross_entropy`` over shifted logits, which is eager PyTorch's fastest and
+    leanest form. The compiled programs compute the same value another way
+    (:func:`export.program_modules.next_token_loss`).
 
     Shapes are fixed at export ([batch, seq]); devices pad with label -100, which the loss
     ignores, so short examples cost compute but never change the gradient.
@@ -81,49 +90,105 @@ def example_inputs(batch: int, seq: int, vocab_size: int) -> tuple[torch.Tensor,
     return ids, ids.clone()
 
 
-def export_training_program(peft_model: torch.nn.Module, batch: int, seq: int, out_dir: Path,
-                            on_stage: ExportStageCallback | None = None) -> dict:
-    """Write ``model.pte`` and ``lora.ptd`` for ``peft_model`` into ``out_dir``.
+class _StageTimer:
+    """Calls ``on_stage`` before each stage and records how long each took."""
 
-    Returns a report with the time of each stage and what the graph passes changed.
-    ``on_stage`` is called with each stage's name before it starts (for progress displays).
+    def __init__(self, on_stage: ExportStageCallback | None):
+        self.notify = on_stage or (lambda stage: None)
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, stage: str, fn):
+        self.notify(stage)
+        start = time.perf_counter()
+        result = fn()
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 3)
+        return result
+
+
+def compile_program(module: torch.nn.Module, inputs: tuple, *, train: bool, kernels: str,
+                    timed: _StageTimer, stage_prefix: str = ""):
+    """``module`` -> an ExecuTorch program (with its backward when ``train``) and a report.
+
+    The report says what the graph passes changed, how many XNNPACK delegate calls the
+    program makes and, for training programs, which frozen weights the backward multiplies by.
     """
-    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge, to_edge_transform_and_lower
     from torch.export import export
     from torch.export.experimental import _export_forward_backward
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    notify = on_stage or (lambda stage: None)
-    out_dir = Path(out_dir)
-    module = LanguageModelLoss(peft_model)
-    inputs = example_inputs(batch, seq, peft_model.config.vocab_size)
-    timings: dict[str, float] = {}
-
-    def timed(stage: str, fn):
-        notify(stage)
-        start = time.perf_counter()
-        result = fn()
-        timings[stage] = round(time.perf_counter() - start, 3)
-        return result
-
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown kernels {kernels!r}; use one of {', '.join(KERNELS)}")
     # The math SDPA kernel decomposes into ops the runtime has, with a differentiable backward.
     with sdpa_kernel([SDPBackend.MATH]):
-        program = timed("export", lambda: export(module, inputs, strict=False))
-        program = timed("forward_backward", lambda: _export_forward_backward(program))
-    rewritten = replace_empty_permuted(program)
-    edge = timed("to_edge", lambda: to_edge(program, compile_config=EdgeCompileConfig(_check_ir_validity=False)))
-    executorch_program = timed("to_executorch", lambda: edge.to_executorch(
-        ExecutorchBackendConfig(external_mutable_weights=True)))
+        program = timed(stage_prefix + "export", lambda: export(module, inputs, strict=False))
+        if train:
+            program = timed(stage_prefix + "forward_backward", lambda: _export_forward_backward(program))
+    report = {"empty_permuted_rewritten": replace_empty_permuted(program)}
+    compile_config = EdgeCompileConfig(_check_ir_validity=False)
+    if kernels == "xnnpack":
+        from export.xnnpack import FrozenWeightsXnnpackPartitioner
+
+        report["double_transposes_folded"] = fold_frozen_double_transposes(program)
+        report["frozen_matmuls_to_linear"] = frozen_matmuls_to_linear(program)
+        if train:
+            report["backward_frozen_weights"] = backward_weight_use(program)
+        edge = timed(stage_prefix + "lower", lambda: to_edge_transform_and_lower(
+            program, partitioner=[FrozenWeightsXnnpackPartitioner()], compile_config=compile_config))
+    else:
+        edge = timed(stage_prefix + "lower", lambda: to_edge(program, compile_config=compile_config))
+    graph = edge.exported_program().graph
+    report["delegate_calls"] = sum(1 for n in graph.nodes if n.op == "call_function"
+                                   and getattr(n.target, "__name__", "") == "executorch_call_delegate")
+    report["portable_ops"] = sum(1 for n in graph.nodes if n.op == "call_function"
+                                 and getattr(n.target, "__name__", "") not in ("executorch_call_delegate", "getitem"))
+    executorch_program = timed(stage_prefix + "to_executorch", lambda: edge.to_executorch(
+        ExecutorchBackendConfig(external_mutable_weights=train)))
+    report["planned_memory_bytes"] = int(sum(executorch_program.executorch_program.execution_plan[0].non_const_buffer_sizes))
+    return executorch_program, report
+
+
+def export_training_program(peft_model: torch.nn.Module, batch: int, seq: int, out_dir: Path, *,
+                            kernels: str = "xnnpack", first_trained_layer: int | None = None,
+                            on_stage: ExportStageCallback | None = None) -> dict:
+    """Write ``model.pte`` and ``lora.ptd`` for ``peft_model`` into ``out_dir``.
+
+    With ``first_trained_layer`` (frozen-prefix caching), ``model.pte`` trains from the hidden
+    state entering that layer (``forward(hidden, labels)``) and ``prefix.pte`` computes that
+    hidden state from token ids (``forward(ids) -> hidden``, inference only).
+
+    Returns a report with the time of each stage and what the graph passes changed.
+    ``on_stage`` is called with each stage's name before it starts (for progress displays).
+    """
+    out_dir = Path(out_dir)
+    timed = _StageTimer(on_stage)
+    ids, labels = example_inputs(batch, seq, peft_model.config.vocab_size)
+    programs: dict[str, object] = {}
+    if first_trained_layer is None:
+        programs[PROGRAM_FILE], report = compile_program(TrainingProgram(peft_model), (ids, labels), train=True,
+                                                         kernels=kernels, timed=timed)
+    else:
+        prefix = PrefixProgram(peft_model, first_trained_layer)
+        with prefix.cut():
+            programs[PREFIX_PROGRAM_FILE], prefix_report = compile_program(
+                prefix, (ids,), train=False, kernels=kernels, timed=timed, stage_prefix="prefix_")
+            hidden = prefix(ids)
+        top = TopTrainingProgram(peft_model, first_trained_layer)
+        with top.cut():
+            programs[PROGRAM_FILE], report = compile_program(top, (hidden.detach(), labels), train=True,
+                                                             kernels=kernels, timed=timed)
+        report["prefix"] = prefix_report
 
     def write():
-        with open(out_dir / PROGRAM_FILE, "wb") as f:
-            executorch_program.write_to_file(f)
+        for name, program in programs.items():
+            with open(out_dir / name, "wb") as f:
+                program.write_to_file(f)
         # The exporter's own .ptd deduplicates identical tensors (every zero lora_B would share
         # one buffer, so training one would train them all): write our own, one buffer each.
         write_adapter_ptd(trainable_adapter_tensors(peft_model), out_dir / ADAPTER_DATA_FILE)
 
     timed("write", write)
-    return {"stage_seconds": timings, "empty_permuted_rewritten": rewritten}
+    return {"stage_seconds": timed.seconds, "kernels": kernels, **report}
 
 
 def trainable_adapter_tensors(peft_model: torch.nn.Module) -> dict[str, torch.Tensor]:

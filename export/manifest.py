@@ -43,6 +43,11 @@ def describe_files(root: Path, device_files: set[str]) -> dict[str, dict]:
     return described
 
 
+def program_batch_shape(data: dict) -> tuple[int, int]:
+    """The fixed [batch, seq] of token ids a device feeds an artifact (whether or not it has a prefix program)."""
+    return int(data["tier"]["batch"]), int(data["tier"]["seq"])
+
+
 @dataclass
 class Manifest:
     """A parsed manifest; ``data`` is the JSON object, the properties are the parts code uses."""

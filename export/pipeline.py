@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from export.executorch import ADAPTER_DATA_FILE, PROGRAM_FILE, export_training_program, trainable_adapter_tensors
+from export.executorch import (ADAPTER_DATA_FILE, PREFIX_PROGRAM_FILE, PROGRAM_FILE, export_training_program,
+                               trainable_adapter_tensors)
 from export.manifest import describe_files, write_manifest
 from models.adapters import peft_config_dict, save_adapter
 from models.batching import IGNORE_INDEX, pad_token_id
@@ -34,11 +35,11 @@ ARTIFACT_FORMAT = "executorch"
 TOKENIZER_DIR = "tokenizer"
 INITIAL_ADAPTER_DIR = "initial_adapter"
 PRUNED_BASE_DIR = "pruned_base"
-DEVICE_FILES = {PROGRAM_FILE, ADAPTER_DATA_FILE, TOKENIZER_DIR}
+DEVICE_FILES = {PROGRAM_FILE, PREFIX_PROGRAM_FILE, ADAPTER_DATA_FILE, TOKENIZER_DIR}
 _VERSIONED_PACKAGES = ("torch", "executorch", "transformers", "peft", "torchao")
 
-STAGES = ("load", "prune", "lora", "quantize", "export", "forward_backward", "to_edge",
-          "to_executorch", "write", "manifest")
+STAGES = ("load", "prune", "lora", "quantize", "prefix_export", "prefix_lower", "prefix_to_executorch",
+          "export", "forward_backward", "lower", "to_executorch", "write", "manifest")
 
 
 @dataclass
@@ -128,7 +129,9 @@ def export_artifact(model_name: str, tier: Tier, out_dir: Path, *, replace: bool
         training = build_training_model(base, tier, notify,
                                         staging / PRUNED_BASE_DIR if save_pruned_base else None)
         peft_model = training.peft_model
-        report = export_training_program(peft_model, tier.batch, tier.seq, staging, on_stage=notify)
+        first_trained_layer = training.layout.first_layer if tier.prefix_cache else None
+        report = export_training_program(peft_model, tier.batch, tier.seq, staging, kernels=tier.kernels,
+                                         first_trained_layer=first_trained_layer, on_stage=notify)
         notify("manifest")
         base.tokenizer.save_pretrained(staging / TOKENIZER_DIR)
         adapter_config = peft_config_dict(peft_model, base_model_name=model_name)
@@ -146,6 +149,7 @@ def _manifest_data(training: TrainingModel, base_config: dict, report: dict, ada
     lora_tensors = [{"name": name, "shape": list(t.shape), "dtype": "float32"}
                     for name, t in trainable_adapter_tensors(model).items()]
     pruned_config = model.get_base_model().config
+    hidden_size = pruned_config.hidden_size
     return {
         "format": ARTIFACT_FORMAT,
         "base_model": {
@@ -168,7 +172,10 @@ def _manifest_data(training: TrainingModel, base_config: dict, report: dict, ada
         "program": {
             "file": PROGRAM_FILE,
             "method": "forward",
+            "kernels": tier.kernels,
             "inputs": [
+                {"name": "hidden", "shape": [tier.batch, tier.seq, hidden_size], "dtype": "float32",
+                 "source": f"{PREFIX_PROGRAM_FILE} output"} if tier.prefix_cache else
                 {"name": "ids", "shape": [tier.batch, tier.seq], "dtype": "int64"},
                 {"name": "labels", "shape": [tier.batch, tier.seq], "dtype": "int64",
                  "ignore_index": IGNORE_INDEX},
@@ -177,6 +184,7 @@ def _manifest_data(training: TrainingModel, base_config: dict, report: dict, ada
                          "meaning": "mean next-token cross-entropy over labels != ignore_index"}],
             "trainable_data_file": ADAPTER_DATA_FILE,
         },
+        "prefix": _prefix_section(training, hidden_size) if tier.prefix_cache else None,
         "tokenizer": {
             "dir": TOKENIZER_DIR,
             "pad_token_id": pad_token_id(tokenizer),
@@ -202,9 +210,30 @@ def _manifest_data(training: TrainingModel, base_config: dict, report: dict, ada
         "training": {**tier.to_dict()["train"], "loss": "cross_entropy"},
         "export": {
             "stage_seconds": report["stage_seconds"],
-            "graph_passes": {"empty_permuted_rewritten": report["empty_permuted_rewritten"]},
+            "graph_passes": {key: report[key] for key in _PASS_REPORT_KEYS if key in report},
+            "delegate_calls": report["delegate_calls"],
+            "planned_memory_bytes": report["planned_memory_bytes"],
             "versions": {name: _version(name) for name in _VERSIONED_PACKAGES},
         },
+    }
+
+
+_PASS_REPORT_KEYS = ("empty_permuted_rewritten", "double_transposes_folded", "frozen_matmuls_to_linear",
+                     "backward_frozen_weights")
+
+
+def _prefix_section(training: TrainingModel, hidden_size: int) -> dict:
+    """What a device needs to run and cache the frozen prefix (tiers with ``prefix_cache``)."""
+    tier = training.tier
+    return {
+        "file": PREFIX_PROGRAM_FILE,
+        "method": "forward",
+        "first_trained_layer": training.layout.first_layer,
+        "inputs": [{"name": "ids", "shape": [tier.batch, tier.seq], "dtype": "int64"}],
+        "outputs": [{"name": "hidden", "shape": [tier.batch, tier.seq, hidden_size], "dtype": "float32",
+                     "meaning": f"input of decoder layer {training.layout.first_layer}"}],
+        "cache_bytes_per_example": tier.seq * hidden_size * 4,
+        "cache_key": "sha256 of prefix.pte and of the example's token ids: valid while the base model is",
     }
 
 

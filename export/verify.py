@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from export.executorch import ADAPTER_DATA_FILE, PROGRAM_FILE, LanguageModelLoss, trainable_adapter_tensors
+from export.executorch import ADAPTER_DATA_FILE, LanguageModelLoss, trainable_adapter_tensors
+from export.manifest import read_manifest
 from fleet.runtime_executorch import ExecuTorchTrainer
 
 
@@ -38,9 +39,11 @@ def train_eager(peft_model: torch.nn.Module, batches, steps: int, lr: float, mom
 
 def train_runtime(artifact_dir: Path, batches, steps: int, lr: float, momentum: float = 0.0,
                   weight_decay: float = 0.0) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """The same training through the ExecuTorch runtime on the artifact's files."""
-    trainer = ExecuTorchTrainer(Path(artifact_dir) / PROGRAM_FILE, Path(artifact_dir) / ADAPTER_DATA_FILE,
-                                lr=lr, momentum=momentum, weight_decay=weight_decay)
+    """The same training through the ExecuTorch runtime on the artifact's files (and its prefix cache, if any)."""
+    artifact_dir = Path(artifact_dir)
+    trainer = ExecuTorchTrainer.for_artifact(artifact_dir, read_manifest(artifact_dir).data,
+                                             artifact_dir / ADAPTER_DATA_FILE, lr=lr, momentum=momentum,
+                                             weight_decay=weight_decay)
     losses = [trainer.step(*batches[step % len(batches)]) for step in range(steps)]
     return losses, trainer.adapter_tensors()
 

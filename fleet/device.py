@@ -28,6 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
+from export.manifest import program_batch_shape
 from fleet.data import LocalData, round_examples
 from fleet.hardware import measure_matmul_gflops, training_flops, utilization
 from fleet.profiles import PROFILES, DeviceProfile
@@ -67,6 +68,8 @@ class TaskOutcome:
     achieved_gflops: float = 0.0
     peak_gflops: float = 0.0
     flop_utilization: float = 0.0
+    #: examples whose frozen-prefix output was computed for this task (not found in the cache)
+    prefix_computed: int = 0
     #: simulated time on this device's profile: transfers at its bandwidth, compute x slowdown
     virtual_seconds: float = 0.0
     detail: str = ""
@@ -215,7 +218,7 @@ class DeviceAgent:
         outcome.download_seconds = self.client.transfers.seconds_down - before[1]
 
         train = task["train"]
-        batch, seq = manifest["program"]["inputs"][0]["shape"]
+        batch, seq = program_batch_shape(manifest)
         if (train["batch"], train["seq"]) != (batch, seq):
             raise ProtocolError(0, "inconsistent_task", f"task says batch/seq {train['batch']}/{train['seq']}, "
                                                         f"the program was compiled for {batch}/{seq}")
@@ -231,9 +234,19 @@ class DeviceAgent:
         batches = self.config.data.task.batches(tokenizer, examples, batch, seq)
         from fleet.runtime_executorch import ExecuTorchTrainer
 
-        trainer = ExecuTorchTrainer(artifact_dir / manifest["program"]["file"], adapter_path, lr=train["lr"],
-                                    momentum=train.get("momentum", 0.0), weight_decay=train.get("weight_decay", 0.0))
+        trainer = ExecuTorchTrainer.for_artifact(artifact_dir, manifest, adapter_path, lr=train["lr"],
+                                                 momentum=train.get("momentum", 0.0),
+                                                 weight_decay=train.get("weight_decay", 0.0),
+                                                 cache_dir=self.state_dir / "prefix_cache")
         compute, losses = 0.0, []
+        if trainer.prefix is not None:
+            # The frozen prefix of this round's examples, computed once (cached across rounds).
+            t0 = time.perf_counter()
+            trainer.prepare(batches)
+            elapsed = time.perf_counter() - t0
+            compute += elapsed
+            self._emulate_compute(elapsed)
+            outcome.prefix_computed = trainer.prefix.stats.computed
         for step, (ids, labels) in enumerate(batches):
             if drop_at is not None and step == drop_at:
                 self._abandoned.add(task["task_id"])

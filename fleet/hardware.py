@@ -5,7 +5,8 @@ measured matmul peak, and the FLOP utilization that follows from the two.
 FLOPs are counted, not sampled: a multiply-add is 2 FLOPs, and a training step of a LoRA
 program costs
 
-- the forward pass of every layer (the frozen prefix too: its output feeds the LoRA layers);
+- the forward pass of every layer (the frozen prefix too: its output feeds the LoRA layers),
+  except with a prefix cache, where the step starts at the lowest LoRA layer;
 - the backward pass for activations from the loss down to the lowest LoRA layer only (nothing
   below it has a trainable parameter, and no frozen weight gets a gradient);
 - the LoRA weight gradients (the same size of matmul as their forward).
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+
+from export.manifest import program_batch_shape
 
 _MODULE_SHAPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -45,7 +48,7 @@ def _linear_shapes(hidden: int, heads: int, kv_heads: int, head_dim: int, inter:
 def training_flops(manifest: dict) -> StepFlops:
     """Analytical FLOPs of one training step of the artifact ``manifest`` describes."""
     pruned, base = manifest["pruned_model"], manifest["base_model"]
-    batch, seq = manifest["program"]["inputs"][0]["shape"]
+    batch, seq = program_batch_shape(manifest)
     layout = manifest["lora"]["layout"]
     hidden, vocab = base["hidden_size"], base["vocab_size"]
     heads, kv_heads = pruned["num_attention_heads"], pruned["num_key_value_heads"]
@@ -63,7 +66,9 @@ def training_flops(manifest: dict) -> StepFlops:
     first = int(layout["first_layer"])
     lora_forward = sum(2 * r * (shapes[t][0] + shapes[t][1]) * tokens for r in ranks for t in layout["targets"])
     trained_layers = layers - first
-    forward = layers * layer_forward + lm_head + lora_forward
+    # With a prefix cache the step starts at the lowest LoRA layer (the prefix runs once per example).
+    forward_layers = trained_layers if manifest.get("prefix") else layers
+    forward = forward_layers * layer_forward + lm_head + lora_forward
     # Gradients w.r.t. activations cost what the forward matmuls cost (attention: twice, for
     # both operands of each product); the lm_head passes the loss's gradient down.
     backward = trained_layers * (layer_linear + 2 * attention) + lm_head + lora_forward

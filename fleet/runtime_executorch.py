@@ -7,11 +7,22 @@ network concerns: the device logic (fleet/device.py) sits on top.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from export.executorch import peft_key
+from fleet.prefix_cache import PrefixCache
+
+
+def set_runtime_threads(threads: int) -> None:
+    """Size the runtime's threadpool (XNNPACK's kernels run on it); 0 leaves the default (one per core)."""
+    if threads > 0:
+        from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
+
+        if _threadpool_get_thread_count() != threads:
+            _unsafe_reset_threadpool(threads)
 
 
 class ExecuTorchTrainer:
@@ -23,20 +34,50 @@ class ExecuTorchTrainer:
     Plain SGD (optionally with momentum) is what the runtime's optimizer offers; the parameter
     tensors it exposes are the runtime's own memory, so updates happen in place, and
     :meth:`adapter_tensors` reads the trained adapter straight from it.
+
+    With a :class:`~fleet.prefix_cache.PrefixCache` the program is a top program
+    (``forward(hidden, labels)``): token ids go through the cache, which runs the frozen prefix
+    only for examples it has not seen under this base model.
     """
 
     def __init__(self, program_path: Path, adapter_path: Path, lr: float, momentum: float = 0.0,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, prefix: PrefixCache | None = None):
         from executorch.extension.pybindings.portable_lib import _load_for_executorch
         from executorch.extension.training import TrainingModule
 
         self._module = TrainingModule(_load_for_executorch(str(program_path), data_path=str(adapter_path)))
         self._lr, self._momentum, self._weight_decay = lr, momentum, weight_decay
         self._optimizer = None
+        self.prefix = prefix
+
+    @classmethod
+    def for_artifact(cls, artifact_dir: Path, manifest: dict, adapter_path: Path, lr: float, momentum: float = 0.0,
+                     weight_decay: float = 0.0, cache_dir: Path | None = None,
+                     cache_memory_bytes: int = PrefixCache.DEFAULT_MEMORY_BYTES) -> "ExecuTorchTrainer":
+        """The trainer an artifact's manifest calls for (with a prefix cache when it ships a prefix program)."""
+        artifact_dir = Path(artifact_dir)
+        prefix = None
+        if manifest.get("prefix"):
+            prefix = PrefixCache.for_artifact(artifact_dir, manifest, cache_dir, cache_memory_bytes)
+        return cls(artifact_dir / manifest["program"]["file"], adapter_path, lr=lr, momentum=momentum,
+                   weight_decay=weight_decay, prefix=prefix)
+
+    def prepare(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Fill the prefix cache for these batches now, then free the prefix program.
+
+        Without it the cache fills lazily during :meth:`step`, with the prefix program held in
+        memory beside the training program for the whole run.
+        """
+        if self.prefix is not None:
+            self.prefix.fill(ids for ids, _ in batches)
+            self.prefix.release_program()
+
+    def _inputs(self, ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.prefix.hidden(ids) if self.prefix is not None else ids), labels
 
     def step(self, ids: torch.Tensor, labels: torch.Tensor) -> float:
         """One training step on a [batch, seq] batch; returns the loss before the update."""
-        loss = self._module.forward_backward("forward", (ids, labels))[0]
+        loss = self._module.forward_backward("forward", self._inputs(ids, labels))[0]
         if self._optimizer is None:
             from executorch.extension.training import get_sgd_optimizer
 
@@ -47,7 +88,7 @@ class ExecuTorchTrainer:
 
     def loss(self, ids: torch.Tensor, labels: torch.Tensor) -> float:
         """The loss on a batch without updating anything (gradients are computed and discarded)."""
-        return float(self._module.forward_backward("forward", (ids, labels))[0].item())
+        return float(self._module.forward_backward("forward", self._inputs(ids, labels))[0].item())
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """The current LoRA weights under PEFT adapter-file keys (copies).

@@ -14,7 +14,12 @@ from dataclasses import asdict, dataclass, field
 from models.lora import DEFAULT_TARGETS, RANK_PATTERNS, check_targets, rank_schedule
 from models.pruning import PruningConfig
 from models.quantize import QUANTIZATIONS
+
 OPTIMIZERS = ("sgd",)
+#: Which kernels run a program on the device. ``xnnpack``: frozen matmuls and element-wise work
+#: delegated to XNNPACK (SIMD, the runtime's threadpool); ``portable``: every op on ExecuTorch's
+#: portable kernels (the slow reference).
+KERNELS = ("xnnpack", "portable")
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,10 @@ class Tier:
     batch: int = 4
     seq: int = 128
     train: TrainingHyperparameters = field(default_factory=TrainingHyperparameters)
+    kernels: str = "xnnpack"
+    #: Frozen-prefix caching: ship a prefix inference program and train only the layers from the
+    #: lowest LoRA layer up on cached prefix outputs (worth it when LoRA sits in the last few layers).
+    prefix_cache: bool = False
 
     @property
     def pruning(self) -> PruningConfig:
@@ -74,6 +83,13 @@ class Tier:
             raise ValueError(f"batch must be a positive integer, got {self.batch}")
         if self.seq < 2:
             raise ValueError(f"sequence length must be at least 2 (next-token loss), got {self.seq}")
+        if self.kernels not in KERNELS:
+            raise ValueError(f"unknown kernels {self.kernels!r}; use one of {', '.join(KERNELS)}")
+        if not isinstance(self.prefix_cache, bool):
+            raise ValueError(f"prefix_cache must be true or false, got {self.prefix_cache!r}")
+        if self.prefix_cache and num_hidden_layers is not None and self.lora_layers >= num_hidden_layers:
+            raise ValueError("prefix caching needs a frozen prefix: LoRA is in every layer "
+                             f"({self.lora_layers} of {num_hidden_layers}); use fewer LoRA layers or no prefix cache")
         self.train.validate()
 
     def to_dict(self) -> dict:

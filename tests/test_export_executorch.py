@@ -85,6 +85,7 @@ def test_runtime_trains_from_a_shipped_global_adapter(tiny_fp32_artifact, tmp_pa
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     (shipped / PROGRAM_FILE).symlink_to(out / PROGRAM_FILE)
+    (shipped / "manifest.json").symlink_to(out / "manifest.json")
     write_adapter_ptd(trainable_adapter_tensors(model), shipped / ADAPTER_DATA_FILE)
     batches = tiny_batches(training.base.tokenizer)
     runtime_losses, runtime_adapter = train_runtime(shipped, batches, 5, lr=0.5)
