@@ -1,13 +1,24 @@
-"""ExecuTorch runtime training step against eager PyTorch: time and peak memory, as ratios.
+"""On-device training speed and memory: the ExecuTorch runtime against eager PyTorch, in one run.
 
-For each model, one artifact is exported, then two fresh processes train the same tier on the
-same batches: one through the ExecuTorch runtime (``fleet.runtime_executorch``), one in eager
-PyTorch with the same number of threads. Separate processes keep each peak RSS honest; both
-are measured in this one run because the machines are shared and noisy, and only the ratios
-are meant to be compared across runs.
+Two measurements, each as ratios against a baseline measured in the same run (the machines
+are shared and noisy; only ratios are meant to be compared across runs):
 
-    python bench/train_step.py                      # tiny and smollm2-135m
+1. **Step.** One training step of the reference tier (LoRA r8 on q/v; SmolLM2-135M: last 8 of
+   30 layers, batch 4, seq 128), through the runtime with XNNPACK kernels (what PocketTune
+   ships), through the runtime with the portable kernels (the program as first shipped), and
+   in eager PyTorch on the model the artifact was compiled from, all with the same number of
+   threads. Median step time and each process's peak RSS.
+2. **Epoch with frozen-prefix caching.** One epoch over a device's local examples with LoRA in
+   the last k layers: the whole program against the top program on cached prefix outputs.
+   "Warm" is every epoch after the first under one base model (the cache is kept across
+   epochs and rounds); "cold" adds computing the prefix of every example once.
+
+Every measurement runs in a fresh child process so its peak RSS is its own, and artifacts are
+exported in child processes too (Linux carries a parent's peak RSS into its children).
+
+    python bench/train_step.py                                   # tiny and smollm2-135m, 1 thread
     python bench/train_step.py --models tiny --steps 10
+    python bench/train_step.py --models smollm2-135m --threads 2 --json out.json
 """
 
 from __future__ import annotations
@@ -30,153 +41,238 @@ TIERS = {
     "tiny": dict(lora_rank=8, lora_layers=2, batch=4, seq=128),
     "smollm2-135m": dict(lora_rank=8, lora_layers=8, batch=4, seq=128),
 }
+#: LoRA depths k compared with and without prefix caching (tiny has 4 layers, SmolLM2 30).
+PREFIX_DEPTHS = {"tiny": (2,), "smollm2-135m": (4, 8)}
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_batches(tokenizer, tier, count: int = 4):
+def bench_batches(tokenizer, batch: int, seq: int, count: int):
+    """``count`` batches of distinct BBC News articles, tokenized and padded as devices do."""
     from models.batching import make_batches
     from models.corpora import bbc_news
 
-    texts = [d.text for d in bbc_news("train")[: tier.batch * count]]
-    return make_batches(tokenizer, texts, tier.batch, tier.seq)
+    texts = [d.text for d in bbc_news("train")[: batch * count]]
+    return make_batches(tokenizer, texts, batch, seq)
 
 
-def make_tier(model: str, quantize: str):
-    from models.tier import Tier
+# --- child processes --------------------------------------------------------------------------
 
-    return Tier(quantize=quantize, **TIERS[model])
-
-
-def measure(kind: str, model: str, quantize: str, artifact: Path, steps: int, threads: int) -> dict:
-    """Run in a child process: train ``steps`` (+1 warm-up) steps, report step times and peak RSS.
-
-    "At start" is the peak RSS once everything is loaded but before the first step: the
-    runtime's artifact and batches, or the eager model (base loaded, pruned, LoRA attached).
-    """
+def _set_threads(threads: int) -> None:
     import torch
 
+    from fleet.runtime_executorch import set_runtime_threads
+
     torch.set_num_threads(threads)
-    from export.pipeline import build_training_model
-    from models.registry import load_base_model
+    set_runtime_threads(threads)
 
-    tier = make_tier(model, quantize)
-    if kind == "executorch":
-        from transformers import AutoTokenizer
 
-        from export.executorch import ADAPTER_DATA_FILE, PROGRAM_FILE
-        from export.pipeline import TOKENIZER_DIR
-        from fleet.runtime_executorch import ExecuTorchTrainer
+def _runtime_trainer(artifact: Path):
+    """The artifact's trainer and tokenizer, loaded like a phone: only the artifact's files."""
+    from transformers import AutoTokenizer
 
-        # Like a phone: only the artifact's files, never the eager model (it would set the peak).
-        batches = bench_batches(AutoTokenizer.from_pretrained(str(artifact / TOKENIZER_DIR)), tier)
-        trainer = ExecuTorchTrainer(artifact / PROGRAM_FILE, artifact / ADAPTER_DATA_FILE, lr=tier.train.lr)
-        rss_loaded = peak_rss_mib()
-        step = lambda ids, labels: trainer.step(ids, labels)  # noqa: E731
-    else:
+    from export.executorch import ADAPTER_DATA_FILE
+    from export.manifest import read_manifest
+    from export.pipeline import TOKENIZER_DIR
+    from fleet.runtime_executorch import ExecuTorchTrainer
+
+    manifest = read_manifest(artifact).data
+    tokenizer = AutoTokenizer.from_pretrained(str(artifact / TOKENIZER_DIR))
+    trainer = ExecuTorchTrainer.for_artifact(artifact, manifest, artifact / ADAPTER_DATA_FILE,
+                                             lr=manifest["training"]["lr"])
+    return trainer, tokenizer, manifest
+
+
+def measure_step(kind: str, model: str, artifact: Path, steps: int, threads: int) -> dict:
+    """Train ``steps`` (+1 warm-up) steps; step times and peak RSS (also "at start": loaded, untrained)."""
+    import torch
+
+    _set_threads(threads)
+    tier = TIERS[model]
+    if kind == "eager":
         from export.executorch import LanguageModelLoss
+        from export.pipeline import build_training_model
+        from models.registry import load_base_model
+        from models.tier import Tier
 
         base = load_base_model(model)
-        batches = bench_batches(base.tokenizer, tier)
-        peft_model = build_training_model(base, tier).peft_model
-        rss_loaded = peak_rss_mib()
+        batches = bench_batches(base.tokenizer, tier["batch"], tier["seq"], 4)
+        peft_model = build_training_model(base, Tier(**tier)).peft_model
         module = LanguageModelLoss(peft_model)
-        optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=tier.train.lr)
+        optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.05)
 
         def step(ids, labels):
             loss = module(ids, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            return loss.item()
-
+    else:
+        trainer, tokenizer, _ = _runtime_trainer(artifact)
+        batches = bench_batches(tokenizer, tier["batch"], tier["seq"], 4)
+        step = trainer.step
+    rss_loaded = peak_rss_mib()
     times = []
     for i in range(steps + 1):
-        ids, labels = batches[i % len(batches)]
         start = time.perf_counter()
-        step(ids, labels)
+        step(*batches[i % len(batches)])
         times.append(time.perf_counter() - start)
-    return {"kind": kind, "threads": threads, "first_step_s": times[0],
-            "median_step_s": statistics.median(times[1:]), "min_step_s": min(times[1:]),
+    return {"kind": kind, "threads": threads, "first_step_s": times[0], "median_step_s": statistics.median(times[1:]),
             "peak_rss_mib": peak_rss_mib(), "rss_before_training_mib": rss_loaded}
 
 
-def run_child(kind: str, model: str, quantize: str, artifact: Path, steps: int, threads: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", kind, "--models", model, "--quantize", quantize,
-           "--artifact", str(artifact), "--steps", str(steps), "--threads", str(threads)]
+def measure_epoch(artifact: Path, examples: int, threads: int) -> dict:
+    """One epoch over ``examples`` examples after one warm-up step; with a prefix program, cold and warm."""
+    _set_threads(threads)
+    trainer, tokenizer, manifest = _runtime_trainer(artifact)
+    batch, seq = manifest["tier"]["batch"], manifest["tier"]["seq"]
+    batches = bench_batches(tokenizer, batch, seq, max(1, examples // batch))
+    warmup = bench_batches(tokenizer, batch, seq, len(batches) + 1)[-1]     # an example outside the epoch
+    # Load and pack the training program; a prefix program is released before training starts,
+    # as a device does, so the two are never resident together.
+    trainer.prepare([warmup])
+    trainer.step(*warmup)
+    result = {"examples": len(batches) * batch, "steps": len(batches), "threads": threads}
+    start = time.perf_counter()
+    if trainer.prefix is not None:
+        trainer.prepare(batches)          # cold: load the prefix program, compute each example once, release
+        result["prefix_seconds"] = time.perf_counter() - start
+    for ids, labels in batches:
+        trainer.step(ids, labels)
+    result["cold_epoch_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    for ids, labels in batches:                                            # warm: the next epoch (or round)
+        trainer.step(ids, labels)
+    result["warm_epoch_s"] = time.perf_counter() - start
+    result["peak_rss_mib"] = peak_rss_mib()
+    return result
+
+
+def run_child(args: list[str], threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, __file__, *args, "--threads", str(threads)], capture_output=True,
+                          text=True, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"{kind} measurement failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"measurement {args} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def ensure_artifact(model: str, quantize: str, workdir: Path) -> Path:
-    """Export the benchmark tier once, in a child process.
-
-    Not in this process: Linux carries a process's peak RSS across fork and exec into its
-    children's ``ru_maxrss``, so a parent that had exported (gigabytes) would set a floor under
-    every measurement that follows.
-    """
+def ensure_artifact(model: str, workdir: Path, lora_layers: int, kernels: str, prefix_cache: bool) -> Path:
+    """Export a benchmark artifact once (reused across runs), in a child process."""
     from export.manifest import MANIFEST_FILE
 
-    out = workdir / f"{model}-{quantize}"
+    tier = TIERS[model]
+    name = f"{model}-k{lora_layers}-{kernels}{'-prefix' if prefix_cache else ''}"
+    out = workdir / name
     if not (out / MANIFEST_FILE).is_file():
-        print(f"[bench] exporting {model} ({quantize}) -> {out}", file=sys.stderr, flush=True)
-        tier = TIERS[model]
-        subprocess.run([sys.executable, "-m", "pockettune", "export", "--model", model, "--quantize", quantize,
-                        "--lora-rank", str(tier["lora_rank"]), "--lora-layers", str(tier["lora_layers"]),
-                        "--batch", str(tier["batch"]), "--seq", str(tier["seq"]), "--out", str(out), "--force",
-                        "--no-progress"], check=True, cwd=REPO)
+        print(f"[bench] exporting {name}", file=sys.stderr, flush=True)
+        command = [sys.executable, "-m", "pockettune", "export", "--model", model, "--lora-rank", str(tier["lora_rank"]),
+                   "--lora-layers", str(lora_layers), "--batch", str(tier["batch"]), "--seq", str(tier["seq"]),
+                   "--kernels", kernels, "--out", str(out), "--force", "--no-progress"]
+        subprocess.run(command + (["--prefix-cache"] if prefix_cache else []), check=True, cwd=REPO)
     return out
+
+
+# --- the report -------------------------------------------------------------------------------
+
+def step_table(results: list[dict], threads: int, steps: int) -> str:
+    lines = [f"Training step, runtime vs eager PyTorch, {threads} thread(s), median of {steps} steps",
+             "| model | tier | program | step s | vs eager | peak RSS MiB (at start) | vs eager |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        t, eager = r["tier"], r["eager"]
+        tier = f"r{t['lora_rank']} last {t['lora_layers']} B{t['batch']} S{t['seq']}"
+        for label, m in (("ExecuTorch, XNNPACK", r["xnnpack"]), ("ExecuTorch, portable", r.get("portable")),
+                         ("eager PyTorch", eager)):
+            if m is None:
+                continue
+            lines.append(f"| {r['model']} | {tier} | {label} | {m['median_step_s']:.3f} "
+                         f"| {m['median_step_s'] / eager['median_step_s']:.2f} "
+                         f"| {m['peak_rss_mib']:.0f} ({m['rss_before_training_mib']:.0f}) "
+                         f"| {m['peak_rss_mib'] / eager['peak_rss_mib']:.2f} |")
+    return "\n".join(lines)
+
+
+def epoch_table(results: list[dict], threads: int) -> str:
+    lines = [f"Epoch with and without frozen-prefix caching, ExecuTorch XNNPACK, {threads} thread(s)",
+             "| model | LoRA layers | examples | whole program s | prefix cached, warm s | warm ratio "
+             "| cold s (prefix once + epoch) | cold ratio | peak RSS MiB whole / cached |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        full, cached = r["whole"], r["cached"]
+        lines.append(f"| {r['model']} | {r['k']} of {r['depth']} | {full['examples']} | {full['warm_epoch_s']:.2f} "
+                     f"| {cached['warm_epoch_s']:.2f} | {cached['warm_epoch_s'] / full['warm_epoch_s']:.2f} "
+                     f"| {cached['cold_epoch_s']:.2f} | {cached['cold_epoch_s'] / full['warm_epoch_s']:.2f} "
+                     f"| {full['peak_rss_mib']:.0f} / {cached['peak_rss_mib']:.0f} |")
+    return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="tiny,smollm2-135m", help="comma list (default tiny,smollm2-135m)")
-    parser.add_argument("--quantize", default="none", choices=("none", "int8"), help="frozen base (default none)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up step (default 5)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="threads for both sides (default 1: the ExecuTorch portable runtime is single-threaded)")
+                        help="threads for every side: torch's intra-op pool and the runtime's threadpool (default 1)")
+    parser.add_argument("--epoch-examples", type=int, default=32, help="examples in the prefix-caching epoch (default 32)")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: portable, epoch")
     parser.add_argument("--workdir", type=Path, default=REPO / "artifacts" / "bench",
                         help="where artifacts are exported and reused (default artifacts/bench)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--child", choices=("executorch", "eager"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("xnnpack", "portable", "eager", "epoch"), help=argparse.SUPPRESS)
     parser.add_argument("--artifact", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.steps < 1 or args.threads < 1 or args.epoch_examples < 1:
+        parser.error("--steps, --threads and --epoch-examples must be >= 1")
 
+    if args.child == "epoch":
+        print(json.dumps(measure_epoch(args.artifact, args.epoch_examples, args.threads)))
+        return 0
     if args.child:
-        print(json.dumps(measure(args.child, args.models, args.quantize, args.artifact, args.steps, args.threads)))
+        print(json.dumps(measure_step(args.child, args.models, args.artifact, args.steps, args.threads)))
         return 0
 
     from pockettune.cli import quiet_library_chatter
 
     quiet_library_chatter()
-    results = []
-    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
-        artifact = ensure_artifact(model, args.quantize, args.workdir)
-        runtime = run_child("executorch", model, args.quantize, artifact, args.steps, args.threads)
-        eager = run_child("eager", model, args.quantize, artifact, args.steps, args.threads)
-        results.append({"model": model, "quantize": args.quantize, "tier": TIERS[model],
-                        "executorch": runtime, "eager": eager,
-                        "step_time_ratio": runtime["median_step_s"] / eager["median_step_s"],
-                        "peak_rss_ratio": runtime["peak_rss_mib"] / eager["peak_rss_mib"]})
+    skip = {part.strip() for part in args.skip.split(",") if part.strip()}
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in models if m not in TIERS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(TIERS)}")
+    steps, epochs = [], []
+    for model in models:
+        k = TIERS[model]["lora_layers"]
+        child = ["--models", model, "--steps", str(args.steps)]
+        row = {"model": model, "tier": TIERS[model]}
+        row["xnnpack"] = run_child(["--child", "xnnpack", *child, "--artifact",
+                                    str(ensure_artifact(model, args.workdir, k, "xnnpack", False))], args.threads)
+        if "portable" not in skip:
+            row["portable"] = run_child(["--child", "portable", *child, "--artifact",
+                                         str(ensure_artifact(model, args.workdir, k, "portable", False))], args.threads)
+        row["eager"] = run_child(["--child", "eager", *child], args.threads)
+        steps.append(row)
+        if "epoch" in skip:
+            continue
+        from export.manifest import read_manifest
 
-    print(f"\nExecuTorch runtime vs eager PyTorch, {args.threads} thread(s), median of {args.steps} steps")
-    print("| model | tier | quantize | ET step s | eager step s | step ratio | ET peak RSS MiB (at start) "
-          "| eager peak RSS MiB (at start) | RSS ratio |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        t = r["tier"]
-        print(f"| {r['model']} | r{t['lora_rank']} last {t['lora_layers']} B{t['batch']} S{t['seq']} | {r['quantize']} "
-              f"| {r['executorch']['median_step_s']:.3f} | {r['eager']['median_step_s']:.3f} | {r['step_time_ratio']:.2f} "
-              f"| {r['executorch']['peak_rss_mib']:.0f} ({r['executorch']['rss_before_training_mib']:.0f}) "
-              f"| {r['eager']['peak_rss_mib']:.0f} ({r['eager']['rss_before_training_mib']:.0f}) | {r['peak_rss_ratio']:.2f} |")
+        for depth_k in PREFIX_DEPTHS[model]:
+            whole = ensure_artifact(model, args.workdir, depth_k, "xnnpack", False)
+            cached = ensure_artifact(model, args.workdir, depth_k, "xnnpack", True)
+            epoch = ["--child", "epoch", "--epoch-examples", str(args.epoch_examples)]
+            epochs.append({"model": model, "k": depth_k,
+                           "depth": read_manifest(whole).data["pruned_model"]["num_hidden_layers"],
+                           "whole": run_child([*epoch, "--artifact", str(whole)], args.threads),
+                           "cached": run_child([*epoch, "--artifact", str(cached)], args.threads)})
+
+    print()
+    print(step_table(steps, args.threads, args.steps))
+    if epochs:
+        print()
+        print(epoch_table(epochs, args.threads))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+        args.json.write_text(json.dumps({"threads": args.threads, "steps": steps, "epochs": epochs}, indent=2))
     return 0
 
 

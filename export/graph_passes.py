@@ -126,20 +126,32 @@ def frozen_matmuls_to_linear(program) -> int:
 
 # --- what the backward touches -----------------------------------------------------------------
 
-def backward_weight_use(program) -> dict[str, list[str]]:
+def backward_weight_use(program) -> dict:
     """Which frozen weights the backward multiplies by, after the passes above.
 
     Once folded, a frozen weight ``W`` feeds ``linear(x, W)`` in the forward and ``mm(grad, W)``
-    wherever a gradient flows through it. Returns ``{"layers": [...], "other": [...]}``: the
-    decoder layer indices whose weights carry a gradient, and the other weights (e.g. the
-    LM head). A correct training program has no layer below the lowest LoRA layer here.
+    wherever a gradient flows through it. Returns ``{"layers": {index: [module, ...]}, "other":
+    [...]}``: per decoder layer, the projections a gradient passes through (``q_proj``, ...), and
+    the other weights (the LM head). A correct training program lists no layer below the lowest
+    LoRA layer, and in that layer not the projections whose input gradient nothing needs.
     """
     frozen = frozen_placeholders(program)
-    layers, other = set(), set()
+    layers: dict[int, set[str]] = {}
+    other = set()
     for node in program.graph.nodes:
         if node.op == "call_function" and node.target == torch.ops.aten.mm.default:
             weight = node.args[1]
             if _is_frozen(weight, frozen):
-                match = _LAYER_INDEX.search(frozen[weight.name])
-                (layers.add(int(match.group(1))) if match else other.add(frozen[weight.name]))
-    return {"layers": sorted(layers), "other": sorted(other)}
+                name = frozen[weight.name]
+                match = _LAYER_INDEX.search(name)
+                if match:
+                    layers.setdefault(int(match.group(1)), set()).add(_projection_name(name))
+                else:
+                    other.add(name)
+    return {"layers": {index: sorted(modules) for index, modules in sorted(layers.items())}, "other": sorted(other)}
+
+
+def _projection_name(fqn: str) -> str:
+    """``….layers.3.self_attn.q_proj.base_layer.weight`` -> ``q_proj``."""
+    parts = [part for part in fqn.split(".") if part not in ("weight", "base_layer")]
+    return parts[-1]

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import multiprocessing as mp
+import os
 import queue
 import random
 import statistics
@@ -66,11 +67,13 @@ class FleetSpec:
 # --- worker processes --------------------------------------------------------------------------
 
 def _worker(base_url: str, enrollment_key: str, device_specs: list[dict], fleet_seed: int, outcomes, stop,
-            peak_gflops: float | None, log_path: str) -> None:
+            peak_gflops: float | None, log_path: str, runtime_threads: int) -> None:
     """Run several devices in turn until ``stop`` is set; push every TaskOutcome to ``outcomes``."""
-    import os
-
+    from fleet.runtime_executorch import set_runtime_threads
     from pockettune.cli import quiet_library_chatter
+
+    # The workers share the machine's cores: each runtime's threadpool gets its share, not all of them.
+    set_runtime_threads(runtime_threads)
 
     # The devices' logs (and the runtime's own stderr chatter) go to the run folder, not the
     # terminal that shows the fleet's progress.
@@ -231,10 +234,12 @@ class FleetSimulation:
         context = mp.get_context("spawn")
         outcomes, stop = context.Queue(), context.Event()
         specs = self.device_specs()
+        count = min(self.spec.workers, len(specs))
+        threads = max(1, (os.cpu_count() or 1) // max(1, count))
         workers = [context.Process(target=_worker, args=(self.base_url, self.enrollment_key, specs[w::self.spec.workers],
                                                          self.spec.seed, outcomes, stop, peak,
-                                                         str(self.workdir / "devices.log")), daemon=True)
-                   for w in range(min(self.spec.workers, len(specs)))]
+                                                         str(self.workdir / "devices.log"), threads), daemon=True)
+                   for w in range(count)]
         for worker in workers:
             worker.start()
         try:

@@ -52,3 +52,13 @@ def tiny_int8_artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "int8"
     training, manifest = export_artifact("tiny", tiny_tier(quantize="int8"), out)
     return out, training, manifest
+
+
+@pytest.fixture(scope="session")
+def tiny_prefix_artifact(tmp_path_factory):
+    """LoRA in the last 2 of 4 layers with frozen-prefix caching: prefix.pte + a top training program."""
+    from export.pipeline import export_artifact
+
+    out = tmp_path_factory.mktemp("tiny") / "prefix"
+    training, manifest = export_artifact("tiny", tiny_tier(prefix_cache=True), out)
+    return out, training, manifest
