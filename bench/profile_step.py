@@ -13,6 +13,7 @@ artifact first (in a child process) unless ``--artifact DIR`` names an existing 
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,43 +26,78 @@ sys.path.insert(0, str(REPO))
 def export(args, out: Path) -> Path:
     command = [sys.executable, "-m", "pockettune", "export", "--model", args.model, "--lora-rank", str(args.lora_rank),
                "--lora-layers", str(args.lora_layers), "--quantize", args.quantize, "--batch", str(args.batch),
-               "--seq", str(args.seq), "--prune", str(args.prune), "--out", str(out), "--no-progress"]
+               "--seq", str(args.seq), "--prune", str(args.prune), "--kernels", args.kernels, "--out", str(out),
+               "--no-progress"]
     subprocess.run(command, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return out
 
 
-def profile(artifact: Path, steps: int, etdump_path: Path) -> tuple[list[tuple[str, float, int]], float]:
-    """(operator, ms per step, calls per step) sorted by time, and the step's total ms."""
+def _summarize(frame, steps: int) -> tuple[list[tuple[str, float, int]], float]:
+    """(operator, ms per step, calls per step) from an Inspector frame, and the step's total ms.
+
+    Each frame row is one event of the program; ``raw`` holds its durations over the runs. The
+    first run (loading, weight packing, first touch of the arena) is left out.
+
+    Portable kernels appear as ``native_call_<op>``; XNNPACK reports each operator it runs
+    inside a delegate (``Fully Connected (NC, F32) GEMM #12``), grouped here by kind. What a
+    ``DELEGATE_CALL`` takes beyond its operators (copying inputs in and outputs out, setup) is
+    its own row.
+    """
+    executed = frame[frame["event_block_name"] == "Execute"].copy()
+    executed["raw"] = executed["raw"].apply(lambda raw: list(raw)[1:])
+    step_ms = float(executed[executed["event_name"] == "Method::execute"]["raw"].apply(sum).sum()) / steps
+
+    def rows(events, name_of):
+        grouped: dict[str, list[float]] = {}
+        for name, raw in zip(events["event_name"], events["raw"]):
+            grouped.setdefault(name_of(name), []).extend(raw)
+        return {name: (sum(times) / steps, len(times) // steps) for name, times in grouped.items()}
+
+    portable = rows(executed[executed["event_name"].str.startswith("native_call_")],
+                    lambda name: name.removeprefix("native_call_"))
+    delegated = rows(executed[executed["is_delegated_op"].fillna(False).astype(bool)],
+                     lambda name: "xnnpack: " + re.sub(r" #\d+$", "", name))
+    calls = executed[executed["event_name"] == "DELEGATE_CALL"]
+    summary = [(name, ms, count) for name, (ms, count) in {**portable, **delegated}.items()]
+    if len(calls):
+        call_ms = float(calls["raw"].apply(sum).sum()) / steps
+        inside_ms = sum(ms for ms, _ in delegated.values())
+        summary.append(("xnnpack: delegate call overhead", max(0.0, call_ms - inside_ms),
+                        int(calls["raw"].apply(len).sum()) // steps))
+    return sorted(summary, key=lambda row: -row[1]), step_ms
+
+
+def profile(artifact: Path, steps: int, etdump_path: Path, threads: int) -> tuple[list[tuple[str, float, int]], float]:
+    """Run ``steps`` training steps with ETDump on; the per-operator summary and the step's ms."""
     import torch
     from executorch.devtools import Inspector
-    from executorch.extension.pybindings.portable_lib import _load_for_executorch
+    from executorch.extension.pybindings.portable_lib import _load_for_executorch, _threadpool_get_thread_count
     from executorch.extension.training import TrainingModule
 
-    from export.manifest import read_manifest
+    from export.manifest import program_batch_shape, read_manifest
+    from fleet.runtime_executorch import set_runtime_threads
 
+    set_runtime_threads(threads)
     manifest = read_manifest(artifact)
-    batch, seq = manifest.inputs[0]["shape"]
-    from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count
-
+    if manifest.data.get("prefix"):
+        raise SystemExit("profile_step.py profiles whole training programs; this artifact trains on cached "
+                         "prefix outputs (export it without --prefix-cache)")
+    batch, seq = program_batch_shape(manifest.data)
     module = _load_for_executorch(str(artifact / "model.pte"), data_path=str(artifact / "lora.ptd"),
                                   enable_etdump=True)
     trainer = TrainingModule(module)
     vocab = manifest.data["base_model"]["vocab_size"]
     ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
-    for _ in range(steps):
+    for _ in range(steps + 1):                                  # the first run is left out of the summary
         trainer.forward_backward("forward", (ids, ids.clone()))
     module.write_etdump_result_to_file(str(etdump_path))
-    frame = Inspector(etdump_path=str(etdump_path)).to_dataframe()
-    calls = frame[(frame["event_block_name"] == "Execute") & frame["event_name"].str.startswith("native_call_")]
-    executes = frame[(frame["event_block_name"] == "Execute") & (frame["event_name"] == "Method::execute")]
-    step_ms = float(executes["raw"].apply(sum).sum()) / steps
-    summary = []
-    for name, group in calls.groupby("event_name"):
-        total = float(group["raw"].apply(sum).sum()) / steps
-        count = int(group["raw"].apply(len).sum()) // steps
-        summary.append((name.removeprefix("native_call_"), total, count))
     print(f"runtime threadpool: {_threadpool_get_thread_count()} threads")
-    return sorted(summary, key=lambda row: -row[1]), step_ms
+    return _summarize(Inspector(etdump_path=str(etdump_path)).to_dataframe(), steps)
+
+
+def _is_matmul(name: str) -> bool:
+    return (name.split(".")[0] in ("mm", "bmm", "linear", "addmm")
+            or name.startswith(("xnnpack: Fully Connected", "xnnpack: Batch Matrix Multiply")))
 
 
 def main(argv=None) -> int:
@@ -74,7 +110,9 @@ def main(argv=None) -> int:
     parser.add_argument("--prune", type=float, default=0.0)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--kernels", choices=("xnnpack", "portable"), default="xnnpack")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="runtime threadpool size (default 1)")
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args(argv)
     if args.steps < 1:
@@ -87,7 +125,7 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="pockettune-profile-") as tmp:
         artifact = args.artifact or export(args, Path(tmp) / "artifact")
-        rows, step_ms = profile(artifact, args.steps, Path(tmp) / "step.etdp")
+        rows, step_ms = profile(artifact, args.steps, Path(tmp) / "step.etdp", args.threads)
         step_gflop = training_flops(read_manifest(artifact).data).total / 1e9
     # The baseline, measured in this run: torch's fp32 matmul on one thread of this machine.
     peak = measure_matmul_gflops()
@@ -98,13 +136,15 @@ def main(argv=None) -> int:
         print(f"| `{name}` | {ms:.1f} | {ms / step_ms:.1%} | {count} |")
     rest = sum(ms for _, ms, _ in rows[args.top:])
     print(f"| (other {max(0, len(rows) - args.top)} operators) | {rest:.1f} | {rest / step_ms:.1%} | |")
-    mm_ms = sum(ms for name, ms, _ in rows if name.startswith("mm"))
+    matmul_ms = sum(ms for name, ms, _ in rows if _is_matmul(name))
     print(f"\nanalytical training work: {step_gflop:.1f} GFLOP per step (fleet/hardware.py)")
     print(f"torch fp32 matmul, 1 thread, this run: {peak:.1f} GFLOP/s")
-    if mm_ms > 0:
-        # An upper bound on mm's own throughput: bmm (attention) does a little of that work.
-        print(f"mm at most {step_gflop / (mm_ms / 1e3):.1f} GFLOP/s (all step FLOPs / mm time), "
-              f"{step_gflop / (mm_ms / 1e3) / peak:.1%} of torch's")
+    print(f"matrix multiplies (portable mm/bmm/linear, XNNPACK fully connected and batch matmul): "
+          f"{matmul_ms:.1f} ms/step, {matmul_ms / step_ms:.1%} of the step")
+    if matmul_ms > 0:
+        # An upper bound on the matmuls' throughput: element-wise work is counted as if it were theirs.
+        rate = step_gflop / (matmul_ms / 1e3)
+        print(f"matmuls at most {rate:.1f} GFLOP/s (all step FLOPs / matmul time), {rate / peak:.1%} of torch's")
     return 0
 
 

@@ -9,9 +9,9 @@ are shared and noisy; only ratios are meant to be compared across runs):
    in eager PyTorch on the model the artifact was compiled from, all with the same number of
    threads. Median step time and each process's peak RSS.
 2. **Epoch with frozen-prefix caching.** One epoch over a device's local examples with LoRA in
-   the last k layers: the whole program against the top program on cached prefix outputs.
-   "Warm" is every epoch after the first under one base model (the cache is kept across
-   epochs and rounds); "cold" adds computing the prefix of every example once.
+   the last k layers: the whole program against the top program on cached prefix outputs
+   (every epoch and round after a device has seen its examples once under one base model),
+   and the first epoch, which also computes each example's prefix once.
 
 Every measurement runs in a fresh child process so its peak RSS is its own, and artifacts are
 exported in child processes too (Linux carries a parent's peak RSS into its children).
@@ -123,28 +123,28 @@ def measure_step(kind: str, model: str, artifact: Path, steps: int, threads: int
 
 
 def measure_epoch(artifact: Path, examples: int, threads: int) -> dict:
-    """One epoch over ``examples`` examples after one warm-up step; with a prefix program, cold and warm."""
+    """One epoch over ``examples`` examples, timed after a warm-up step on another example.
+
+    For a prefix-cache artifact, first the device's once-per-example work, as a device does it
+    before its first step: load the prefix program, compute every example's prefix, release it
+    ("prefix_seconds"); only then is the training program loaded. Peak RSS covers both phases.
+    """
     _set_threads(threads)
     trainer, tokenizer, manifest = _runtime_trainer(artifact)
     batch, seq = manifest["tier"]["batch"], manifest["tier"]["seq"]
-    batches = bench_batches(tokenizer, batch, seq, max(1, examples // batch))
-    warmup = bench_batches(tokenizer, batch, seq, len(batches) + 1)[-1]     # an example outside the epoch
-    # Load and pack the training program; a prefix program is released before training starts,
-    # as a device does, so the two are never resident together.
-    trainer.prepare([warmup])
-    trainer.step(*warmup)
-    result = {"examples": len(batches) * batch, "steps": len(batches), "threads": threads}
-    start = time.perf_counter()
+    count = max(1, examples // batch)
+    everything = bench_batches(tokenizer, batch, seq, count + 1)
+    batches, warmup = everything[:count], everything[count]     # the warm-up example is outside the epoch
+    result = {"examples": count * batch, "steps": count, "threads": threads}
     if trainer.prefix is not None:
-        trainer.prepare(batches)          # cold: load the prefix program, compute each example once, release
+        start = time.perf_counter()
+        trainer.prepare(everything)
         result["prefix_seconds"] = time.perf_counter() - start
+    trainer.step(*warmup)                       # loads the training program and packs its weights
+    start = time.perf_counter()
     for ids, labels in batches:
         trainer.step(ids, labels)
-    result["cold_epoch_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    for ids, labels in batches:                                            # warm: the next epoch (or round)
-        trainer.step(ids, labels)
-    result["warm_epoch_s"] = time.perf_counter() - start
+    result["epoch_s"] = time.perf_counter() - start
     result["peak_rss_mib"] = peak_rss_mib()
     return result
 
@@ -196,15 +196,16 @@ def step_table(results: list[dict], threads: int, steps: int) -> str:
 
 def epoch_table(results: list[dict], threads: int) -> str:
     lines = [f"Epoch with and without frozen-prefix caching, ExecuTorch XNNPACK, {threads} thread(s)",
-             "| model | LoRA layers | examples | whole program s | prefix cached, warm s | warm ratio "
-             "| cold s (prefix once + epoch) | cold ratio | peak RSS MiB whole / cached |",
+             "| model | LoRA layers | examples | whole program s | prefix cached s | ratio "
+             "| first epoch: prefix once + epoch s | ratio | peak RSS MiB whole / cached |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        full, cached = r["whole"], r["cached"]
-        lines.append(f"| {r['model']} | {r['k']} of {r['depth']} | {full['examples']} | {full['warm_epoch_s']:.2f} "
-                     f"| {cached['warm_epoch_s']:.2f} | {cached['warm_epoch_s'] / full['warm_epoch_s']:.2f} "
-                     f"| {cached['cold_epoch_s']:.2f} | {cached['cold_epoch_s'] / full['warm_epoch_s']:.2f} "
-                     f"| {full['peak_rss_mib']:.0f} / {cached['peak_rss_mib']:.0f} |")
+        whole, cached = r["whole"], r["cached"]
+        first = cached["prefix_seconds"] + cached["epoch_s"]
+        lines.append(f"| {r['model']} | {r['k']} of {r['depth']} | {whole['examples']} | {whole['epoch_s']:.2f} "
+                     f"| {cached['epoch_s']:.2f} | {cached['epoch_s'] / whole['epoch_s']:.2f} "
+                     f"| {first:.2f} | {first / whole['epoch_s']:.2f} "
+                     f"| {whole['peak_rss_mib']:.0f} / {cached['peak_rss_mib']:.0f} |")
     return "\n".join(lines)
 
 
@@ -216,7 +217,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for every side: torch's intra-op pool and the runtime's threadpool (default 1)")
     parser.add_argument("--epoch-examples", type=int, default=32, help="examples in the prefix-caching epoch (default 32)")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: portable, epoch")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: step, portable, epoch")
     parser.add_argument("--workdir", type=Path, default=REPO / "artifacts" / "bench",
                         help="where artifacts are exported and reused (default artifacts/bench)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -245,14 +246,16 @@ def main() -> int:
     for model in models:
         k = TIERS[model]["lora_layers"]
         child = ["--models", model, "--steps", str(args.steps)]
-        row = {"model": model, "tier": TIERS[model]}
-        row["xnnpack"] = run_child(["--child", "xnnpack", *child, "--artifact",
-                                    str(ensure_artifact(model, args.workdir, k, "xnnpack", False))], args.threads)
-        if "portable" not in skip:
-            row["portable"] = run_child(["--child", "portable", *child, "--artifact",
-                                         str(ensure_artifact(model, args.workdir, k, "portable", False))], args.threads)
-        row["eager"] = run_child(["--child", "eager", *child], args.threads)
-        steps.append(row)
+        if "step" not in skip:
+            row = {"model": model, "tier": TIERS[model]}
+            row["xnnpack"] = run_child(["--child", "xnnpack", *child, "--artifact",
+                                        str(ensure_artifact(model, args.workdir, k, "xnnpack", False))], args.threads)
+            if "portable" not in skip:
+                row["portable"] = run_child(["--child", "portable", *child, "--artifact",
+                                             str(ensure_artifact(model, args.workdir, k, "portable", False))],
+                                            args.threads)
+            row["eager"] = run_child(["--child", "eager", *child], args.threads)
+            steps.append(row)
         if "epoch" in skip:
             continue
         from export.manifest import read_manifest
@@ -266,8 +269,9 @@ def main() -> int:
                            "whole": run_child([*epoch, "--artifact", str(whole)], args.threads),
                            "cached": run_child([*epoch, "--artifact", str(cached)], args.threads)})
 
-    print()
-    print(step_table(steps, args.threads, args.steps))
+    if steps:
+        print()
+        print(step_table(steps, args.threads, args.steps))
     if epochs:
         print()
         print(epoch_table(epochs, args.threads))

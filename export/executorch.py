@@ -1,8 +1,16 @@
-"""Compile a LoRA-wrapped causal LM into an ExecuTorch *training* program.
+"""Compile a LoRA-wrapped causal LM into ExecuTorch *training* programs.
 
-The program has one method, ``forward(ids, labels) -> loss``, with the backward pass inside
-(``_export_forward_backward``): the runtime returns the loss, the gradients of the LoRA weights
-and the LoRA weights themselves, and the device steps an optimizer on them in place.
+The training program has one method, ``forward(ids, labels) -> loss``, with the backward pass
+inside (``_export_forward_backward``): the runtime returns the loss, the gradients of the LoRA
+weights and the LoRA weights themselves, and the device steps an optimizer on them in place.
+With frozen-prefix caching it is two programs instead (:mod:`export.program_modules`):
+``prefix.pte`` (inference up to the lowest LoRA layer) and a top training program
+``forward(hidden, labels) -> loss``.
+
+Lowering (:func:`compile_program`): with the ``xnnpack`` kernels the joint graph's frozen
+weights are folded so that they reach the forward as ``linear(x, W)`` and the backward as
+``mm(grad, W)`` (:mod:`export.graph_passes`), and XNNPACK takes every node that does not read
+a trained weight (:mod:`export.xnnpack`); ``portable`` keeps every op on the reference kernels.
 
 The trainable LoRA weights are not baked into the ``.pte``: with ``external_mutable_weights``
 they live in a small ``.ptd`` file beside it. A new global adapter therefore ships as a new

@@ -42,13 +42,28 @@ class ExecuTorchTrainer:
 
     def __init__(self, program_path: Path, adapter_path: Path, lr: float, momentum: float = 0.0,
                  weight_decay: float = 0.0, prefix: PrefixCache | None = None):
-        from executorch.extension.pybindings.portable_lib import _load_for_executorch
-        from executorch.extension.training import TrainingModule
-
-        self._module = TrainingModule(_load_for_executorch(str(program_path), data_path=str(adapter_path)))
+        self._program_path, self._adapter_path = Path(program_path), Path(adapter_path)
+        for path in (self._program_path, self._adapter_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no such file (is the artifact complete?)")
         self._lr, self._momentum, self._weight_decay = lr, momentum, weight_decay
+        self._loaded = None
         self._optimizer = None
         self.prefix = prefix
+
+    @property
+    def _module(self):
+        """The training program, loaded (and its frozen weights packed) on first use.
+
+        Loading late lets :meth:`prepare` run the prefix program before this one takes memory.
+        """
+        if self._loaded is None:
+            from executorch.extension.pybindings.portable_lib import _load_for_executorch
+            from executorch.extension.training import TrainingModule
+
+            self._loaded = TrainingModule(_load_for_executorch(str(self._program_path),
+                                                               data_path=str(self._adapter_path)))
+        return self._loaded
 
     @classmethod
     def for_artifact(cls, artifact_dir: Path, manifest: dict, adapter_path: Path, lr: float, momentum: float = 0.0,
