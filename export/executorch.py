@@ -132,6 +132,10 @@ def compile_program(module: torch.nn.Module, inputs: tuple, *, train: bool, kern
         program = timed(stage_prefix + "export", lambda: export(module, inputs, strict=False))
         if train:
             program = timed(stage_prefix + "forward_backward", lambda: _export_forward_backward(program))
+        else:
+            # The same core-ATen decomposition the joint graph gets, so the passes below see the
+            # same ops (and views of transposed attention outputs become explicit copies).
+            program = timed(stage_prefix + "export", lambda: program.run_decompositions())
     report = {"empty_permuted_rewritten": replace_empty_permuted(program)}
     compile_config = EdgeCompileConfig(_check_ir_validity=False)
     if kernels == "xnnpack":

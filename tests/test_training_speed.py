@@ -182,6 +182,18 @@ def test_prefix_cache_spills_to_disk_past_its_memory_budget(tiny_prefix_artifact
     assert ids[0] not in other
 
 
+def test_pruned_int8_prefix_cached_artifact_trains_like_eager(tmp_path):
+    """Width pruning makes the attention output narrower than the hidden size, which the prefix
+    (inference) program's lowering once failed on; int8 keeps its matmuls off XNNPACK."""
+    from export.pipeline import export_artifact
+
+    out = tmp_path / "pruned-int8-prefix"
+    training, _ = export_artifact("tiny", tiny_tier(prune_ratio=0.5, quantize="int8", prefix_cache=True), out)
+    result = verify_against_eager(training.peft_model, out, tiny_batches(training.base.tokenizer), 5, lr=0.5)
+    assert result["max_abs_lora_diff"] <= 1e-5, result
+    assert result["max_abs_lora_change"] > 1e-3
+
+
 def test_prefix_cache_refused_when_every_layer_has_lora():
     with pytest.raises(ValueError, match="prefix"):
         tiny_tier(prefix_cache=True, lora_layers=4).validate(num_hidden_layers=4)

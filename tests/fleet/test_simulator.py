@@ -36,11 +36,14 @@ def test_fleet_of_eight_with_dropout_completes_three_rounds(artifact_cache, tmp_
     # Every global adapter, the initial one included, was evaluated on held-out articles.
     assert report["initial_evaluation"]["num_examples"] == 10
     assert all(r["metric"] == "accuracy" and 0 <= r["value"] <= 1 for r in report["rounds"])
-    # Budget devices (10x slower, 1 Mbit/s) take longer on the virtual clock per second of
-    # real compute than flagships, in every round (round 1 adds the program download).
-    ratio: dict[str, list[float]] = {}
+    # Budget devices (10x slower, 1 Mbit/s) take longer on the virtual clock than flagships
+    # doing the same task (same program, same steps) in the same round. Compared per round, not
+    # per second of real compute: a tiny step takes milliseconds, so a flagship's virtual time
+    # is mostly its fixed link latency, and that ratio says nothing about the profiles.
+    by_round: dict[int, dict[str, list[float]]] = {}
     for o in report["outcomes"]:
         if o["status"] == "accepted" or o["status"].startswith("rejected"):   # trained every step
-            ratio.setdefault(o["profile"], []).append(o["virtual_seconds"] / o["compute_seconds"])
-    assert {"budget", "flagship"} <= set(ratio), ratio
-    assert min(ratio["budget"]) > max(ratio["flagship"])
+            by_round.setdefault(o["round"], {}).setdefault(o["profile"], []).append(o["virtual_seconds"])
+    compared = [r for r in by_round.values() if {"budget", "flagship"} <= set(r)]
+    assert compared, by_round
+    assert all(min(r["budget"]) > max(r["flagship"]) for r in compared), by_round
