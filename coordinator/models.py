@@ -167,6 +167,13 @@ class Job(Base):
     min_ram_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: held-out examples each global adapter is evaluated on (0: no evaluation).
     eval_examples: Mapped[int] = mapped_column(Integer, default=100, server_default="100")
+    #: who picks each device's tier (``coordinator.scheduling``): "uniform" gives every device
+    #: the job's tier; others give sub-tiers of it (the job's tier is then the *reference*).
+    configurator: Mapped[str] = mapped_column(String(100), default="uniform", server_default="uniform")
+    configurator_options: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    #: "on_demand": a tier's artifact is exported the first time a device is given it;
+    #: "all": every tier the configurator may hand out is exported before round 1 opens.
+    prepare_tiers: Mapped[str] = mapped_column(String(20), default="on_demand", server_default="on_demand")
     status: Mapped[str] = mapped_column(String(20), index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"), nullable=True)
@@ -227,6 +234,17 @@ class Task(Base):
     status: Mapped[str] = mapped_column(String(20))
     assigned_at: Mapped[datetime] = mapped_column(UTCDateTime)
     submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The device's tier for this task when it differs from the job's (None: the job's artifact
+    #: and global adapter as they are). ``start_*``: the global adapter cut to this tier.
+    #: (An artifacts.id without a foreign-key constraint: SQLite cannot add one to an existing
+    #: table without copying it, which the rows that reference tasks forbid.)
+    artifact_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    arm: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    tier: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    local_steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    start_weights_sha256: Mapped[str | None] = mapped_column(String(SHA256_HEX), nullable=True)
+    start_ptd_sha256: Mapped[str | None] = mapped_column(String(SHA256_HEX), nullable=True, index=True)
+    start_ptd_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class Update(Base):

@@ -136,8 +136,41 @@ def _add_simulate(subparsers) -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--eval-examples", type=int, default=100, help="held-out examples scored after each round")
+    add_heterogeneity_options(p)
     p.add_argument("--report", type=Path, default=None, metavar="PATH", help="write the JSON report here")
     p.set_defaults(func=run_simulate)
+
+
+def add_heterogeneity_options(p) -> None:
+    """How the job chooses each device's tier and combines unequal adapters."""
+    p.add_argument("--strategy", default="fedavg", help="aggregation: fedavg, hetlora (zero-padding), flexlora")
+    p.add_argument("--configurator", default="uniform",
+                   help="who picks each device's tier: uniform (the job's tier for all), legend, fedspine")
+    p.add_argument("--configurator-options", type=_json_object, default=None, metavar="JSON",
+                   help='the configurator\'s options as a JSON object, e.g. \'{"prune_ratios": [0, 0.5]}\'')
+    p.add_argument("--prepare-tiers", choices=("on_demand", "all"), default="on_demand",
+                   help="export every tier the configurator may hand out before round 1 (all), or when first "
+                        "given to a device (on_demand)")
+
+
+def _json_object(text: str) -> dict:
+    import argparse
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def heterogeneity_fields(args) -> dict:
+    fields = {"strategy": args.strategy, "configurator": args.configurator, "prepare_tiers": args.prepare_tiers}
+    if args.configurator_options:
+        fields["configurator_options"] = args.configurator_options
+    return fields
 
 
 def fleet_spec_from(args, job: dict):
@@ -198,7 +231,7 @@ def run_simulate(args) -> int:
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     job = {"model": args.model, "task": args.task, "tier": tier, "local_steps": args.local_steps, "lr": args.lr,
-           "eval_examples": args.eval_examples}
+           "eval_examples": args.eval_examples, **heterogeneity_fields(args)}
     spec = fleet_spec_from(args, job)
     started = time.monotonic()
     report, sim, workdir, coordinator = run_fleet(args, spec)

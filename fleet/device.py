@@ -70,6 +70,11 @@ class TaskOutcome:
     flop_utilization: float = 0.0
     #: examples whose frozen-prefix output was computed for this task (not found in the cache)
     prefix_computed: int = 0
+    #: the configurator's label for this task's tier (None: the job's own tier)
+    arm: str | None = None
+    #: the part of ``bytes_down`` that was the artifact (program, data, tokenizer): paid once per
+    #: tier a device is given, unlike the adapter every task fetches
+    artifact_bytes_down: int = 0
     #: simulated time on this device's profile: transfers at its bandwidth, compute x slowdown
     virtual_seconds: float = 0.0
     detail: str = ""
@@ -204,10 +209,11 @@ class DeviceAgent:
     def do_task(self, task: dict) -> TaskOutcome:
         profile = self.config.profile
         outcome = TaskOutcome(device=self.config.name, task_id=task["task_id"], job_id=task["job_id"],
-                              round=task["round"], status="", profile=profile.name)
+                              round=task["round"], status="", profile=profile.name, arm=task.get("arm"))
         before = (self.client.transfers.bytes_down, self.client.transfers.seconds_down)
         try:
             artifact_dir, manifest = self.fetch_artifact(task["artifact"])
+            outcome.artifact_bytes_down = self.client.transfers.bytes_down - before[0]
             adapter_path = self.fetch_blob(task["adapter"], "adapters", ".ptd")
         except IntegrityError as exc:
             log.error("%s: %s", self.config.name, exc)

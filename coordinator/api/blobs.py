@@ -16,7 +16,7 @@ from sqlalchemy import or_, select
 from coordinator.api.common import state
 from coordinator.auth import device_or_admin_required
 from coordinator.errors import ApiError
-from coordinator.models import Artifact, ArtifactFile, GlobalAdapter
+from coordinator.models import Artifact, ArtifactFile, GlobalAdapter, Task
 from coordinator.storage import is_sha256_hex
 
 bp = Blueprint("blobs", __name__)
@@ -29,6 +29,8 @@ def _device_may_read(session, sha256: str) -> bool:
         select(GlobalAdapter.id).where(or_(GlobalAdapter.ptd_sha256 == sha256,
                                            GlobalAdapter.weights_sha256 == sha256,
                                            GlobalAdapter.config_sha256 == sha256)),
+        # a global adapter cut to a device's tier (heterogeneous jobs)
+        select(Task.id).where(Task.start_ptd_sha256 == sha256),
     )
     return any(session.execute(check.limit(1)).first() is not None for check in checks)
 

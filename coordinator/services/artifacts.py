@@ -16,6 +16,11 @@ Two layers of caching:
 A job is prepared by :class:`ArtifactWorker`, a background thread (an export of SmolLM2 takes
 minutes): ``preparing`` -> ``running`` (round 0's adapter stored, round 1 open) or ``failed``
 with the error. Jobs still ``preparing`` when the coordinator starts are queued again.
+
+The same worker builds the artifacts of the *other* tiers a job's configurator hands out
+(``services/tiers.py``): on demand, the first time a device is given a tier
+(:meth:`ArtifactWorker.request_tier`), or all of them before round 1 opens when the job says
+``prepare_tiers: "all"``. A failed tier export is logged and retried on a later request.
 """
 
 from __future__ import annotations
@@ -125,8 +130,10 @@ class ArtifactWorker:
     def __init__(self, state):
         self.state = state
         self.cache = ArtifactCache(Path(state.settings.ARTIFACT_CACHE))
-        self._queue: queue.Queue[int | None] = queue.Queue()
+        self._queue: queue.Queue[int | tuple[str, dict] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._requested: set[str] = set()
+        self._requested_lock = threading.Lock()
 
     def start(self) -> None:
         with self.state.db.read() as session:
@@ -142,15 +149,38 @@ class ArtifactWorker:
     def submit(self, job_id: int) -> None:
         self._queue.put(job_id)
 
+    def request_tier(self, model: str, tier_dict: dict) -> None:
+        """Queue the export of (model, tier) unless it is queued already (returns at once)."""
+        key = artifact_key(model, tier_dict)
+        with self._requested_lock:
+            if key in self._requested:
+                return
+            self._requested.add(key)
+        log.info("artifact %s: export requested for a device's tier", key[:12])
+        self._queue.put((model, tier_dict))
+
     def stop(self) -> None:
         self._queue.put(None)
 
     def _run(self) -> None:
-        while (job_id := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, tuple):
+                self._build_tier(*item)
+                continue
             try:
-                self.prepare(job_id)
+                self.prepare(item)
             except Exception:  # noqa: BLE001 - prepare records failures itself; never kill the worker
-                log.exception("preparing job %s failed unexpectedly", job_id)
+                log.exception("preparing job %s failed unexpectedly", item)
+
+    def _build_tier(self, model: str, tier_dict: dict) -> None:
+        key = artifact_key(model, tier_dict)
+        try:
+            self._artifact_for(model, tier_dict)
+        except Exception:  # noqa: BLE001 - a device's tier failing must not stop other work
+            log.exception("artifact %s: exporting a device tier failed", key[:12])
+        finally:
+            with self._requested_lock:
+                self._requested.discard(key)
 
     def prepare(self, job_id: int) -> None:
         """Make job ``job_id`` runnable, or mark it failed with the reason."""
@@ -162,6 +192,7 @@ class ArtifactWorker:
             model, tier_dict = job.model, job.tier
         try:
             artifact_id = self._artifact_for(model, tier_dict)
+            self._prepare_tiers(job_id, artifact_id)
             self._start_job(job_id, artifact_id)
         except Exception as exc:  # noqa: BLE001 - any failure is the job's, reported through the API
             log.exception("job %s: preparing the artifact failed", job_id)
@@ -169,6 +200,21 @@ class ArtifactWorker:
                 job = db.lock(session, Job, job_id)
                 if job is not None and job.status == JobStatus.PREPARING:
                     job.status, job.error, job.updated_at = JobStatus.FAILED, f"{type(exc).__name__}: {exc}", utcnow()
+
+    def _prepare_tiers(self, job_id: int, artifact_id: int) -> None:
+        """For ``prepare_tiers: "all"``: export every tier the job's configurator may hand out."""
+        from coordinator.services.tiers import job_view
+        from coordinator.scheduling.configurator import get_configurator
+
+        with self.state.db.read() as session:
+            job = session.get(Job, job_id)
+            if job is None or job.prepare_tiers != "all" or job.configurator == "uniform":
+                return
+            view = job_view(self.state, session, job, 1, reference_artifact_id=artifact_id)
+        tiers = get_configurator(job.configurator, job.configurator_options).candidate_tiers(view)
+        for number, tier in enumerate(tiers, 1):
+            log.info("job %s: preparing tier %d of %d", job_id, number, len(tiers))
+            self._artifact_for(job.model, tier)
 
     def _artifact_for(self, model: str, tier_dict: dict) -> int:
         key = artifact_key(model, tier_dict)

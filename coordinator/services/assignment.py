@@ -2,7 +2,9 @@
 
 Candidates are the open rounds of running jobs, oldest job first. For each, the selector
 first checks eligibility without any lock (the device's runtimes and RAM against the job's
-artifact and tier). Then, under the round's lock: a device that already holds an
+artifact and tier); under a configurator other than ``uniform`` the job's configurator
+first picks the device's tier (``services/tiers.py``), and eligibility is checked against
+that tier's artifact. Then, under the round's lock: a device that already holds an
 unsubmitted task in the round gets the same task again (asking twice, or after losing the
 response, never takes two places); a device that already submitted in this round is not
 selected again; otherwise it gets a place if the selector admits it with the places already
@@ -20,6 +22,7 @@ from coordinator.models import (Device, GlobalAdapter, Job, JobStatus, Round, Ro
 from coordinator.scheduling import Requirements
 from coordinator.services.payloads import task_payload
 from coordinator.services.rounds import freeze
+from coordinator.services.tiers import Placement, place_device
 from coordinator.strategies import get_strategy
 
 log = logging.getLogger(__name__)
@@ -32,19 +35,30 @@ def next_task(state, device: Device) -> tuple[dict | None, str]:
     db = state.db
     with db.read() as session:
         candidates = session.execute(
-            select(Round.id, Job.id, Job.artifact_id, Job.min_ram_mb, Job.devices_per_round)
-            .join(Job, Round.job_id == Job.id)
+            select(Round.id, Round.number, Job).join(Job, Round.job_id == Job.id)
             .where(Round.status == RoundStatus.OPEN, Job.status == JobStatus.RUNNING)
             .order_by(Job.id, Round.number)).all()
+        # Rounds where this device already has a task: it gets that task again (or is told it
+        # submitted), so no new tier is chosen for it.
+        held = set(session.scalars(select(Task.round_id).join(Round, Task.round_id == Round.id).where(
+            Task.device_id == device.id, Round.status == RoundStatus.OPEN)).all())
     reason = NO_OPEN_ROUND
-    for round_id, job_id, artifact_id, min_ram_mb, devices_per_round in candidates:
-        info = state.artifact_info(artifact_id)
-        requirements = Requirements(runtime=info.format,
-                                    min_ram_mb=info.required_ram_mb if min_ram_mb is None else min_ram_mb)
-        why = state.selector.ineligibility(device.capabilities, requirements)
-        if why is not None:
-            reason = f"job {job_id}: {why}"
-            continue
+    for round_id, round_number, job in candidates:
+        job_id, devices_per_round = job.id, job.devices_per_round
+        placement = None
+        if job.configurator == "uniform" or round_id in held:
+            info = state.artifact_info(job.artifact_id)
+            requirements = Requirements(runtime=info.format,
+                                        min_ram_mb=info.required_ram_mb if job.min_ram_mb is None else job.min_ram_mb)
+            why = state.selector.ineligibility(device.capabilities, requirements)
+            if why is not None and round_id not in held:
+                reason = f"job {job_id}: {why}"
+                continue
+        else:
+            placement, why = place_device(state, job, device, round_number)
+            if placement is None:
+                reason = f"job {job_id}: {why}"
+                continue
         task_id, froze = None, False
         with db.write() as session:
             round_ = db.lock(session, Round, round_id)
@@ -67,7 +81,7 @@ def next_task(state, device: Device) -> tuple[dict | None, str]:
                     taken = session.scalar(select(func.count(Task.id)).where(Task.round_id == round_id))
                     if state.selector.admit(device.capabilities, taken, devices_per_round):
                         task = Task(round_id=round_id, device_id=device.id, status=TaskStatus.ASSIGNED,
-                                    assigned_at=now)
+                                    assigned_at=now, **_task_columns(placement, job))
                         session.add(task)
                         session.flush()
                         task_id = task.id
@@ -81,6 +95,12 @@ def next_task(state, device: Device) -> tuple[dict | None, str]:
     return None, reason
 
 
+def _task_columns(placement: Placement | None, job: Job) -> dict:
+    if placement is None:
+        return {}
+    return placement.task_columns()
+
+
 def task_offer(state, task_id: int) -> dict:
     """The JSON a device gets for task ``task_id`` (artifact, start adapter, training settings)."""
     with state.db.read() as session:
@@ -89,10 +109,14 @@ def task_offer(state, task_id: int) -> dict:
         job = session.get(Job, round_.job_id)
         start = session.scalars(select(GlobalAdapter).where(GlobalAdapter.job_id == job.id,
                                                             GlobalAdapter.round == round_.number - 1)).one()
-    info = state.artifact_info(job.artifact_id)
-    tier_train = job.tier.get("train", {})
-    train = {"steps": job.local_steps, "lr": job.lr, "batch": job.tier["batch"], "seq": job.tier["seq"],
+    info = state.artifact_info(task.artifact_id or job.artifact_id)
+    tier = task.tier or job.tier
+    tier_train = tier.get("train", {})
+    train = {"steps": task.local_steps or job.local_steps, "lr": job.lr, "batch": tier["batch"], "seq": tier["seq"],
              "optimizer": tier_train.get("optimizer", "sgd"), "momentum": tier_train.get("momentum", 0.0),
              "weight_decay": tier_train.get("weight_decay", 0.0)}
     train = get_strategy(job.strategy).configure_train(round_.number, train)
-    return task_payload(task, round_, job, info.artifact, info.files, start, train, info.max_update_bytes)
+    adapter = ((task.start_ptd_sha256, task.start_ptd_size) if task.start_ptd_sha256
+               else (start.ptd_sha256, start.ptd_size))
+    return task_payload(task, round_, job, info.artifact, info.files, start.round, adapter, train,
+                        info.max_update_bytes)

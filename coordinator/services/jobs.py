@@ -25,6 +25,7 @@ DEFAULT_ROUND_DEADLINE_S = 600.0
 DEFAULT_EVAL_EXAMPLES = 100
 MAX_EVAL_EXAMPLES = 100_000
 _TIER_TRAIN_KEYS = {"optimizer", "momentum", "weight_decay"}
+PREPARE_TIERS = ("on_demand", "all")
 
 
 @dataclass
@@ -43,6 +44,9 @@ class JobSpec:
     max_update_norm: float
     min_ram_mb: int | None
     eval_examples: int
+    configurator: str = "uniform"
+    configurator_options: dict | None = None
+    prepare_tiers: str = "on_demand"
 
 
 def _bad(field: str, message: str) -> ApiError:
@@ -121,8 +125,30 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
         tier.validate()
     except (TypeError, ValueError) as exc:
         raise _bad("tier", str(exc)) from None
+    configurator, options, prepare_tiers = _configurator_fields(body)
     name = _string(body, "name", f"{model} / {task}")
-    return JobSpec(name=name, model=model, task=task, tier=tier.to_dict(), rounds=rounds,
+    return JobSpec(configurator=configurator, configurator_options=options, prepare_tiers=prepare_tiers,
+                   name=name, model=model, task=task, tier=tier.to_dict(), rounds=rounds,
                    devices_per_round=devices_per_round, min_updates=min_updates,
                    round_deadline_s=round_deadline_s, local_steps=local_steps, lr=lr, strategy=strategy,
                    max_update_norm=max_update_norm, min_ram_mb=min_ram_mb, eval_examples=eval_examples)
+
+
+def _configurator_fields(body: dict) -> tuple[str, dict | None, str]:
+    """The job's configurator name and options (checked by building it) and ``prepare_tiers``."""
+    from coordinator.scheduling.configurator import configurator_names, get_configurator
+
+    name = _string(body, "configurator", "uniform", max_len=100)
+    if name not in configurator_names():
+        raise _bad("configurator", f"unknown configurator {name!r}; known: {', '.join(configurator_names())}")
+    options = body.get("configurator_options")
+    if options is not None and not isinstance(options, dict):
+        raise _bad("configurator_options", "must be a JSON object of the configurator's options")
+    try:
+        get_configurator(name, options)
+    except (TypeError, ValueError) as exc:
+        raise _bad("configurator_options", str(exc)) from None
+    prepare = _string(body, "prepare_tiers", "on_demand", max_len=20)
+    if prepare not in PREPARE_TIERS:
+        raise _bad("prepare_tiers", f"must be one of {', '.join(PREPARE_TIERS)}, got {prepare!r}")
+    return name, options or None, prepare

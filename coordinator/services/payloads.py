@@ -116,6 +116,9 @@ def round_detail_payload(round_: Round, adapter: GlobalAdapter | None, evaluatio
             "status": task.status,
             "assigned_at": iso(task.assigned_at),
             "submitted_at": iso(task.submitted_at),
+            "arm": task.arm,
+            "tier": task.tier,
+            "local_steps": task.local_steps,
             "update": update_payload(by_task[task.id]) if task.id in by_task else None,
         } for task in sorted(tasks, key=lambda t: t.id)],
     }
@@ -142,6 +145,9 @@ def job_payload(job: Job, artifact: Artifact | None, rounds: list[Round], adapte
         "local_steps": job.local_steps,
         "lr": job.lr,
         "strategy": job.strategy,
+        "configurator": job.configurator,
+        "configurator_options": job.configurator_options or {},
+        "prepare_tiers": job.prepare_tiers,
         "max_update_norm": job.max_update_norm,
         "min_ram_mb": job.min_ram_mb,
         "eval_examples": job.eval_examples,
@@ -159,7 +165,8 @@ def job_payload(job: Job, artifact: Artifact | None, rounds: list[Round], adapte
 
 
 def task_payload(task: Task, round_: Round, job: Job, artifact: Artifact, files: list[ArtifactFile],
-                 start: GlobalAdapter, train: dict, max_update_bytes: int) -> dict:
+                 start_round: int, adapter: tuple[str, int], train: dict, max_update_bytes: int) -> dict:
+    """A device's task: its artifact, its start adapter (cut to its tier), how to train, where to upload."""
     device_files = sorted((f for f in files if f.device), key=lambda f: f.path)
     return {
         "task_id": task.id,
@@ -170,7 +177,8 @@ def task_payload(task: Task, round_: Round, job: Job, artifact: Artifact, files:
             **blob_ref(artifact.manifest_sha256, artifact.manifest_size, format=artifact.format),
             "files": [blob_ref(f.sha256, f.size, path=f.path) for f in device_files],
         },
-        "adapter": blob_ref(start.ptd_sha256, start.ptd_size, round=start.round, format="ptd"),
+        "adapter": blob_ref(adapter[0], adapter[1], round=start_round, format="ptd"),
+        "arm": task.arm,
         "train": train,
         "upload": {
             "url": url_for("tasks.post_result", task_id=task.id),

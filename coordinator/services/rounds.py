@@ -31,7 +31,7 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from coordinator.models import (CloseReason, GlobalAdapter, Job, JobStatus, Round, RoundStatus, Update, utcnow)
+from coordinator.models import (CloseReason, GlobalAdapter, Job, JobStatus, Round, RoundStatus, Task, Update, utcnow)
 from coordinator.strategies import ClientUpdate, get_strategy
 
 log = logging.getLogger(__name__)
@@ -97,11 +97,11 @@ class RoundCloser:
             start = session.scalars(select(GlobalAdapter).where(
                 GlobalAdapter.job_id == job.id, GlobalAdapter.round == round_.number - 1)).one()
             updates = session.scalars(select(Update).where(Update.round_id == round_id).order_by(Update.id)).all()
+            task_artifacts = dict(session.execute(select(Task.id, Task.artifact_id).where(
+                Task.round_id == round_id)).all())
         strategy = get_strategy(job.strategy)
         current = state.adapters.tensors(start.weights_sha256)
-        client_updates = [ClientUpdate(tensors=_load_update(state, u.sha256), num_examples=u.num_examples,
-                                       device_id=u.device_id, loss_before=u.loss_before, loss_after=u.loss_after)
-                          for u in updates]
+        client_updates = [_client_update(state, job, current, u, task_artifacts.get(u.task_id)) for u in updates]
         aggregated = strategy.aggregate_train(current, client_updates)
         weights_ref, ptd_ref = state.adapters.store(aggregated)
 
@@ -127,6 +127,23 @@ class RoundCloser:
                  len(updates))
         state.evaluator.submit(job.id, round_.number)  # scored in the background, never waited for
         return True
+
+
+def _client_update(state, job: Job, current, update: Update, artifact_id: int | None) -> ClientUpdate:
+    """An accepted update as the strategy sees it: in the job's (reference) layout.
+
+    An update trained on another tier is lifted into the reference shapes, zero outside the
+    slice the device trained, and says which slice that was (``trained``).
+    """
+    tensors, trained = _load_update(state, update.sha256), None
+    if artifact_id is not None and artifact_id != job.artifact_id:
+        from coordinator.services.adapter_mapping import lift
+        from coordinator.services.tiers import layout_of
+
+        shapes = {key: value.shape for key, value in current.items()}
+        tensors, trained = lift(tensors, layout_of(state, artifact_id), layout_of(state, job.artifact_id), shapes)
+    return ClientUpdate(tensors=tensors, num_examples=update.num_examples, device_id=update.device_id,
+                        loss_before=update.loss_before, loss_after=update.loss_after, trained=trained)
 
 
 def _load_update(state, sha256: str):

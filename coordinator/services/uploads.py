@@ -57,8 +57,10 @@ def accept_result(state, device: Device, task_id: int, meta_raw: str | bytes | N
         raise ApiError("missing_part", f"the upload lacks {' and '.join(missing)}: send multipart/form-data with "
                                        "a meta part (JSON) and an update file part (safetensors)")
     meta = parse_meta(meta_raw)
-    info = state.artifact_info(job.artifact_id)
-    validated = validate_update(update, info.tensors, state.adapters.tensors(start.weights_sha256),
+    # A device on its own tier is checked against its tier's tensors and the start adapter it got.
+    info = state.artifact_info(task.artifact_id or job.artifact_id)
+    validated = validate_update(update, info.tensors,
+                                state.adapters.tensors(task.start_weights_sha256 or start.weights_sha256),
                                 job.max_update_norm)
 
     late, froze = False, False

@@ -4,7 +4,10 @@ Adding one: write ``coordinator/strategies/<name>.py`` with a ``@register``-ed s
 :class:`~coordinator.strategies.base.Strategy` and import it below.
 """
 
-from coordinator.strategies.base import ClientUpdate, Strategy, get_strategy, register, strategy_names
+from coordinator.strategies.base import (ClientUpdate, Strategy, TrainedPart, get_strategy, register,
+                                         strategy_names)
 from coordinator.strategies import fedavg  # noqa: F401  (registers "fedavg")
+from coordinator.strategies import flexlora  # noqa: F401  (registers "flexlora")
+from coordinator.strategies import zero_padding  # noqa: F401  (registers "hetlora")
 
-__all__ = ["ClientUpdate", "Strategy", "get_strategy", "register", "strategy_names"]
+__all__ = ["ClientUpdate", "Strategy", "TrainedPart", "get_strategy", "register", "strategy_names"]

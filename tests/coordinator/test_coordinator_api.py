@@ -143,6 +143,11 @@ def test_missing_or_wrong_token_is_401_and_wrong_role_is_403(server):
     ({"tier": {"train": {"lr": 0.1}}}, "job fields"),
     ({"colour": "blue"}, "unknown job fields"),
     ({"task": ""}, "task"),
+    ({"configurator": "oracle"}, "unknown configurator"),
+    ({"configurator": "fedspine", "configurator_options": {"ranks": [0]}}, "configurator_options"),
+    ({"configurator": "legend", "configurator_options": {"fastest": True}}, "configurator_options"),
+    ({"configurator": "fedspine", "configurator_options": [0.5]}, "JSON object"),
+    ({"prepare_tiers": "sometimes"}, "prepare_tiers"),
 ])
 def test_bad_job_is_422_and_creates_nothing(server, fields, snippet):
     body = {"model": "tiny", "task": "bbcnews", "rounds": 1, **fields}

@@ -211,8 +211,9 @@ def test_migrations_create_exactly_the_models_schema(backend, tmp_path, request)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_migration_0002_upgrades_a_0001_database_with_data(backend, tmp_path, request):
-    """Jobs and updates written at 0001 keep working: eval_examples 100, metrics null; and back."""
+def test_migrations_upgrade_a_0001_database_with_data(backend, tmp_path, request):
+    """Jobs and updates written at 0001 keep working: eval_examples 100, metrics null (0002), the
+    uniform configurator and tasks without a tier of their own (0003); and back down."""
     from alembic import command
     from sqlalchemy import text
 
@@ -241,16 +242,19 @@ def test_migration_0002_upgrades_a_0001_database_with_data(backend, tmp_path, re
             command.upgrade(alembic_config(conn), "0001")
             for row in rows:
                 conn.execute(text(row))
-        assert db.upgrade_schema() == head_revision() == "0002"
+        assert db.upgrade_schema() == head_revision() == "0003"
         with db.engine.connect() as conn:
-            assert conn.execute(text("SELECT eval_examples FROM jobs")).all() == [(100,)]
+            assert conn.execute(text("SELECT eval_examples, configurator, configurator_options, prepare_tiers "
+                                     "FROM jobs")).all() == [(100, "uniform", None, "on_demand")]
+            assert conn.execute(text("SELECT artifact_id, tier, start_ptd_sha256 FROM tasks")).all() == [
+                (None, None, None)]
             assert conn.execute(text("SELECT metrics, num_examples FROM updates")).all() == [(None, 4)]
             assert conn.execute(text("SELECT COUNT(*) FROM evaluations")).scalar_one() == 0
         with db.engine.begin() as conn:  # and back down, keeping the rows
             command.downgrade(alembic_config(conn), "0001")
             assert current_revision(conn) == "0001"
             assert conn.execute(text("SELECT COUNT(*) FROM updates")).scalar_one() == 1
-        assert db.upgrade_schema() == "0002"
+        assert db.upgrade_schema() == "0003"
     finally:
         db.dispose()
 

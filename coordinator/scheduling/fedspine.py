@@ -1,0 +1,171 @@
+"""FedSpine-style configuration: an online bandit per device over (pruning ratio, LoRA rank) arms.
+
+After FedSpine, which prunes and tunes iteratively and lets a multi-armed bandit pick each
+device's pruning ratio and LoRA rank *without prior knowledge* of its compute or network: this
+configurator never reads ``gflops`` or ``bandwidth_mbps``. All it learns comes from the device's
+own past tasks in the job.
+
+**Arms.** Every (pruning ratio, rank) with the ratio from option ``prune_ratios`` (those below
+the reference's ratio dropped) and the rank from ``ranks`` (default ``[2, 4, R]``, ``R`` the
+reference's top rank; ranks above ``R`` dropped). An arm's tier has the reference's LoRA depth,
+each layer at ``min(rank, reference rank of that layer)``. Labels read ``p0.25-r4``.
+
+**Reward.** A task's reward is its loss improvement per second of round time,
+``(loss_before - loss_after) / seconds`` (:func:`task_reward`); a task without a result (a
+dropout, a missed deadline) earns 0, so an arm a device cannot finish looks bad. Rewards are
+divided by the largest ``|reward|`` among the device's recent tasks (the discount's window),
+so that the exploration constant means the same for every device and, since losses fall over
+rounds and with them the rewards, for every stage of the job.
+
+**Rule.** Discounted UCB1 (Garivier and Moulines): with the device's tasks weighted by
+``discount ** age`` (age counted in the device's own tasks, newest 0), an arm's index is its
+weighted mean normalized reward plus ``exploration * sqrt(2 ln(1 + n) / N_arm)``, ``N_arm`` its
+weight and ``n`` the total. The discount forgets old rewards because the reward of an arm
+drifts as training advances. Arms are returned best index first. The default exploration
+(0.05) is small because the discount already makes an arm left alone look uncertain again (its
+weight decays, so its bonus grows): on synthetic rewards (nine arms, one clearly best, noise
+of a third of the best mean) larger constants with ``discount`` 0.98 spent most rounds
+re-exploring.
+
+**Untried arms first,** in a fixed order: lowest pruning ratio first, then lowest rank first.
+Pruning ratio ascending is forced by monotone pruning (below): a device must see the less
+pruned arms before the more pruned ones, because it can never come back to them. Within a
+ratio the cheapest rank comes first: a small task is the likeliest to finish and report.
+
+**Iterative prune-and-tune** (option ``monotone_pruning``, on by default): once a device's most
+recent task had pruning ratio ``p``, arms with a ratio below ``p`` are no longer offered. A
+device keeps the smaller base it downloaded and tunes it further, as FedSpine prunes and tunes
+in alternation; offering a larger base again would mean downloading it again and tuning an
+adapter for a structure the device has left behind. Moving up a level is therefore a one-way
+door, and an untried arm above the device's current level is not explored blindly: its index is
+that of an arm seen once with reward 0 (as bad as a dropout, with one observation's
+uncertainty). The device moves up when its current level's best arm no longer beats that, which
+happens sooner when its tasks at this level drop out or improve little, and ``exploration``
+sets how soon. With ``monotone_pruning`` off every untried arm counts as untried.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from coordinator.scheduling.configurator import (Configurator, DeviceView, JobView, PastTask, TierChoice,
+                                                 bool_option, list_option, number_option, register, sub_tier,
+                                                 tier_ranks, unique_tiers)
+from models.pruning import MAX_RATIO
+
+#: Ranks offered by default below the reference's top rank (which is always offered).
+DEFAULT_SMALL_RANKS = (2, 4)
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A (pruning ratio, rank) pair, its tier and its label."""
+
+    prune_ratio: float
+    rank: int
+    tier: dict
+    label: str
+
+
+def task_reward(task: PastTask) -> float:
+    """Loss improvement per second of ``task``; 0 for a task without a usable result."""
+    values = (task.loss_before, task.loss_after, task.seconds)
+    if not task.submitted or any(v is None or not math.isfinite(v) for v in values) or task.seconds <= 0:
+        return 0.0
+    return (task.loss_before - task.loss_after) / task.seconds
+
+
+@register
+class FedSpine(Configurator):
+    """Per-device discounted-UCB bandit over pruning ratio and LoRA rank."""
+
+    name = "fedspine"
+    option_defaults = {
+        "prune_ratios": [0.0, 0.25, 0.5],
+        "ranks": None,                 # None: [2, 4, R]
+        "exploration": 0.05,
+        "discount": 0.98,
+        "monotone_pruning": True,
+    }
+
+    def check_options(self, options: dict) -> dict:
+        options["prune_ratios"] = sorted(list_option("prune_ratios", options["prune_ratios"],
+                                                     minimum=0.0, maximum=MAX_RATIO))
+        if options["ranks"] is not None:
+            options["ranks"] = sorted(list_option("ranks", options["ranks"], minimum=1, integer=True))
+        number_option("exploration", options["exploration"], minimum=0.0)
+        number_option("discount", options["discount"], minimum=0.0, maximum=1.0, exclusive_minimum=True)
+        bool_option("monotone_pruning", options["monotone_pruning"])
+        return options
+
+    def arms(self, job: JobView) -> list[Arm]:
+        """Every arm for ``job`` in exploration order (pruning ratio ascending, then rank ascending)."""
+        reference = job.reference_tier
+        ref_ranks = tier_ranks(reference)
+        top = max(ref_ranks)
+        floor = float(reference.get("prune_ratio", 0.0))
+        ratios = [p for p in self.options["prune_ratios"] if p >= floor] or [floor]
+        wanted = self.options["ranks"] or [*DEFAULT_SMALL_RANKS, top]
+        ranks = sorted({r for r in wanted if r <= top}) or [top]
+        return [Arm(prune_ratio=p, rank=r, label=f"p{p:g}-r{r}",
+                    tier=sub_tier(reference, tuple(min(r, cap) for cap in ref_ranks), prune_ratio=p))
+                for p in ratios for r in ranks]
+
+    def candidate_tiers(self, job: JobView) -> list[dict]:
+        return unique_tiers(arm.tier for arm in self.arms(job))
+
+    def allowed_arms(self, job: JobView, device: DeviceView) -> list[Arm]:
+        """The arms ``device`` may get now: with monotone pruning, none below its latest ratio."""
+        arms = self.arms(job)
+        if not self.options["monotone_pruning"] or not device.history:
+            return arms
+        latest = max(device.history, key=lambda t: t.round)
+        given = float(latest.tier.get("prune_ratio", 0.0))
+        allowed = [a for a in arms if a.prune_ratio >= given - 1e-9]
+        # The menu no longer reaches the device's ratio: the most pruned arms are the nearest.
+        return allowed or [a for a in arms if a.prune_ratio == arms[-1].prune_ratio]
+
+    def indices(self, job: JobView, device: DeviceView) -> dict[str, float]:
+        """The UCB index of each allowed arm (``inf`` for an arm explored before any other)."""
+        discount, exploration = self.options["discount"], self.options["exploration"]
+        allowed = self.allowed_arms(job, device)
+        labels = {a.label for a in self.arms(job)}
+        tasks = sorted(device.history, key=lambda t: t.round)
+        rewards = [task_reward(t) for t in tasks]
+        window = len(rewards) if discount >= 1 else math.ceil(1 / (1 - discount))
+        scale = max((abs(r) for r in rewards[-window:]), default=0.0)
+        weight, total, tried = {}, {}, {}
+        for age, (task, reward) in enumerate(zip(reversed(tasks), reversed(rewards))):
+            if task.arm not in labels:
+                continue  # an arm of another menu: nothing to compare it with
+            w = discount ** age
+            x = max(-1.0, min(1.0, reward / scale)) if scale > 0 else 0.0
+            weight[task.arm] = weight.get(task.arm, 0.0) + w
+            total[task.arm] = total.get(task.arm, 0.0) + w * x
+            tried[task.arm] = tried.get(task.arm, 0) + 1
+        n = sum(weight.values())
+        level = min(a.prune_ratio for a in allowed)
+        one_way = self.options["monotone_pruning"]
+        out = {}
+        for arm in allowed:
+            if tried.get(arm.label, 0) == 0:
+                if not one_way or arm.prune_ratio == level:
+                    out[arm.label] = math.inf
+                else:  # a one-way door: as if seen once with reward 0
+                    out[arm.label] = exploration * math.sqrt(2 * math.log(1 + n))
+                continue
+            w = weight[arm.label]
+            if w <= 0:  # seen so long ago that its weight underflowed: as good as untried
+                out[arm.label] = math.inf
+                continue
+            out[arm.label] = total[arm.label] / w + exploration * math.sqrt(2 * math.log(1 + n) / w)
+        return out
+
+    def choose(self, job: JobView, device: DeviceView) -> list[TierChoice]:
+        allowed = self.allowed_arms(job, device)
+        index = self.indices(job, device)
+        order = {a.label: i for i, a in enumerate(allowed)}
+        # Highest index first; ties (among them every untried arm) in exploration order.
+        ranked = sorted(allowed, key=lambda a: (-index[a.label], order[a.label]))
+        return [TierChoice(tier=a.tier, local_steps=job.local_steps, arm=a.label) for a in ranked]

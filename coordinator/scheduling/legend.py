@@ -1,0 +1,172 @@
+"""LEGEND-style configuration: LoRA depth and a rising rank distribution sized to each device.
+
+LEGEND's observation is that LoRA layers with higher ranks close to the output save resources
+at comparable quality, and that depth (how many of the last layers get LoRA) and the rank
+distribution have to be chosen together. Here:
+
+**Rank profile.** The job has one rank per layer: rising linearly from
+``bottom_rank_fraction * R`` at the reference's lowest LoRA layer to ``R`` (the reference's
+top rank) at the top layer, and never above the reference rank of a layer. A device given depth
+``k`` trains the top ``k`` layers of that profile. One profile for the whole fleet (rather than
+ranks rising over each device's own ``k`` layers) means every device that trains a layer trains
+it at the same rank, so a layer's aggregate mixes adapters of one shape, and a shallower tier is
+exactly the top of a deeper one, so its cost is never higher.
+
+**Depth.** Among the depths of option ``depths`` (default ``[1, 2, 4, K]``, clipped to the
+reference depth ``K``), the deepest whose estimated task time on this device fits the target
+is chosen, followed by every shallower one as fallbacks (a deeper tier that does not fit the
+device's RAM falls back to a shallower one). The target is option ``target_seconds`` or, by
+default, the reference tier's estimated time on the fastest device of the fleet times
+``slack``: the round should not wait for anyone much longer than the best device needs for the
+full configuration. When not even the shallowest depth fits, it is handed out alone with its
+local steps cut to what fits (never below ``min_steps``) so that a very slow device still
+reports near the target.
+
+**Calibration.** Estimates (:func:`~coordinator.scheduling.configurator.estimate_task_time`)
+start from the device's reported GFLOP/s and bandwidth, which a phone's benchmark can get
+badly wrong. Once the device has submitted tasks, its speed is taken from them instead
+(:func:`calibrated_capabilities`): the median over its last ``history_window`` tasks of how
+much slower than estimated it really trained, and of the bandwidth it really achieved.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from coordinator.scheduling.configurator import (Configurator, DeviceView, JobView, TierChoice, estimate_task_seconds,
+                                                 estimate_task_time, list_option, number_option, register,
+                                                 reported_speed, sub_tier, tier_ranks, unique_tiers)
+
+#: Depths tried by default (those above the reference depth are clipped to it).
+DEFAULT_DEPTHS = (1, 2, 4)
+
+
+@dataclass(frozen=True)
+class DepthConfig:
+    """One LEGEND configuration: LoRA on the last ``depth`` layers, the tier and its arm label."""
+
+    depth: int
+    tier: dict
+    arm: str
+
+
+def calibrated_capabilities(device: DeviceView, model_shape: dict, window: int = 5) -> dict:
+    """``device.capabilities`` with ``gflops`` and ``bandwidth_mbps`` replaced by what its last
+    ``window`` submitted tasks measured (unchanged when it has none).
+
+    Compute: a task's ``compute_seconds`` over the estimate for its tier and steps is how much
+    slower than its reported peak the device really trains; the median of these ratios divides
+    the reported GFLOP/s. Transfer: bytes moved over the task's non-compute seconds. A task
+    without ``compute_seconds`` gives one ratio, its whole time over the whole estimate, that
+    scales both figures.
+    """
+    caps = dict(device.capabilities)
+    gflops, mbps = reported_speed(caps)
+    done = [t for t in device.history if t.submitted and t.seconds is not None and t.seconds > 0]
+    done.sort(key=lambda t: t.round)
+    slowdowns, bandwidths = [], []
+    for task in done[-window:]:
+        try:
+            estimate = estimate_task_time(task.tier, task.local_steps, model_shape, caps)
+        except (TypeError, ValueError, KeyError):
+            continue  # a tier this model cannot have: nothing to learn from it
+        if task.compute_seconds is not None and task.compute_seconds > 0 and estimate.compute_seconds > 0:
+            slowdowns.append(task.compute_seconds / estimate.compute_seconds)
+            transfer_seconds = task.seconds - task.compute_seconds
+            moved = (task.download_bytes or 0) + (task.upload_bytes or 0)
+            if transfer_seconds > 0 and moved > 0:
+                bandwidths.append(moved * 8 / 1e6 / transfer_seconds)
+            elif transfer_seconds > 0 and estimate.transfer_seconds > 0:
+                bandwidths.append(mbps * estimate.transfer_seconds / transfer_seconds)
+        elif estimate.total > 0:
+            ratio = task.seconds / estimate.total
+            slowdowns.append(ratio)
+            bandwidths.append(mbps / ratio)
+    if slowdowns:
+        caps["gflops"] = gflops / statistics.median(slowdowns)
+    if bandwidths:
+        caps["bandwidth_mbps"] = statistics.median(bandwidths)
+    return caps
+
+
+@register
+class Legend(Configurator):
+    """Deepest LoRA configuration (with ranks rising to the output) that fits the round's target."""
+
+    name = "legend"
+    option_defaults = {
+        "depths": None,                # None: [1, 2, 4, K]
+        "target_seconds": None,        # None: reference tier on the fleet's fastest device, times slack
+        "slack": 1.0,
+        "min_steps": 1,
+        "history_window": 5,
+        "bottom_rank_fraction": 0.25,
+    }
+
+    def check_options(self, options: dict) -> dict:
+        if options["depths"] is not None:
+            options["depths"] = sorted(list_option("depths", options["depths"], minimum=1, integer=True))
+        if options["target_seconds"] is not None:
+            number_option("target_seconds", options["target_seconds"], minimum=0, exclusive_minimum=True)
+        number_option("slack", options["slack"], minimum=0, exclusive_minimum=True)
+        number_option("min_steps", options["min_steps"], minimum=1, integer=True)
+        number_option("history_window", options["history_window"], minimum=1, integer=True)
+        number_option("bottom_rank_fraction", options["bottom_rank_fraction"], minimum=0, maximum=1,
+                      exclusive_minimum=True)
+        return options
+
+    def rank_profile(self, reference: dict) -> tuple[int, ...]:
+        """The job's rank for each reference LoRA layer, bottom to top (see the module docstring)."""
+        ref = tier_ranks(reference)
+        top = ref[-1]
+        low = max(1, round(top * self.options["bottom_rank_fraction"]))
+        if len(ref) == 1:
+            return (top,)
+        rising = [low + (top - low) * i / (len(ref) - 1) for i in range(len(ref))]
+        return tuple(max(1, min(cap, round(r))) for cap, r in zip(ref, rising))
+
+    def configs(self, job: JobView) -> list[DepthConfig]:
+        """The configurations on offer, shallowest first."""
+        profile = self.rank_profile(job.reference_tier)
+        deepest = len(profile)
+        depths = self.options["depths"] or [*DEFAULT_DEPTHS, deepest]
+        depths = sorted({min(d, deepest) for d in depths})
+        return [DepthConfig(depth=d, tier=sub_tier(job.reference_tier, profile[deepest - d:]),
+                            arm=f"k{d}-rising{profile[-1]}") for d in depths]
+
+    def target_seconds(self, job: JobView, device: DeviceView) -> float:
+        """Seconds a task should take: option ``target_seconds``, or the reference tier's estimate
+        on the fleet's fastest device (this device when the fleet is empty) times ``slack``."""
+        if self.options["target_seconds"] is not None:
+            return float(self.options["target_seconds"])
+        fleet = list(job.fleet) or [device.capabilities]
+        fastest = min(estimate_task_seconds(job.reference_tier, job.local_steps, job.model_shape, caps)
+                      for caps in fleet)
+        return fastest * self.options["slack"]
+
+    def candidate_tiers(self, job: JobView) -> list[dict]:
+        return unique_tiers(c.tier for c in self.configs(job))
+
+    def choose(self, job: JobView, device: DeviceView) -> list[TierChoice]:
+        caps = calibrated_capabilities(device, job.model_shape, self.options["history_window"])
+        target = self.target_seconds(job, device)
+        configs = self.configs(job)
+        fitting = [c.depth for c in configs
+                   if estimate_task_seconds(c.tier, job.local_steps, job.model_shape, caps) <= target]
+        if fitting:
+            best = max(fitting)
+            return [TierChoice(c.tier, job.local_steps, c.arm) for c in reversed(configs) if c.depth <= best]
+        shallowest = configs[0]
+        return [TierChoice(shallowest.tier, self._steps_within(shallowest.tier, target, job, caps), shallowest.arm)]
+
+    def _steps_within(self, tier: dict, target: float, job: JobView, caps: dict) -> int:
+        """Local steps of ``tier`` that fit ``target`` on a device with ``caps``, in [min_steps, job's]."""
+        one_step = estimate_task_time(tier, 1, job.model_shape, caps)
+        if one_step.compute_seconds > 0:
+            steps = math.floor((target - one_step.transfer_seconds) / one_step.compute_seconds)
+        else:
+            steps = job.local_steps
+        floor = min(self.options["min_steps"], job.local_steps)
+        return max(floor, min(job.local_steps, steps))

@@ -1,0 +1,161 @@
+"""Per-device tiers: ask the job's configurator, find (or order) the artifact, cut the adapter.
+
+A job's ``configurator`` (``coordinator/scheduling``) ranks tiers for a device from its
+capabilities and its history in the job. :func:`place_device` takes the first choice that
+
+1. has an exported artifact (otherwise the export is queued with the artifact worker and the
+   next choice is tried: a tier is built on demand, once, content-addressed by
+   ``artifact_key``), and
+2. the device can run (the selector's runtime and RAM checks against *that* artifact).
+
+The chosen tier's start adapter is the round's global adapter cut to the tier
+(:func:`~coordinator.services.adapter_mapping.project`), stored as blobs like any adapter.
+A choice equal to the job's own tier is the plain, unmapped path: the task then carries no
+tier of its own, exactly as under the ``uniform`` configurator.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from coordinator.models import Artifact, Device, GlobalAdapter, Job, Round, RoundStatus, Task, TaskStatus, Update
+from coordinator.scheduling.base import Requirements
+from coordinator.services.adapter_mapping import AdapterLayout, project
+from coordinator.services.artifacts import artifact_key, compiled_tier
+
+log = logging.getLogger(__name__)
+
+#: Capabilities of at most this many recently seen devices make up a job's view of its fleet.
+_FLEET_VIEW = 1000
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The tier a device gets for a task (``artifact_id`` None: the job's own tier)."""
+
+    arm: str
+    tier: dict
+    local_steps: int
+    artifact_id: int | None = None
+    start_weights_sha256: str | None = None
+    start_ptd_sha256: str | None = None
+    start_ptd_size: int | None = None
+
+    def task_columns(self) -> dict:
+        return dict(arm=self.arm, tier=self.tier if self.artifact_id else None, local_steps=self.local_steps,
+                    artifact_id=self.artifact_id, start_weights_sha256=self.start_weights_sha256,
+                    start_ptd_sha256=self.start_ptd_sha256, start_ptd_size=self.start_ptd_size)
+
+
+def model_shape(manifest: dict) -> dict:
+    """The unpruned model's shape, from the job's (reference, unpruned) artifact manifest."""
+    base, pruned = manifest["base_model"], manifest["pruned_model"]
+    return {"num_hidden_layers": base["num_hidden_layers"], "hidden_size": base["hidden_size"],
+            "vocab_size": base["vocab_size"], "intermediate_size": pruned["intermediate_size"],
+            "num_attention_heads": pruned["num_attention_heads"],
+            "num_key_value_heads": pruned["num_key_value_heads"],
+            "head_dim": pruned.get("head_dim") or base["hidden_size"] // pruned["num_attention_heads"]}
+
+
+def job_view(state, session, job: Job, round_number: int, reference_artifact_id: int | None = None):
+    """What a configurator may know of a job (``reference_artifact_id``: before the job records it)."""
+    from coordinator.scheduling.configurator import JobView
+
+    manifest = state.artifact_info(reference_artifact_id or job.artifact_id).artifact.manifest
+    fleet = session.scalars(select(Device.capabilities).order_by(Device.last_seen_at.desc()).limit(_FLEET_VIEW)).all()
+    return JobView(job_id=job.id, model=job.model, reference_tier=job.tier, local_steps=job.local_steps,
+                   round_number=round_number, model_shape=model_shape(manifest), fleet=tuple(fleet))
+
+
+def device_history(session, job: Job, device_id: int) -> tuple:
+    """The device's earlier tasks in ``job`` that are over (submitted, or their round closed)."""
+    from coordinator.scheduling.configurator import PastTask
+
+    rows = session.execute(
+        select(Task, Round.number, Round.status, Update)
+        .join(Round, Task.round_id == Round.id)
+        .outerjoin(Update, Update.task_id == Task.id)
+        .where(Round.job_id == job.id, Task.device_id == device_id)
+        .order_by(Round.number)).all()
+    history = []
+    for task, number, round_status, update in rows:
+        submitted = task.status == TaskStatus.SUBMITTED and update is not None
+        if not submitted and round_status == RoundStatus.OPEN:
+            continue  # still training: neither a result nor a dropout yet
+        metrics = (update.metrics or {}) if update is not None else {}
+        seconds = compute = None
+        if submitted:
+            compute = float(metrics.get("compute_seconds", update.train_seconds))
+            seconds = float(metrics.get("virtual_seconds") or update.train_seconds)
+        history.append(PastTask(
+            round=number, arm=task.arm or "reference", tier=task.tier or job.tier,
+            local_steps=task.local_steps or job.local_steps, submitted=submitted,
+            loss_before=update.loss_before if submitted else None,
+            loss_after=update.loss_after if submitted else None, seconds=seconds, compute_seconds=compute,
+            upload_bytes=update.bytes_uploaded if submitted else None,
+            download_bytes=update.bytes_downloaded if submitted else None))
+    return tuple(history)
+
+
+def _artifact_id_for(state, session, model: str, tier: dict) -> int | None:
+    key = artifact_key(model, tier)
+    return session.scalars(select(Artifact.id).where(Artifact.key == key)).one_or_none()
+
+
+def place_device(state, job: Job, device: Device, round_number: int) -> tuple[Placement | None, str]:
+    """The tier ``device`` trains in ``round_number`` of ``job``, or (None, why none fits now)."""
+    # (Imported here: configurators estimate costs with models/, which loads torch; the
+    # coordinator starts without it and warms it up in the background.)
+    from coordinator.scheduling.configurator import DeviceView, get_configurator
+
+    configurator = get_configurator(job.configurator, job.configurator_options)
+    with state.db.read() as session:
+        view = job_view(state, session, job, round_number)
+        history = device_history(session, job, device.id)
+    choices = configurator.choose(view, DeviceView(device_id=device.id, capabilities=device.capabilities,
+                                                   history=history))
+    reasons = []
+    for choice in choices:
+        if compiled_tier(choice.tier) == compiled_tier(job.tier):
+            artifact_id = job.artifact_id
+        else:
+            with state.db.read() as session:
+                artifact_id = _artifact_id_for(state, session, job.model, choice.tier)
+            if artifact_id is None:
+                state.worker.request_tier(job.model, choice.tier)
+                reasons.append(f"{choice.arm}: artifact being exported")
+                continue
+        info = state.artifact_info(artifact_id)
+        why = state.selector.ineligibility(device.capabilities, Requirements(
+            runtime=info.format, min_ram_mb=info.required_ram_mb if job.min_ram_mb is None else job.min_ram_mb))
+        if why is not None:
+            reasons.append(f"{choice.arm}: {why}")
+            continue
+        if artifact_id == job.artifact_id:
+            return Placement(arm=choice.arm, tier=job.tier, local_steps=choice.local_steps), ""
+        return _cut_start_adapter(state, job, round_number, artifact_id, choice), ""
+    return None, "no tier fits this device now (" + "; ".join(reasons or ["the configurator offered none"]) + ")"
+
+
+def _cut_start_adapter(state, job: Job, round_number: int, artifact_id: int, choice) -> Placement:
+    with state.db.read() as session:
+        start = session.scalars(select(GlobalAdapter).where(GlobalAdapter.job_id == job.id,
+                                                            GlobalAdapter.round == round_number - 1)).one()
+    reference = layout_of(state, job.artifact_id)
+    tier_layout = layout_of(state, artifact_id)
+    tensors = project(state.adapters.tensors(start.weights_sha256), reference, tier_layout)
+    weights_ref, ptd_ref = state.adapters.store(tensors)
+    return Placement(arm=choice.arm, tier=choice.tier, local_steps=choice.local_steps, artifact_id=artifact_id,
+                     start_weights_sha256=weights_ref.sha256, start_ptd_sha256=ptd_ref.sha256,
+                     start_ptd_size=ptd_ref.size)
+
+
+def layout_of(state, artifact_id: int) -> AdapterLayout:
+    """The LoRA layout of an artifact, placed in the unpruned model (cached with its info)."""
+    layouts = state.__dict__.setdefault("_adapter_layouts", {})
+    if artifact_id not in layouts:
+        layouts[artifact_id] = AdapterLayout.from_manifest(state.artifact_info(artifact_id).artifact.manifest)
+    return layouts[artifact_id]
