@@ -34,8 +34,10 @@ install: $(INSTALLED)
 demo: $(INSTALLED)
 	$(VENV)/bin/pockettune demo $(DEMO_ARGS)
 
+# The dashboard's browser tests need Debian's chromium and chromedriver (installed when missing).
 test: $(DEV_INSTALLED)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	scripts/install_browser.sh
+	POCKETTUNE_REQUIRE_BROWSER=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info artifacts runs

@@ -19,7 +19,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from coordinator.auth import token_digest
-from coordinator.config import ADMIN_TOKEN_FILE, ENROLLMENT_KEY_FILE, Settings, secret_from_file
+from coordinator.config import ADMIN_TOKEN_FILE, ENROLLMENT_KEY_FILE, SECRET_KEY_FILE, Settings, secret_from_file
 from coordinator.db import Database
 from coordinator.errors import register_error_handlers
 from coordinator.models import Artifact, ArtifactFile
@@ -112,7 +112,9 @@ def create_app(config: Mapping | None = None) -> Flask:
     app = Flask("coordinator")
     settings = Settings.resolve(config, default_instance=app.instance_path)
     app.instance_path = settings.INSTANCE_PATH
-    app.config.update(MAX_CONTENT_LENGTH=int(settings.MAX_CONTENT_LENGTH))
+    app.config.update(MAX_CONTENT_LENGTH=int(settings.MAX_CONTENT_LENGTH),
+                      SECRET_KEY=settings.SECRET_KEY or secret_from_file(settings.instance / SECRET_KEY_FILE),
+                      SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
     state = CoordinatorState(settings)
     app.extensions["pockettune"] = state
 
@@ -120,6 +122,9 @@ def create_app(config: Mapping | None = None) -> Flask:
     from coordinator.api import register_blueprints
 
     register_blueprints(app)
+    from coordinator.dashboard import register_dashboard
+
+    register_dashboard(app)
     if settings.BACKGROUND:
         state.start_background()
     log.info("coordinator ready: database %s (schema %s), instance %s", state.db.display_url,

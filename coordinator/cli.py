@@ -1,4 +1,4 @@
-"""``pockettune coordinator``: serve the coordinator's API through waitress (a production WSGI server).
+"""``pockettune coordinator``: serve the coordinator's API and dashboard through waitress (a production WSGI server).
 
 The Flask development server is used only with ``--debug`` (interactive tracebacks, never
 for devices in the field). Every option falls back to a ``POCKETTUNE_*`` environment
@@ -24,7 +24,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "coordinator", help="serve the federated-learning coordinator (devices, jobs, rounds, aggregation)",
         description="Serve the PocketTune coordinator's JSON API under /api/v1 with waitress: device "
-                    "registration and heartbeats, jobs, task assignment, result uploads, aggregation. "
+                    "registration and heartbeats, jobs, task assignment, result uploads, aggregation; "
+                    "and its web dashboard at / (fleet, jobs, rounds; admin login for job actions). "
                     "The database schema is upgraded (Alembic) on start.",
         epilog="Secrets: without --admin-token / POCKETTUNE_ADMIN_TOKEN, a random admin token is created "
                f"once in INSTANCE/{ADMIN_TOKEN_FILE}; likewise the enrollment key in "
@@ -65,6 +66,12 @@ def add_parser(subparsers) -> None:
                    help=f"heartbeat period devices are told to use (default {Settings.HEARTBEAT_INTERVAL_S:g})")
     p.add_argument("--tick", type=float, default=Settings.TICK_S, metavar="SECONDS",
                    help=f"how often round deadlines are checked (default {Settings.TICK_S:g})")
+    p.add_argument("--dashboard-poll", type=float, default=Settings.DASHBOARD_POLL_S, metavar="SECONDS",
+                   help="how often dashboard pages of a running job refresh themselves "
+                        f"(default {Settings.DASHBOARD_POLL_S:g})")
+    p.add_argument("--private-dashboard", action="store_true",
+                   help="dashboard pages need the admin login too (default: readable by anyone who can "
+                        "reach the coordinator; admin actions always need the login)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                    help="log level of the coordinator's own messages (default INFO)")
     p.add_argument("--debug", action="store_true",
@@ -79,7 +86,8 @@ def _config(args: argparse.Namespace) -> dict:
     for name in ("threads",):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
-    for name in ("max_upload_mb", "max_update_norm", "offline_after", "heartbeat_interval", "tick"):
+    for name in ("max_upload_mb", "max_update_norm", "offline_after", "heartbeat_interval", "tick",
+                 "dashboard_poll"):
         if not getattr(args, name) > 0:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if not 0 <= args.port <= 65535:
@@ -92,7 +100,8 @@ def _config(args: argparse.Namespace) -> dict:
         "ENROLLMENT_KEY": args.enrollment_key, "MAX_CONTENT_LENGTH": int(args.max_upload_mb * 2**20),
         "MAX_UPDATE_NORM": args.max_update_norm, "OFFLINE_AFTER_S": args.offline_after,
         "HEARTBEAT_INTERVAL_S": args.heartbeat_interval, "TICK_S": args.tick,
-        "DB_POOL_SIZE": args.threads + 4,
+        "DB_POOL_SIZE": args.threads + 4, "DASHBOARD_POLL_S": args.dashboard_poll,
+        "DASHBOARD_PUBLIC": not args.private_dashboard,
     }
 
 

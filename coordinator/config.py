@@ -21,10 +21,12 @@ ENVIRONMENT = {
     "ADMIN_TOKEN": "POCKETTUNE_ADMIN_TOKEN",
     "ENROLLMENT_KEY": "POCKETTUNE_ENROLLMENT_KEY",
     "ARTIFACT_CACHE": "POCKETTUNE_ARTIFACT_CACHE",
+    "SECRET_KEY": "POCKETTUNE_SECRET_KEY",
 }
 
 ADMIN_TOKEN_FILE = "admin_token"
 ENROLLMENT_KEY_FILE = "enrollment_key"
+SECRET_KEY_FILE = "secret_key"
 DATABASE_FILE = "coordinator.sqlite3"
 
 
@@ -56,6 +58,12 @@ class Settings:
     BACKGROUND: bool = True
     #: Database connections kept per process (the WSGI server's threads plus the workers).
     DB_POOL_SIZE: int = 12
+    #: Signs the dashboard's session cookie (admin login); default: generated in the instance folder.
+    SECRET_KEY: str | None = None
+    #: Dashboard pages readable without logging in (admin actions always need the login).
+    DASHBOARD_PUBLIC: bool = True
+    #: How often dashboard pages of a running job refresh themselves (seconds).
+    DASHBOARD_POLL_S: float = 3.0
 
     @classmethod
     def resolve(cls, config: Mapping | None, default_instance: str) -> "Settings":
@@ -72,7 +80,9 @@ class Settings:
         settings.DATABASE = settings.DATABASE or f"sqlite:///{instance / DATABASE_FILE}"
         settings.ARTIFACT_CACHE = str(Path(settings.ARTIFACT_CACHE or instance / "artifacts").expanduser().absolute())
         settings.BLOB_DIR = str(Path(settings.BLOB_DIR or instance / "blobs").expanduser().absolute())
-        for name in ("MAX_UPDATE_NORM", "OFFLINE_AFTER_S", "HEARTBEAT_INTERVAL_S", "TICK_S"):
+        if isinstance(settings.DASHBOARD_PUBLIC, str):
+            settings.DASHBOARD_PUBLIC = settings.DASHBOARD_PUBLIC.strip().lower() not in ("0", "false", "no", "off")
+        for name in ("MAX_UPDATE_NORM", "OFFLINE_AFTER_S", "HEARTBEAT_INTERVAL_S", "TICK_S", "DASHBOARD_POLL_S"):
             if not float(getattr(settings, name)) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(settings, name)}")
         return settings

@@ -14,6 +14,10 @@ them even if a lock were forgotten:
 - one update per task: a task's result is accepted at most once;
 - one evaluation per ``(job, round)``: a global adapter is scored at most once.
 
+One table is a log rather than state: ``rejections`` records every refused upload (what the
+dashboard shows operators). Writing it never touches the round, its tasks, its updates or
+any blob, so a rejected upload still leaves training exactly as it was.
+
 Timestamps are stored as naive UTC (portable across SQLite and PostgreSQL) and come back
 timezone-aware (:class:`UTCDateTime`).
 """
@@ -69,10 +73,11 @@ class Base(DeclarativeBase):
 class JobStatus:
     PREPARING = "preparing"    # the artifact is being built or imported (background worker)
     RUNNING = "running"        # rounds are being played
+    PAUSED = "paused"          # an admin paused it: no new tasks or rounds until resumed
     COMPLETED = "completed"    # the last round was aggregated
     FAILED = "failed"          # preparing failed; ``Job.error`` says why
     CANCELLED = "cancelled"    # an admin stopped it
-    ALL = (PREPARING, RUNNING, COMPLETED, FAILED, CANCELLED)
+    ALL = (PREPARING, RUNNING, PAUSED, COMPLETED, FAILED, CANCELLED)
 
 
 class RoundStatus:
@@ -294,3 +299,26 @@ class Evaluation(Base):
     seconds: Mapped[float] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Rejection(Base):
+    """A refused result upload, kept so operators can see who was refused and why.
+
+    Only uploads for a task that exists are logged (``task_id`` set); an upload for an
+    unknown task has no round to show it in. The round's own state is never changed by it.
+    """
+
+    __tablename__ = "rejections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"), index=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    #: the device that sent it (for ``forbidden``, not the task's own device).
+    device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
+    #: the error code the device was answered with (``coordinator.errors``), and its message.
+    code: Mapped[str] = mapped_column(String(50))
+    message: Mapped[str] = mapped_column(Text)
+    status: Mapped[int] = mapped_column(Integer)
+    #: bytes of the update part as received (0 when it was missing).
+    size: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)

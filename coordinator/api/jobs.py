@@ -1,4 +1,4 @@
-"""Jobs (admin): create, list, inspect, cancel, a round's details, and a round's global adapter."""
+"""Jobs (admin): create, list, inspect, pause, resume, cancel, a round's details, and a round's global adapter."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from sqlalchemy import select
 from coordinator.api.common import json_body, state
 from coordinator.auth import admin_required
 from coordinator.errors import ApiError
-from coordinator.models import (Artifact, Device, Evaluation, GlobalAdapter, Job, JobStatus, Round, RoundStatus, Task,
-                                Update, utcnow)
+from coordinator.models import (Artifact, Device, Evaluation, GlobalAdapter, Job, Round, Task,
+                                Update)
+from coordinator.services import job_control
 from coordinator.services.jobs import MAX_ROUNDS, parse_job_spec
 from coordinator.services.payloads import job_payload, round_detail_payload
 
@@ -36,14 +37,7 @@ def _job_or_404(session, job_id: int) -> Job:
 def create_job():
     """Create a job; it starts ``preparing`` (artifact built in the background), then ``running``."""
     st = state()
-    spec = parse_job_spec(json_body(), st.settings.MAX_UPDATE_NORM)
-    now = utcnow()
-    with st.db.write() as session:
-        job = Job(**spec.__dict__, status=JobStatus.PREPARING, created_at=now, updated_at=now)
-        session.add(job)
-        session.flush()
-        job_id = job.id
-    st.worker.submit(job_id)
+    job_id = job_control.create_job(st, parse_job_spec(json_body(), st.settings.MAX_UPDATE_NORM))
     with st.db.read() as session:
         body = _payload(session, _job_or_404(session, job_id))
     return body, 202, {"Location": url_for("jobs.get_job", job_id=job_id)}
@@ -64,29 +58,32 @@ def get_job(job_id: int):
         return _payload(session, _job_or_404(session, job_id))
 
 
+def _control(job_id: int, action) -> dict:
+    st = state()
+    action(st, job_id)
+    with st.db.read() as session:
+        return _payload(session, _job_or_404(session, job_id))
+
+
 @bp.post("/jobs/<int:job_id>/cancel")
 @admin_required
 def cancel_job(job_id: int):
     """Stop a job: no more tasks or results; its open round is cancelled, closed rounds stay."""
-    db = state().db
-    with db.write() as session:
-        job = db.lock(session, Job, job_id)
-        if job is None:
-            raise ApiError("not_found", f"no job {job_id}")
-        if job.status not in (JobStatus.PREPARING, JobStatus.RUNNING):
-            raise ApiError("job_not_running", f"job {job_id} is already {job.status}")
-        job.status, job.updated_at = JobStatus.CANCELLED, utcnow()
-    # Rounds are locked only after the job's lock is released (lock order: round, then job).
-    with db.read() as session:
-        open_ids = session.scalars(select(Round.id).where(Round.job_id == job_id,
-                                                          Round.status == RoundStatus.OPEN)).all()
-    for round_id in open_ids:
-        with db.write() as session:
-            round_ = db.lock(session, Round, round_id)
-            if round_.status == RoundStatus.OPEN:
-                round_.status, round_.closed_at = RoundStatus.CANCELLED, utcnow()
-    with db.read() as session:
-        return _payload(session, _job_or_404(session, job_id))
+    return _control(job_id, job_control.cancel_job)
+
+
+@bp.post("/jobs/<int:job_id>/pause")
+@admin_required
+def pause_job(job_id: int):
+    """Hand out no new tasks and open no new round; uploads for the open round still count."""
+    return _control(job_id, job_control.pause_job)
+
+
+@bp.post("/jobs/<int:job_id>/resume")
+@admin_required
+def resume_job(job_id: int):
+    """Run a paused job again (its next round opens now if the last one closed while paused)."""
+    return _control(job_id, job_control.resume_job)
 
 
 @bp.get("/jobs/<int:job_id>/rounds/<int:number>")

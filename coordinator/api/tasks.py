@@ -6,7 +6,9 @@ from flask import Blueprint, g, request
 
 from coordinator.api.common import state
 from coordinator.auth import device_required
+from coordinator.errors import ApiError
 from coordinator.services.assignment import next_task
+from coordinator.services.rejections import record_rejection
 from coordinator.services.uploads import accept_result
 
 bp = Blueprint("tasks", __name__)
@@ -29,11 +31,18 @@ def get_next_task():
 @bp.post("/tasks/<int:task_id>/result")
 @device_required
 def post_result(task_id: int):
-    """Multipart upload: ``meta`` (JSON, a field or a file part) and ``update`` (safetensors file part)."""
+    """Multipart upload: ``meta`` (JSON, a field or a file part) and ``update`` (safetensors file part).
+
+    A refusal is answered as usual and logged (``services/rejections.py``) for the dashboard.
+    """
     meta, update = None, None
     if request.mimetype == "multipart/form-data":
         meta_file = request.files.get("meta")
         meta = meta_file.read() if meta_file is not None else request.form.get("meta")
         update_file = request.files.get("update")
         update = update_file.read() if update_file is not None else None
-    return accept_result(state(), g.device, task_id, meta, update), 201
+    try:
+        return accept_result(state(), g.device, task_id, meta, update), 201
+    except ApiError as error:
+        record_rejection(state(), g.device, task_id, error, len(update or b""))
+        raise

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 _NOT_NEEDED_FOR_EVALUATION = ("model.pte", ADAPTER_PTD)
 #: Examples lists kept in memory, by (task, limit).
 _CACHED_EXAMPLE_SETS = 4
-_EVALUATED_STATUSES = (JobStatus.RUNNING, JobStatus.COMPLETED)
+_EVALUATED_STATUSES = (JobStatus.RUNNING, JobStatus.PAUSED, JobStatus.COMPLETED)
 
 #: One evaluation at a time in this process, whichever app's worker runs it.
 _EVALUATION_LOCK = threading.Lock()

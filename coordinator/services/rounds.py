@@ -117,11 +117,12 @@ class RoundCloser:
                 num_examples=sum(u.num_examples for u in updates), strategy=strategy.name, created_at=now))
             round_.status, round_.closed_at = RoundStatus.CLOSED, now
             job = db.lock(session, Job, round_.job_id)
-            if job.status == JobStatus.RUNNING:
-                if round_.number < job.rounds:
-                    open_round(session, job, round_.number + 1, now)
-                else:
+            if job.status in (JobStatus.RUNNING, JobStatus.PAUSED):
+                if round_.number >= job.rounds:
                     job.status = JobStatus.COMPLETED
+                elif job.status == JobStatus.RUNNING:
+                    open_round(session, job, round_.number + 1, now)
+                # paused: the next round opens when the job is resumed (services/job_control.py)
                 job.updated_at = now
         log.info("job %s round %s closed (%s, %d update(s))", job.id, round_.number, round_.close_reason,
                  len(updates))

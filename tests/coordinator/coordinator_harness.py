@@ -110,6 +110,17 @@ def count_rows(database: TestDatabase) -> dict[str, int]:
         engine.dispose()
 
 
+def rejection_log(database: TestDatabase, task_id: int) -> list[str]:
+    """The error codes logged for refused uploads of ``task_id``, oldest first."""
+    engine = database.engine()
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text("SELECT code FROM rejections WHERE task_id = :t ORDER BY id"),
+                                     {"t": task_id}).scalars())
+    finally:
+        engine.dispose()
+
+
 def set_last_seen(database: TestDatabase, device_id: int, when) -> None:
     """Pretend a device was last heard of at ``when`` (through the coordinator's own model)."""
     from sqlalchemy.orm import Session

@@ -13,7 +13,7 @@ import numpy as np
 
 from coordinator_harness import (  # noqa: F401 (fixtures are used by name)
     DEVICE_METRICS, FakeTrainer, artifact_cache, assert_error, backend, cleanup_jobs,
-    count_rows, manifest_of, meta, register, safetensors_bytes, server,
+    count_rows, manifest_of, meta, register, rejection_log, safetensors_bytes, server,
     start_adapter, upload)
 
 
@@ -91,14 +91,17 @@ def test_every_rejection_has_its_code_and_changes_nothing(server, cleanup_jobs):
         return count_rows(server.database), server.blob_files(), server.staging_files()
 
     before = snapshot()
-    seen_codes = set()
+    seen_codes, answered = set(), []
     for case_id, update, meta_body, status, code in rejection_cases(good, names):
         for meta_as_file in (False, True):
             response = upload(device, task, update, meta_body, meta_as_file=meta_as_file)
             assert response.status_code == status, (case_id, meta_as_file, response.text)
             assert_error(response, status, code)
             assert snapshot() == before, f"{case_id}: a rejected upload changed the database or the blob store"
+            answered.append(code)
         seen_codes.add(code)
+    # Every refusal is logged for operators, with the code the device was answered with.
+    assert rejection_log(server.database, task["task_id"]) == answered
 
     # Requests that are not even a proper upload.
     url = task["upload"]["url"]
