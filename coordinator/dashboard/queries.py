@@ -42,7 +42,7 @@ def tier_label(tier: dict | None, arm: str | None = None) -> str:
             parts.append(f"r{tier['lora_rank']}" + ("" if pattern in ("uniform", None) else f"-{pattern}"))
     if tier.get("lora_layers") is not None:
         parts.append(f"k{tier['lora_layers']}")
-    if tier.get("quantize"):
+    if tier.get("quantize") not in (None, "", "none"):
         parts.append(str(tier["quantize"]))
     return " ".join(parts)
 
@@ -92,10 +92,13 @@ class FleetRow:
 def fleet(session: Session, offline_after_s: float) -> list[FleetRow]:
     """Every device with its latest assignment and latest accepted result."""
     cutoff = utcnow() - timedelta(seconds=offline_after_s)
+    # Plain column tuples, not ORM objects: a thousand devices must not cost a thousand identity-map entries.
     rows = {d.id: FleetRow(id=d.id, name=d.name, platform=d.platform, capabilities=d.capabilities or {},
                            battery=d.battery, charging=d.charging, online=d.last_seen_at >= cutoff,
                            last_seen_at=d.last_seen_at)
-            for d in session.scalars(select(Device).order_by(Device.id))}
+            for d in session.execute(select(Device.id, Device.name, Device.platform, Device.capabilities,
+                                            Device.battery, Device.charging, Device.last_seen_at)
+                                     .order_by(Device.id))}
     latest_task = select(func.max(Task.id)).group_by(Task.device_id).scalar_subquery()
     for task_id, device_id, arm, tier, job_id, job_tier in session.execute(
             select(Task.id, Task.device_id, Task.arm, Task.tier, Job.id, Job.tier)
@@ -285,18 +288,35 @@ def job_detail(session: Session, job_id: int) -> JobDetail | None:
 
 
 def _devices_in_job(session: Session, job: Job, in_job) -> list[DeviceInJob]:
-    stats: dict[int, dict] = {}
-    for device_id, train_s, metrics, local_steps in session.execute(
-            select(Update.device_id, Update.train_seconds, Update.metrics, Task.local_steps)
-            .join(Task, Update.task_id == Task.id).where(Update.round_id.in_(in_job))):
-        entry = stats.setdefault(device_id, {"steps": [], "util": [], "train": []})
-        entry["steps"].append(step_seconds(metrics, train_s, local_steps or job.local_steps))
-        entry["util"].append(_metric(metrics, "flop_utilization"))
-        entry["train"].append(train_s)
-    tiers: dict[int, list[str]] = {}
-    for device_id, arm, tier in session.execute(select(Task.device_id, Task.arm, Task.tier)
-                                                .where(Task.round_id.in_(in_job)).order_by(Task.id)):
-        tiers.setdefault(device_id, []).append(tier_label(tier or job.tier, arm))
+    """Per-device means over the job's accepted results, computed by the database.
+
+    The metrics are read inside SQL (``json_extract`` on SQLite, ``->>`` on PostgreSQL, both
+    through SQLAlchemy's JSON index), so a 100-round job's thousands of results are never
+    decoded in Python. A step's time is the device's own compute time over its steps, or,
+    for a device that sent no metrics, its training time over the task's local steps.
+    """
+    compute, steps = Update.metrics["compute_seconds"].as_float(), Update.metrics["steps"].as_float()
+    fallback = Update.train_seconds / func.coalesce(Task.local_steps, job.local_steps)
+    step = func.coalesce(compute / func.nullif(steps, 0), fallback)
+    stats = {device_id: (count, mean_step, mean_util, mean_train) for device_id, count, mean_step, mean_util, mean_train
+             in session.execute(select(Update.device_id, func.count(Update.id), func.avg(step),
+                                       func.avg(Update.metrics["flop_utilization"].as_float()),
+                                       func.avg(Update.train_seconds))
+                                .join(Task, Update.task_id == Task.id).where(Update.round_id.in_(in_job))
+                                .group_by(Update.device_id))}
+    # Tiers: one row per (device, arm); tasks without an arm ran the job's tier or their own.
+    tiers: dict[int, list[tuple[int, str]]] = {}
+    custom: dict[int, int] = {}
+    for device_id, arm, latest, has_tier in session.execute(
+            select(Task.device_id, Task.arm, func.max(Task.id), func.max(Task.artifact_id))
+            .where(Task.round_id.in_(in_job)).group_by(Task.device_id, Task.arm)):
+        if arm is None and has_tier is not None:
+            custom[latest] = device_id
+        else:
+            tiers.setdefault(device_id, []).append((latest, arm or tier_label(job.tier)))
+    if custom:
+        for task_id, tier in session.execute(select(Task.id, Task.tier).where(Task.id.in_(list(custom)))):
+            tiers.setdefault(custom[task_id], []).append((task_id, tier_label(tier or job.tier)))
     rejections = dict(session.execute(select(Rejection.device_id, func.count())
                                       .where(Rejection.round_id.in_(in_job)).group_by(Rejection.device_id)).all())
     ids = set(stats) | set(tiers) | set(rejections)
@@ -306,14 +326,15 @@ def _devices_in_job(session: Session, job: Job, in_job) -> list[DeviceInJob]:
                                                 .where(Device.id.in_(ids)))}
     rows = []
     for device_id in sorted(ids):
-        entry = stats.get(device_id, {"steps": [], "util": [], "train": []})
-        seen = tiers.get(device_id, [])
+        count, mean_step, mean_util, mean_train = stats.get(device_id, (0, None, None, None))
+        seen = sorted(tiers.get(device_id, []))
         device = devices[device_id]
-        rows.append(DeviceInJob(id=device_id, name=device.name, platform=device.platform,
-                                updates=len(entry["train"]), rejections=rejections.get(device_id, 0),
-                                mean_step_seconds=_mean(entry["steps"]), mean_flop_utilization=_mean(entry["util"]),
-                                mean_train_seconds=_mean(entry["train"]), last_tier=seen[-1] if seen else "",
-                                tiers=sorted(set(seen))))
+        rows.append(DeviceInJob(id=device_id, name=device.name, platform=device.platform, updates=count,
+                                rejections=rejections.get(device_id, 0),
+                                mean_step_seconds=None if mean_step is None else float(mean_step),
+                                mean_flop_utilization=None if mean_util is None else float(mean_util),
+                                mean_train_seconds=None if mean_train is None else float(mean_train),
+                                last_tier=seen[-1][1] if seen else "", tiers=sorted({label for _, label in seen})))
     return rows
 
 

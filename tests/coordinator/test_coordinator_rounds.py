@@ -240,3 +240,39 @@ def test_blob_range_requests_and_device_cannot_read_updates(server, cleanup_jobs
     assert_error(other.get(f"/api/v1/blobs/{stored['sha256']}"), 404, "not_found")
     assert_error(device.get(f"/api/v1/blobs/{stored['sha256']}"), 404, "not_found")
     assert admin.get(f"/api/v1/blobs/{stored['sha256']}").status_code == 200
+
+
+def test_pause_holds_new_tasks_and_rounds_until_resume(server, cleanup_jobs):
+    admin = server.admin()
+    devices = [register(server, name=f"pause-{i}")[1] for i in range(2)]
+    job = admin.running_job(rounds=2, devices_per_round=2, min_updates=2, round_deadline_s=300)
+    cleanup_jobs.append(job["job_id"])
+    job_id = job["job_id"]
+    first = devices[0].get("/api/v1/tasks/next").json()
+    assert first["round"] == 1
+
+    paused = admin.post(f"/api/v1/jobs/{job_id}/pause")
+    assert paused.status_code == 200 and paused.json()["status"] == "paused"
+    assert_error(admin.post(f"/api/v1/jobs/{job_id}/pause"), 409, "job_not_running")
+    # No new task while paused...
+    response = devices[1].get("/api/v1/tasks/next")
+    assert response.status_code == 204
+    # ...but work already handed out still counts, and the round still closes.
+    trainer = FakeTrainer(manifest_of(devices[0], first))
+    start = start_adapter(admin, job_id, 0)
+    assert upload(devices[0], first, trainer.update(start, seed=1), meta()).status_code == 201
+    admin.post(f"/api/v1/jobs/{job_id}/resume")
+    second = devices[1].get("/api/v1/tasks/next").json()
+    admin.post(f"/api/v1/jobs/{job_id}/pause")
+    assert upload(devices[1], second, trainer.update(start, seed=2), meta()).status_code == 201
+    state = admin.wait_job(job_id, lambda j: j["round_history"][0]["status"] == "closed", what="closed round 1")
+    assert state["status"] == "paused" and len(state["round_history"]) == 1, "a paused job opened a round"
+
+    resumed = admin.post(f"/api/v1/jobs/{job_id}/resume")
+    assert resumed.status_code == 200 and resumed.json()["status"] == "running"
+    assert [r["round"] for r in resumed.json()["round_history"]] == [1, 2]
+    assert resumed.json()["round_history"][1]["status"] == "open"
+    assert devices[0].get("/api/v1/tasks/next").json()["round"] == 2
+    assert_error(admin.post(f"/api/v1/jobs/{job_id}/resume"), 409, "job_not_running")
+    assert_error(admin.post("/api/v1/jobs/999999/pause"), 404, "not_found")
+    assert_error(devices[0].post(f"/api/v1/jobs/{job_id}/pause"), 403, "forbidden")
