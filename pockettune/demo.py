@@ -71,11 +71,13 @@ def run_demo(args) -> int:
                      f"{moved_up / 1e6:.2f} MB up (adapter updates only)")
         base_url = coordinator.base_url if coordinator else args.coordinator
         api = f"{base_url}/api/v1/jobs/{report['job_id']}"
+        dashboard = f"{base_url}/jobs/{report['job_id']}"
         if coordinator and not args.serve:
-            lines.append(f"coordinator API: {api} (stopped now; --serve keeps it up; its database and blobs "
-                         f"stay in {coordinator.instance})")
+            lines.append(f"coordinator API: {api}, dashboard: {dashboard} (stopped now; --serve keeps it up; "
+                         f"its database and blobs stay in {coordinator.instance})")
         else:
             lines.append(f"coordinator API: {api}")
+            lines.append(f"dashboard: {dashboard}")
         lines.append(f"final PEFT adapter: {adapter} (PeftModel.from_pretrained loads it)")
         lines.append(f"report: {workdir / 'report.json'}; total time {time.monotonic() - started:.0f} s")
         text = "\n".join(lines)

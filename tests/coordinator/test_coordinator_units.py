@@ -213,7 +213,8 @@ def test_migrations_create_exactly_the_models_schema(backend, tmp_path, request)
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_migrations_upgrade_a_0001_database_with_data(backend, tmp_path, request):
     """Jobs and updates written at 0001 keep working: eval_examples 100, metrics null (0002), the
-    uniform configurator and tasks without a tier of their own (0003); and back down."""
+    uniform configurator and tasks without a tier of their own (0003), an empty rejection log (0004);
+    and back down."""
     from alembic import command
     from sqlalchemy import text
 
@@ -242,7 +243,7 @@ def test_migrations_upgrade_a_0001_database_with_data(backend, tmp_path, request
             command.upgrade(alembic_config(conn), "0001")
             for row in rows:
                 conn.execute(text(row))
-        assert db.upgrade_schema() == head_revision() == "0003"
+        assert db.upgrade_schema() == head_revision() == "0004"
         with db.engine.connect() as conn:
             assert conn.execute(text("SELECT eval_examples, configurator, configurator_options, prepare_tiers "
                                      "FROM jobs")).all() == [(100, "uniform", None, "on_demand")]
@@ -250,11 +251,12 @@ def test_migrations_upgrade_a_0001_database_with_data(backend, tmp_path, request
                 (None, None, None)]
             assert conn.execute(text("SELECT metrics, num_examples FROM updates")).all() == [(None, 4)]
             assert conn.execute(text("SELECT COUNT(*) FROM evaluations")).scalar_one() == 0
+            assert conn.execute(text("SELECT COUNT(*) FROM rejections")).scalar_one() == 0
         with db.engine.begin() as conn:  # and back down, keeping the rows
             command.downgrade(alembic_config(conn), "0001")
             assert current_revision(conn) == "0001"
             assert conn.execute(text("SELECT COUNT(*) FROM updates")).scalar_one() == 1
-        assert db.upgrade_schema() == "0003"
+        assert db.upgrade_schema() == "0004"
     finally:
         db.dispose()
 

@@ -93,6 +93,7 @@ def test_overview_and_fleet_pages_list_jobs_and_devices(coordinator, browser):
         assert cells[10].startswith("r4 k2"), f"tier last assigned missing: {cells}"
         assert cells[11].startswith(f"job {coordinator['fleet_job']} round 2"), cells
         assert cells[14].endswith("%"), f"FLOP utilization missing: {cells}"
+    screenshot(browser, "fleet")
     # The filter box narrows the table in the browser.
     browser.find_element("id", "filter").send_keys("phone-with-nan")
     visible = [r for r in browser.find_elements("css selector", "#devices-rows tr[data-device-id]") if r.is_displayed()]
