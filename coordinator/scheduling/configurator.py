@@ -93,7 +93,10 @@ class JobView:
 
     ``model_shape`` is the *unpruned* model's ``num_hidden_layers``, ``hidden_size``,
     ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``, ``head_dim`` and
-    ``vocab_size``; ``fleet`` the capabilities of every registered device.
+    ``vocab_size``; ``fleet`` the capabilities of every registered device;
+    ``fleet_compute_slowdown`` how much slower than their reported peaks the job's devices
+    really trained (median over its recent results, :func:`compute_slowdown`; 1.0 before any),
+    so that targets set from reported figures compare with times measured on devices.
     """
 
     job_id: int
@@ -103,6 +106,7 @@ class JobView:
     round_number: int
     model_shape: dict
     fleet: tuple[dict, ...] = ()
+    fleet_compute_slowdown: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,24 @@ def estimate_task_time(tier: dict, local_steps: int, model_shape: dict, capabili
     compute = local_steps * step_flops(tier, model_shape) / (gflops * 1e9)
     transfer = 2 * adapter_bytes(tier, model_shape) * 8 / (mbps * 1e6)
     return TaskTimeEstimate(compute_seconds=compute, transfer_seconds=transfer)
+
+
+def compute_slowdown(tier: dict, local_steps: int, model_shape: dict, capabilities: dict,
+                     compute_seconds: float) -> float | None:
+    """Measured compute time over :func:`estimate_task_time`'s (None when either is not positive)."""
+    try:
+        estimate = estimate_task_time(tier, local_steps, model_shape, capabilities).compute_seconds
+    except (TypeError, ValueError, KeyError):
+        return None
+    if estimate <= 0 or not compute_seconds or compute_seconds <= 0:
+        return None
+    return compute_seconds / estimate
+
+
+def slowed(capabilities: dict, slowdown: float) -> dict:
+    """``capabilities`` with its GFLOP/s divided by ``slowdown`` (what it really achieves)."""
+    gflops, _ = reported_speed(capabilities)
+    return {**capabilities, "gflops": gflops / slowdown}
 
 
 def estimate_task_seconds(tier: dict, local_steps: int, model_shape: dict, capabilities: dict) -> float:

@@ -17,7 +17,8 @@ reference depth ``K``), the deepest whose estimated task time on this device fit
 is chosen, followed by every shallower one as fallbacks (a deeper tier that does not fit the
 device's RAM falls back to a shallower one). The target is option ``target_seconds`` or, by
 default, the reference tier's estimated time on the fastest device of the fleet times
-``slack``: the round should not wait for anyone much longer than the best device needs for the
+``slack`` (estimated at the fleet's measured slowdown from reported peaks, the scale the
+calibrated per-device estimates are on): the round should not wait for anyone much longer than the best device needs for the
 full configuration. When not even the shallowest depth fits, it is handed out alone with its
 local steps cut to what fits (never below ``min_steps``) so that a very slow device still
 reports near the target.
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 
 from coordinator.scheduling.configurator import (Configurator, DeviceView, JobView, TierChoice, estimate_task_seconds,
                                                  estimate_task_time, list_option, number_option, register,
-                                                 reported_speed, sub_tier, tier_ranks, unique_tiers)
+                                                 reported_speed, slowed, sub_tier, tier_ranks, unique_tiers)
 
 #: Depths tried by default (those above the reference depth are clipped to it).
 DEFAULT_DEPTHS = (1, 2, 4)
@@ -142,8 +143,11 @@ class Legend(Configurator):
         if self.options["target_seconds"] is not None:
             return float(self.options["target_seconds"])
         fleet = list(job.fleet) or [device.capabilities]
-        fastest = min(estimate_task_seconds(job.reference_tier, job.local_steps, job.model_shape, caps)
-                      for caps in fleet)
+        # Reported peaks are never reached; devices' own estimates are calibrated to what they
+        # measured, so the target is put on the same scale with the fleet's typical slowdown.
+        slowdown = job.fleet_compute_slowdown if job.fleet_compute_slowdown > 0 else 1.0
+        fastest = min(estimate_task_seconds(job.reference_tier, job.local_steps, job.model_shape,
+                                            slowed(caps, slowdown)) for caps in fleet)
         return fastest * self.options["slack"]
 
     def candidate_tiers(self, job: JobView) -> list[dict]:

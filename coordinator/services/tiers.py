@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Capabilities of at most this many recently seen devices make up a job's view of its fleet.
 _FLEET_VIEW = 1000
+#: Results a job's fleet-wide compute slowdown is measured over.
+_SLOWDOWN_WINDOW = 200
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,32 @@ def job_view(state, session, job: Job, round_number: int, reference_artifact_id:
 
     manifest = state.artifact_info(reference_artifact_id or job.artifact_id).artifact.manifest
     fleet = session.scalars(select(Device.capabilities).order_by(Device.last_seen_at.desc()).limit(_FLEET_VIEW)).all()
+    shape = model_shape(manifest)
     return JobView(job_id=job.id, model=job.model, reference_tier=job.tier, local_steps=job.local_steps,
-                   round_number=round_number, model_shape=model_shape(manifest), fleet=tuple(fleet))
+                   round_number=round_number, model_shape=shape, fleet=tuple(fleet),
+                   fleet_compute_slowdown=fleet_compute_slowdown(session, job, shape))
+
+
+def fleet_compute_slowdown(session, job: Job, shape: dict) -> float:
+    """Median, over the job's last :data:`_SLOWDOWN_WINDOW` results, of measured compute time
+    over the estimate from the device's reported peak (1.0 while there are none)."""
+    import statistics
+
+    from coordinator.scheduling.configurator import compute_slowdown
+
+    rows = session.execute(
+        select(Task.tier, Task.local_steps, Update.train_seconds, Update.metrics, Device.capabilities)
+        .join(Update, Update.task_id == Task.id).join(Round, Task.round_id == Round.id)
+        .join(Device, Task.device_id == Device.id)
+        .where(Round.job_id == job.id).order_by(Update.id.desc()).limit(_SLOWDOWN_WINDOW)).all()
+    ratios = []
+    for tier, steps, train_seconds, metrics, capabilities in rows:
+        compute = (metrics or {}).get("compute_seconds", train_seconds)
+        ratio = compute_slowdown(tier or job.tier, steps or job.local_steps, shape, capabilities or {},
+                                 float(compute) if isinstance(compute, (int, float)) else 0.0)
+        if ratio is not None:
+            ratios.append(ratio)
+    return statistics.median(ratios) if ratios else 1.0
 
 
 def device_history(session, job: Job, device_id: int) -> tuple:

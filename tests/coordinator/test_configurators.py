@@ -247,6 +247,24 @@ def test_legend_calibrates_from_the_seconds_tasks_really_took(with_compute_secon
     assert legend.choose(job, DeviceView(1, FAST, gone))[0] == first
 
 
+def test_legend_target_is_on_the_scale_of_measured_times():
+    """A fleet that trains five times slower than its reported peaks, every device alike: a
+    device's calibrated estimate and the target are both five times longer, so the fast device
+    keeps the deepest tier (comparing calibrated times with a target from reported peaks would
+    give every device the shallowest one)."""
+    from dataclasses import replace
+
+    legend = get_configurator("legend")
+    first = legend.choose(make_job(), DeviceView(1, FAST))[0]
+    estimate = estimate_task_time(first.tier, first.local_steps, SHAPE, FAST)
+    history = tuple(task(r, first, seconds=5 * estimate.total, compute_seconds=5 * estimate.compute_seconds)
+                    for r in range(3))
+    slow_fleet = replace(make_job(), fleet_compute_slowdown=5.0)
+    assert legend.target_seconds(slow_fleet, DeviceView(1, FAST)) > 4 * legend.target_seconds(make_job(),
+                                                                                               DeviceView(1, FAST))
+    assert legend.choose(slow_fleet, DeviceView(1, FAST, history))[0] == first
+
+
 def test_legend_measures_bandwidth_from_bytes_moved():
     legend = get_configurator("legend")
     first = legend.choose(make_job(), DeviceView(1, FAST))[0]
