@@ -1,0 +1,228 @@
+package dev.pockettune.core.device;
+
+import dev.pockettune.core.artifact.ArtifactStore;
+import dev.pockettune.core.artifact.LocalArtifact;
+import dev.pockettune.core.artifact.LoraKeys;
+import dev.pockettune.core.artifact.Manifest;
+import dev.pockettune.core.artifact.PtdReader;
+import dev.pockettune.core.artifact.TensorSpec;
+import dev.pockettune.core.http.CoordinatorClient;
+import dev.pockettune.core.http.CoordinatorException;
+import dev.pockettune.core.http.IntegrityException;
+import dev.pockettune.core.http.Sha256;
+import dev.pockettune.core.http.UploadOutcome;
+import dev.pockettune.core.protocol.DeviceMetrics;
+import dev.pockettune.core.protocol.ResultMeta;
+import dev.pockettune.core.protocol.Task;
+import dev.pockettune.core.tokenizer.HfTokenizer;
+import dev.pockettune.core.training.NamedTensor;
+import dev.pockettune.core.training.SafetensorsWriter;
+import dev.pockettune.core.training.TextBatcher;
+import dev.pockettune.core.training.Trainer;
+import dev.pockettune.core.training.TrainingBatch;
+import dev.pockettune.core.training.TrainingException;
+import dev.pockettune.core.training.TrainingOutcome;
+import dev.pockettune.core.training.TrainingRequest;
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Collections;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+
+/**
+ * One task, start to finish, exactly as the Python device does it ({@code DeviceAgent.do_task}):
+ * fetch and verify the artifact and the round's start adapter; check that the task, the manifest
+ * and the adapter agree; tokenize the local text as the manifest says; train through the
+ * {@link Trainer}; check the update as the coordinator will; upload it with its metrics.
+ *
+ * <p>Shared by the app's worker and the JVM integration test, so the test exercises the phone's
+ * own code path with only the trainer replaced.
+ */
+public final class TaskRunner {
+    private final CoordinatorClient client;
+    private final ArtifactStore store;
+    private final Trainer trainer;
+    private final LocalText text;
+    private final TaskListener listener;
+    private Double peakGflops;
+    private Double previousUploadSeconds;
+
+    public TaskRunner(CoordinatorClient client, ArtifactStore store, Trainer trainer, LocalText text,
+                      TaskListener listener) {
+        this.client = client;
+        this.store = store;
+        this.trainer = trainer;
+        this.text = text;
+        this.listener = listener == null ? TaskListener.NONE : listener;
+    }
+
+    /** The device's measured matmul peak, reported with each result (null: not reported). */
+    public TaskRunner withPeakGflops(Double gflops) {
+        this.peakGflops = gflops;
+        return this;
+    }
+
+    public TaskReport run(Task task) throws CoordinatorException, IOException, InterruptedException,
+            TrainingException, NoLocalDataException {
+        long bytesBefore = client.transfers().bytesDown();
+        double secondsBefore = client.transfers().secondsDown();
+        listener.onPhase(TaskListener.Phase.DOWNLOADING, "artifact " + shortSha(task.artifact.sha256));
+        LocalArtifact artifact = store.fetch(task.artifact);
+        Path adapterPath = store.fetchAdapter(task.adapter);
+        long bytesDownloaded = client.transfers().bytesDown() - bytesBefore;
+        double downloadSeconds = client.transfers().secondsDown() - secondsBefore;
+        Manifest manifest = artifact.manifest;
+
+        if (task.train.batch != manifest.batch || task.train.seq != manifest.seq) {
+            throw new IntegrityException("task says batch/seq " + task.train.batch + "/" + task.train.seq
+                    + ", the program was compiled for " + manifest.batch + "/" + manifest.seq);
+        }
+        if (!"sgd".equalsIgnoreCase(task.train.optimizer)) {
+            throw new IntegrityException("task asks for optimizer '" + task.train.optimizer
+                    + "'; the on-device runtime offers SGD only");
+        }
+        List<NamedTensor> start = startAdapter(adapterPath, manifest.loraTensors);
+
+        listener.onPhase(TaskListener.Phase.TOKENIZING, text.describe());
+        int steps = Math.toIntExact(task.train.steps);
+        List<TextBatcher.Example> examples = examples(artifact);
+        TextBatcher batcher = batcher(artifact);
+        List<TrainingBatch> batches = batcher.batches(examples);
+        if (batches.isEmpty()) {
+            throw new NoLocalDataException(text.describe() + " gives " + examples.size() + " examples; one batch needs "
+                    + manifest.batch);
+        }
+        List<TrainingBatch> stepBatches = TextBatcher.forRound(batches, task.round, steps);
+
+        listener.onPhase(TaskListener.Phase.TRAINING, steps + " steps");
+        long trainStarted = System.nanoTime();
+        TrainingOutcome outcome = trainer.train(new TrainingRequest(artifact, adapterPath, stepBatches,
+                task.train.lr.doubleValue(), task.train.momentumOrZero(), task.train.weightDecayOrZero()), listener);
+        double trainSeconds = (System.nanoTime() - trainStarted) / 1e9;
+        if (listener.isCancelled()) {
+            throw new InterruptedException("training cancelled");
+        }
+        checkLoss("loss_before", outcome.lossBefore);
+        checkLoss("loss_after", outcome.lossAfter);
+
+        List<NamedTensor> update;
+        try {
+            update = UpdateCheck.againstManifest(outcome.adapter, manifest.loraTensors);
+        } catch (IllegalStateException e) {
+            throw new TrainingException(e.getMessage(), e);
+        }
+        double deltaNorm = UpdateCheck.deltaNorm(update, start);
+        if (!(deltaNorm <= task.upload.maxUpdateNorm.doubleValue())) {
+            throw new TrainingException("the update changes the adapter by L2 norm " + deltaNorm
+                    + "; this job accepts at most " + task.upload.maxUpdateNorm);
+        }
+        Map<String, String> metadata = new HashMap<>();
+        metadata.put("format", "pt");
+        byte[] bytes = SafetensorsWriter.write(update, metadata);
+        if (bytes.length > task.upload.maxBytes) {
+            throw new TrainingException("the update is " + bytes.length + " bytes; the task allows " + task.upload.maxBytes);
+        }
+
+        // Distinct examples the steps trained on (a short tail that fills no batch is not trained):
+        // the FedAvg weight of this update.
+        long numExamples = Math.min((long) batches.size() * manifest.batch, (long) steps * manifest.batch);
+        DeviceMetrics metrics = new DeviceMetrics()
+                .set(DeviceMetrics.Key.STEPS, (long) outcome.passes)
+                .set(DeviceMetrics.Key.COMPUTE_SECONDS, outcome.computeSeconds)
+                .set(DeviceMetrics.Key.DOWNLOAD_SECONDS, downloadSeconds)
+                .set(DeviceMetrics.Key.PREVIOUS_UPLOAD_SECONDS, previousUploadSeconds);
+        Double rss = ProcessStats.peakRssMb();
+        if (rss != null) {
+            metrics.set(DeviceMetrics.Key.PEAK_RSS_MB, rss);
+        }
+        if (peakGflops != null && peakGflops > 0) {
+            metrics.set(DeviceMetrics.Key.PEAK_GFLOPS, peakGflops);
+        }
+        ResultMeta meta = new ResultMeta(Math.max(1, numExamples), outcome.lossBefore, outcome.lossAfter, trainSeconds,
+                bytesDownloaded, bytes.length, metrics);
+
+        listener.onPhase(TaskListener.Phase.UPLOADING, bytes.length + " bytes");
+        UploadOutcome uploaded = client.uploadResult(task.upload.url, meta, bytes);
+        previousUploadSeconds = uploaded.seconds;
+        listener.onPhase(TaskListener.Phase.DONE, "task " + task.taskId);
+        return new TaskReport(task.taskId, task.jobId, task.round,
+                uploaded.alreadySubmitted ? "accepted (already submitted)" : "accepted", uploaded.response,
+                Sha256.of(bytes), bytes.length, deltaNorm, outcome.lossBefore, outcome.lossAfter, steps, numExamples,
+                bytesDownloaded, downloadSeconds, trainSeconds, uploaded.seconds);
+    }
+
+    /** The start adapter's tensors under PEFT keys, refused unless they are exactly the manifest's. */
+    static List<NamedTensor> startAdapter(Path ptd, List<TensorSpec> specs) throws IOException {
+        Map<String, NamedTensor> byName = new HashMap<>();
+        for (NamedTensor tensor : PtdReader.read(ptd)) {
+            String peft;
+            try {
+                peft = LoraKeys.peftKey(tensor.name);
+            } catch (IllegalArgumentException e) {
+                throw new IntegrityException("the start adapter holds " + tensor.name + ", not a LoRA tensor");
+            }
+            byName.put(peft, tensor.renamed(peft));
+        }
+        List<NamedTensor> ordered = new ArrayList<>();
+        for (TensorSpec spec : specs) {
+            NamedTensor tensor = byName.remove(spec.name);
+            if (tensor == null || !Arrays.equals(tensor.shape, spec.shape)) {
+                throw new IntegrityException("the start adapter does not fit the program: " + spec
+                        + (tensor == null ? " is missing" : " has shape " + Arrays.toString(tensor.shape)));
+            }
+            ordered.add(tensor);
+        }
+        if (!byName.isEmpty()) {
+            throw new IntegrityException("the start adapter has tensors the manifest does not: " + byName.keySet());
+        }
+        return Collections.unmodifiableList(ordered);
+    }
+
+    private TextBatcher batcher(LocalArtifact artifact) throws IOException {
+        Manifest manifest = artifact.manifest;
+        HfTokenizer tokenizer = tokenizer(artifact);
+        return new TextBatcher(tokenizer, manifest.tokenizer.addSpecialTokens, manifest.tokenizer.padTokenId,
+                manifest.ignoreIndex, manifest.batch, manifest.seq);
+    }
+
+    private List<TextBatcher.Example> examples(LocalArtifact artifact) throws IOException {
+        return batcher(artifact).examples(text.documents());
+    }
+
+    private final Map<Path, HfTokenizer> tokenizers = new HashMap<>();
+
+    /** The artifact's tokenizer, checked against the manifest's padding rules (cached per artifact). */
+    private HfTokenizer tokenizer(LocalArtifact artifact) throws IOException {
+        HfTokenizer cached = tokenizers.get(artifact.root);
+        if (cached != null) {
+            return cached;
+        }
+        Manifest.TokenizerSection section = artifact.manifest.tokenizer;
+        if (!"right".equals(section.paddingSide) || !"right".equals(section.truncationSide)) {
+            throw new IntegrityException("the manifest pads/truncates on the " + section.paddingSide + "/"
+                    + section.truncationSide + "; this app implements right/right");
+        }
+        Path dir = artifact.tokenizerDir();
+        HfTokenizer tokenizer = HfTokenizer.load(dir);
+        Integer configPad = HfTokenizer.padTokenIdFromConfig(dir, tokenizer);
+        if (configPad != null && configPad != section.padTokenId) {
+            throw new IntegrityException("the artifact's tokenizer pads with id " + configPad
+                    + ", its manifest says " + section.padTokenId);
+        }
+        tokenizers.put(artifact.root, tokenizer);
+        return tokenizer;
+    }
+
+    private static void checkLoss(String name, double loss) throws TrainingException {
+        if (Double.isNaN(loss) || Double.isInfinite(loss) || loss < 0) {
+            throw new TrainingException(name + " is " + loss + ": training diverged or the program is broken");
+        }
+    }
+
+    private static String shortSha(String sha) {
+        return sha.length() > 12 ? sha.substring(0, 12) : sha;
+    }
+}

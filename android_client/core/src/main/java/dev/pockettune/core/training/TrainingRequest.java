@@ -1,0 +1,27 @@
+package dev.pockettune.core.training;
+
+import dev.pockettune.core.artifact.LocalArtifact;
+import java.nio.file.Path;
+import java.util.Collections;
+import java.util.List;
+
+/** Everything a {@link Trainer} needs for one task, verified and tokenized by the core. */
+public final class TrainingRequest {
+    public final LocalArtifact artifact;
+    public final Path startAdapter;
+    /** One batch per optimizer step. */
+    public final List<TrainingBatch> batches;
+    public final double learningRate;
+    public final double momentum;
+    public final double weightDecay;
+
+    public TrainingRequest(LocalArtifact artifact, Path startAdapter, List<TrainingBatch> batches,
+                           double learningRate, double momentum, double weightDecay) {
+        this.artifact = artifact;
+        this.startAdapter = startAdapter;
+        this.batches = Collections.unmodifiableList(batches);
+        this.learningRate = learningRate;
+        this.momentum = momentum;
+        this.weightDecay = weightDecay;
+    }
+}
