@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
+from coordinator.api.common import state
 from coordinator.dashboard import charts, forms, login, queries
 from coordinator.errors import ApiError
 from coordinator.models import JobStatus, utcnow
@@ -26,10 +27,6 @@ from coordinator.services.jobs import parse_job_spec
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                static_url_path="/dashboard-static")
-
-
-def _state():
-    return current_app.extensions["pockettune"]
 
 
 # --- template helpers --------------------------------------------------------------------------
@@ -108,7 +105,7 @@ def _chart(element_id: str, spec: dict) -> Markup:
 @bp.app_context_processor
 def _globals() -> dict:
     return {"is_admin": login.is_admin(), "csrf_token": login.csrf_token,
-            "poll_seconds": _state().settings.DASHBOARD_POLL_S, "JobStatus": JobStatus}
+            "poll_seconds": state().settings.DASHBOARD_POLL_S, "JobStatus": JobStatus}
 
 
 def _page(template: str, *, live: bool = False, status: int = 200, **context):
@@ -134,7 +131,7 @@ def _http_error(error: HTTPException):
 @bp.get("/")
 @login.viewer_required
 def overview():
-    st = _state()
+    st = state()
     with st.db.read() as session:
         counts = queries.overview_counts(session, st.settings.OFFLINE_AFTER_S)
         jobs = queries.jobs(session)
@@ -144,7 +141,7 @@ def overview():
 @bp.get("/devices")
 @login.viewer_required
 def devices():
-    st = _state()
+    st = state()
     with st.db.read() as session:
         rows = queries.fleet(session, st.settings.OFFLINE_AFTER_S)
     return _page("devices.html", live=True, devices=rows, offline_after_s=st.settings.OFFLINE_AFTER_S)
@@ -153,7 +150,7 @@ def devices():
 @bp.get("/jobs")
 @login.viewer_required
 def jobs():
-    with _state().db.read() as session:
+    with state().db.read() as session:
         rows = queries.jobs(session)
     return _page("jobs.html", live=any(j.status in queries.ACTIVE_JOB_STATUSES for j in rows), jobs=rows)
 
@@ -161,7 +158,7 @@ def jobs():
 @bp.get("/jobs/<int:job_id>")
 @login.viewer_required
 def job(job_id: int):
-    with _state().db.read() as session:
+    with state().db.read() as session:
         detail = queries.job_detail(session, job_id)
     if detail is None:
         return _not_found(f"There is no job {job_id}.")
@@ -171,7 +168,7 @@ def job(job_id: int):
 @bp.get("/jobs/<int:job_id>/rounds/<int:number>")
 @login.viewer_required
 def round_(job_id: int, number: int):
-    with _state().db.read() as session:
+    with state().db.read() as session:
         detail = queries.round_detail(session, job_id, number)
     if detail is None:
         return _not_found(f"Job {job_id} has no round {number}.")
@@ -209,7 +206,7 @@ def new_job():
     values = {name: default for name, _, _, default in forms.FIELDS}
     if request.method == "POST":
         values = {name: request.form.get(name, "") for name, _, _, _ in forms.FIELDS}
-        st = _state()
+        st = state()
         try:
             spec = parse_job_spec(forms.job_body(request.form), st.settings.MAX_UPDATE_NORM)
         except ApiError as error:
@@ -222,7 +219,7 @@ def new_job():
 
 def _job_action(job_id: int, action, done: str):
     try:
-        action(_state(), job_id)
+        action(state(), job_id)
         flash(f"Job {job_id} {done}.", "ok")
     except ApiError as error:
         if error.code == "not_found":

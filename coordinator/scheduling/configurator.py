@@ -95,7 +95,8 @@ class JobView:
     ``intermediate_size``, ``num_attention_heads``, ``num_key_value_heads``, ``head_dim`` and
     ``vocab_size``; ``fleet`` the capabilities of every registered device;
     ``fleet_compute_slowdown`` how much slower than their reported peaks the job's devices
-    really trained (median over its recent results, :func:`compute_slowdown`; 1.0 before any),
+    really trained (median over its recent results, :func:`compute_slowdown`; 1.0 before any,
+    and for configurators that do not read it),
     so that targets set from reported figures compare with times measured on devices.
     """
 
@@ -362,6 +363,9 @@ class Configurator(ABC):
     name: ClassVar[str]
     #: Every option this configurator takes, with its default; others are refused.
     option_defaults: ClassVar[Mapping[str, object]] = {}
+    #: Whether ``choose`` reads ``JobView.fleet_compute_slowdown`` (measured from the job's
+    #: recent results: a query the coordinator only makes for configurators that use it).
+    uses_fleet_slowdown: ClassVar[bool] = False
 
     def __init__(self, options: dict | None = None):
         if options is None:

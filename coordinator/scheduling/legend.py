@@ -97,6 +97,7 @@ class Legend(Configurator):
     """Deepest LoRA configuration (with ranks rising to the output) that fits the round's target."""
 
     name = "legend"
+    uses_fleet_slowdown = True
     option_defaults = {
         "depths": None,                # None: [1, 2, 4, K]
         "target_seconds": None,        # None: reference tier on the fleet's fastest device, times slack

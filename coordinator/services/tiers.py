@@ -64,14 +64,16 @@ def model_shape(manifest: dict) -> dict:
 
 def job_view(state, session, job: Job, round_number: int, reference_artifact_id: int | None = None):
     """What a configurator may know of a job (``reference_artifact_id``: before the job records it)."""
-    from coordinator.scheduling.configurator import JobView
+    from coordinator.scheduling.configurator import JobView, get_configurator
 
     manifest = state.artifact_info(reference_artifact_id or job.artifact_id).artifact.manifest
     fleet = session.scalars(select(Device.capabilities).order_by(Device.last_seen_at.desc()).limit(_FLEET_VIEW)).all()
     shape = model_shape(manifest)
+    slowdown = (fleet_compute_slowdown(session, job, shape)
+                if get_configurator(job.configurator, job.configurator_options).uses_fleet_slowdown else 1.0)
     return JobView(job_id=job.id, model=job.model, reference_tier=job.tier, local_steps=job.local_steps,
                    round_number=round_number, model_shape=shape, fleet=tuple(fleet),
-                   fleet_compute_slowdown=fleet_compute_slowdown(session, job, shape))
+                   fleet_compute_slowdown=slowdown)
 
 
 def fleet_compute_slowdown(session, job: Job, shape: dict) -> float:
