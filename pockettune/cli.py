@@ -31,9 +31,9 @@ def _subcommand_modules():
     from coordinator import cli as coordinator_cli
     from export import cli as export_cli
     from fleet import cli as fleet_cli
-    from pockettune import demo
+    from pockettune import demo, generate
 
-    return [export_cli, coordinator_cli, fleet_cli, demo]
+    return [export_cli, coordinator_cli, fleet_cli, demo, generate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,9 +21,13 @@ from models.registry import build_byte_tokenizer, load_base_model
 from models.tasks import get_task
 
 
-def tuned_small(seed: int = 1):
+def tuned_small(seed: int = 1, save_base_to=None):
+    """The pruned tiny model with a random-B LoRA adapter (the pruned base saved first, if asked)."""
     small = load_base_model("tiny")
     prune_model(small.model, PruningConfig(ratio=0.5, method="width"))
+    if save_base_to is not None:
+        small.model.save_pretrained(str(save_base_to))
+        small.tokenizer.save_pretrained(str(save_base_to))
     peft_model = apply_lora(small.model, resolve_layout(small.model.config.num_hidden_layers, 4, 2))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
