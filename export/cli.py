@@ -19,9 +19,10 @@ VERIFY_TEXT_SOURCE = "BBC News train split"
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "export", help="compile a model and tier into ExecuTorch training artifacts",
+        "export", help="compile a model and tier into on-device training artifacts (ExecuTorch or ONNX Runtime)",
         description="Prune a base model, quantize its frozen weights, attach LoRA and compile an "
-                    "ExecuTorch training program (.pte, LoRA weights in a .ptd) with its manifest. "
+                    "ExecuTorch training program (.pte, LoRA weights in a .ptd) or ONNX Runtime training "
+                    "artifacts (training/eval/optimizer models and a checkpoint) with its manifest. "
                     "The output directory appears only when complete.")
     p.add_argument("--model", required=True,
                    help=f"base model: {', '.join(PRESETS)}, or a local Hugging Face model directory")
@@ -44,16 +45,25 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prefix-cache", action="store_true",
                    help="also ship a prefix program for the layers below the LoRA layers, and train only "
                         "the top on cached prefix outputs (devices compute the prefix once per example)")
+    p.add_argument("--format", dest="artifact_format", choices=("executorch", "onnxruntime"), default="executorch",
+                   help="executorch: .pte training program (default); onnxruntime: ONNX Runtime training "
+                        "artifacts for onnxruntime-training 1.19.2 (no prefix program; --kernels does not apply)")
+    p.add_argument("--ort-format", action="store_true",
+                   help="with --format onnxruntime: also write the models in .ort format (minimal mobile builds)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                   help="device optimizer (default sgd); ONNX Runtime artifacts compile it in, and their sgd "
+                        "has no momentum or weight decay")
+    p.add_argument("--weight-decay", type=float, default=0.0, metavar="W", help="weight decay (default 0)")
     p.add_argument("--batch", type=int, default=4, metavar="B", help="batch size compiled into the program (default 4)")
     p.add_argument("--seq", type=int, default=128, metavar="S", help="sequence length compiled into the program (default 128)")
     p.add_argument("--lr", type=float, default=TrainingHyperparameters.lr,
-                   help=f"SGD learning rate recorded in the manifest (default {TrainingHyperparameters.lr})")
+                   help=f"learning rate recorded in the manifest (default {TrainingHyperparameters.lr})")
     p.add_argument("--local-steps", type=int, default=TrainingHyperparameters.local_steps,
                    help=f"local steps per round recorded in the manifest (default {TrainingHyperparameters.local_steps})")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (must not exist, or use --force)")
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     p.add_argument("--verify", type=int, default=0, metavar="N",
-                   help="after export, train N steps in the ExecuTorch runtime and in eager PyTorch from the "
+                   help="after export, train N steps in the artifact's runtime and in eager PyTorch from the "
                         f"same start on the {VERIFY_TEXT_SOURCE} and print JSON comparing them")
     p.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
     p.set_defaults(func=run)
@@ -69,7 +79,8 @@ def tier_from_args(args: argparse.Namespace) -> Tier:
                     lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
                     quantize=args.quantize, batch=args.batch, seq=args.seq, kernels=args.kernels,
                     prefix_cache=args.prefix_cache,
-                    train=TrainingHyperparameters(lr=args.lr, local_steps=args.local_steps))
+                    train=TrainingHyperparameters(optimizer=args.optimizer, lr=args.lr, local_steps=args.local_steps,
+                                                  weight_decay=args.weight_decay))
         tier.validate()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -84,22 +95,26 @@ def run(args: argparse.Namespace) -> int:
                          "with a Hugging Face config.json")
     if args.verify < 0:
         raise UsageError(f"--verify must be >= 0, got {args.verify}")
+    if args.ort_format and args.artifact_format != "onnxruntime":
+        raise UsageError("--ort-format applies to --format onnxruntime only")
     tier = tier_from_args(args)
 
-    from export.pipeline import STAGES, export_artifact
+    from export.pipeline import export_artifact, stages_of
     from tqdm import tqdm
 
-    with tqdm(total=len(STAGES), desc="export", unit="stage", disable=args.no_progress, file=sys.stderr) as bar:
+    stages = stages_of(args.artifact_format)
+    with tqdm(total=len(stages), desc="export", unit="stage", disable=args.no_progress, file=sys.stderr) as bar:
         def on_stage(stage: str) -> None:
             bar.set_postfix_str(stage)
-            bar.n = STAGES.index(stage)
+            bar.n = stages.index(stage)
             bar.refresh()
 
         try:
-            training, manifest = export_artifact(args.model, tier, args.out, replace=args.force, on_stage=on_stage)
+            training, manifest = export_artifact(args.model, tier, args.out, replace=args.force, on_stage=on_stage,
+                                                 artifact_format=args.artifact_format, ort_format=args.ort_format)
         except (ValueError, UnknownModelError, FileExistsError, PermissionError, NotADirectoryError) as exc:
             raise UsageError(str(exc)) from None
-        bar.n = len(STAGES)
+        bar.n = len(stages)
         bar.refresh()
 
     device_bytes = sum(f["size"] for f in manifest["files"].values() if f["device"])
@@ -120,6 +135,8 @@ def verify_artifact(training, out_dir: Path, steps: int) -> dict:
     tier = training.tier
     texts = [doc.text for doc in bbc_news("train")[: tier.batch * min(steps, 8)]]
     batches = make_batches(training.base.tokenizer, texts, tier.batch, tier.seq)
-    result = verify_against_eager(training.peft_model, out_dir, batches, steps, lr=tier.train.lr,
-                                  momentum=tier.train.momentum, weight_decay=tier.train.weight_decay)
+    train = tier.train
+    adamw = dict(betas=train.betas, eps=train.eps) if train.optimizer == "adamw" else {}
+    result = verify_against_eager(training.peft_model, out_dir, batches, steps, lr=train.lr, momentum=train.momentum,
+                                  weight_decay=train.weight_decay, optimizer=train.optimizer, **adamw)
     return {"model": training.base.model_id, "tier": tier.to_dict(), "data": VERIFY_TEXT_SOURCE, **result}

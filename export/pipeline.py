@@ -32,6 +32,9 @@ from models.registry import BaseModel, load_base_model
 from models.tier import Tier
 
 ARTIFACT_FORMAT = "executorch"
+#: Artifact formats, one per on-device training runtime: ExecuTorch (``export/executorch.py``) and
+#: ONNX Runtime training (``export/onnxruntime.py``).
+FORMATS = ("executorch", "onnxruntime")
 TOKENIZER_DIR = "tokenizer"
 INITIAL_ADAPTER_DIR = "initial_adapter"
 PRUNED_BASE_DIR = "pruned_base"
@@ -40,6 +43,20 @@ _VERSIONED_PACKAGES = ("torch", "executorch", "transformers", "peft", "torchao")
 
 STAGES = ("load", "prune", "lora", "quantize", "prefix_export", "prefix_lower", "prefix_to_executorch",
           "export", "forward_backward", "lower", "to_executorch", "write", "manifest")
+#: The stages of an ``onnxruntime`` export, in order (the progress bar's steps).
+ONNXRUNTIME_STAGES = ("load", "prune", "lora", "quantize", "onnx_export", "training_artifacts", "ort_format",
+                      "manifest")
+
+
+def stages_of(artifact_format: str) -> tuple[str, ...]:
+    """The progress stages an export in ``artifact_format`` reports, in order."""
+    check_format(artifact_format)
+    return STAGES if artifact_format == "executorch" else ONNXRUNTIME_STAGES
+
+
+def check_format(artifact_format: str) -> None:
+    if artifact_format not in FORMATS:
+        raise ValueError(f"unknown artifact format {artifact_format!r}; use one of {', '.join(FORMATS)}")
 
 
 @dataclass
@@ -113,14 +130,25 @@ def staged_output_dir(out_dir: Path, replace: bool):
 
 
 def export_artifact(model_name: str, tier: Tier, out_dir: Path, *, replace: bool = False,
-                    save_pruned_base: bool = True, on_stage=None) -> tuple[TrainingModel, dict]:
+                    save_pruned_base: bool = True, on_stage=None, artifact_format: str = ARTIFACT_FORMAT,
+                    ort_format: bool = False) -> tuple[TrainingModel, dict]:
     """Build and compile ``model_name`` at ``tier`` into ``out_dir``; returns the eager model and manifest.
+
+    ``artifact_format`` picks the runtime: ``executorch`` (``.pte`` + ``.ptd``) or ``onnxruntime``
+    (training/eval/optimizer ONNX models + checkpoint; ``ort_format`` adds ``.ort`` copies).
+    Both compile the same eager model: pruning, LoRA initialization and int8 weights are
+    identical, so devices on either runtime train one adapter.
 
     The returned eager model is exactly what was compiled (same weights, same LoRA
     initialization), which is what :mod:`export.verify` compares the runtime against.
     """
     notify = on_stage or (lambda stage: None)
+    check_format(artifact_format)
     tier.validate()
+    if artifact_format == "onnxruntime":
+        from export.onnxruntime import check_training_hyperparameters
+
+        check_training_hyperparameters(tier.train)  # before minutes of work, not after
     started = time.perf_counter()
     with staged_output_dir(out_dir, replace) as staging:
         notify("load")
@@ -129,18 +157,48 @@ def export_artifact(model_name: str, tier: Tier, out_dir: Path, *, replace: bool
         training = build_training_model(base, tier, notify,
                                         staging / PRUNED_BASE_DIR if save_pruned_base else None)
         peft_model = training.peft_model
-        first_trained_layer = training.layout.first_layer if tier.prefix_cache else None
-        report = export_training_program(peft_model, tier.batch, tier.seq, staging, kernels=tier.kernels,
-                                         first_trained_layer=first_trained_layer, on_stage=notify)
+        if artifact_format == "executorch":
+            first_trained_layer = training.layout.first_layer if tier.prefix_cache else None
+            report = export_training_program(peft_model, tier.batch, tier.seq, staging, kernels=tier.kernels,
+                                             first_trained_layer=first_trained_layer, on_stage=notify)
+            device_files = DEVICE_FILES
+        else:
+            from export import onnxruntime as ort_export
+
+            report = ort_export.export_onnxruntime_artifacts(peft_model, tier, staging, ort_format=ort_format,
+                                                             on_stage=notify)
+            device_files = ort_export.device_files(ort_format) | {TOKENIZER_DIR}
         notify("manifest")
         base.tokenizer.save_pretrained(staging / TOKENIZER_DIR)
         adapter_config = peft_config_dict(peft_model, base_model_name=model_name)
         save_adapter(trainable_adapter_tensors(peft_model), adapter_config, staging / INITIAL_ADAPTER_DIR)
         manifest = _manifest_data(training, base_config, report, adapter_config)
+        if artifact_format == "onnxruntime":
+            _as_onnxruntime_manifest(manifest, tier, report)
         manifest["export"]["total_seconds"] = round(time.perf_counter() - started, 3)
-        manifest["files"] = describe_files(staging, DEVICE_FILES)
+        manifest["files"] = describe_files(staging, device_files)
         write_manifest(staging, manifest)
     return training, manifest
+
+
+def _as_onnxruntime_manifest(manifest: dict, tier: Tier, report: dict) -> None:
+    """Replace the ExecuTorch-specific parts of ``manifest`` with the ONNX Runtime ones.
+
+    The rest (base and pruned model, tier, tokenizer, LoRA tensors, quantization, training
+    settings) describes the eager model and is the same for both formats. ONNX Runtime
+    artifacts train the whole model: there is no prefix program to cache.
+    """
+    from export import onnxruntime as ort_export
+
+    manifest["format"] = ort_export.FORMAT
+    manifest["program"] = ort_export.program_section(tier, report)
+    manifest["prefix"] = None
+    export = manifest["export"]
+    export["versions"].update(ort_export.versions())
+    export["versions"].pop("executorch", None)
+    manifest["export"] = {"stage_seconds": report["stage_seconds"], "versions": export["versions"],
+                          "int8_frozen_weights": report["int8_frozen_weights"],
+                          "trainable_tensors": report["trainable_tensors"]}
 
 
 def _manifest_data(training: TrainingModel, base_config: dict, report: dict, adapter_config: dict) -> dict:
@@ -211,8 +269,8 @@ def _manifest_data(training: TrainingModel, base_config: dict, report: dict, ada
         "export": {
             "stage_seconds": report["stage_seconds"],
             "graph_passes": {key: report[key] for key in _PASS_REPORT_KEYS if key in report},
-            "delegate_calls": report["delegate_calls"],
-            "planned_memory_bytes": report["planned_memory_bytes"],
+            "delegate_calls": report.get("delegate_calls"),
+            "planned_memory_bytes": report.get("planned_memory_bytes"),
             "versions": {name: _version(name) for name in _VERSIONED_PACKAGES},
         },
     }

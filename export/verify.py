@@ -1,7 +1,8 @@
 """Check an exported training program against eager PyTorch, step for step.
 
-The same initial adapter, the same batches and the same SGD settings go through (a) the
-ExecuTorch runtime loading the artifact's ``.pte``/``.ptd`` and (b) the in-memory PyTorch
+The same initial adapter, the same batches and the same optimizer settings go through (a) the
+artifact's runtime (ExecuTorch loading the ``.pte``/``.ptd``, or ONNX Runtime loading the
+training and optimizer models, by the manifest's format) and (b) the in-memory PyTorch
 model the artifact was compiled from. Matching loss curves and LoRA weights prove that the
 program computes the right gradients, which no amount of "the loss went down" can.
 """
@@ -16,16 +17,30 @@ from export.executorch import ADAPTER_DATA_FILE, LanguageModelLoss, trainable_ad
 from export.manifest import read_manifest
 from fleet.runtime_executorch import ExecuTorchTrainer
 
+ADAMW_DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8}
+
+
+def eager_optimizer(params, optimizer: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                    betas: tuple[float, float] = ADAMW_DEFAULTS["betas"], eps: float = ADAMW_DEFAULTS["eps"]):
+    """The ``torch.optim`` optimizer a tier's training settings name (the runtimes' reference)."""
+    if optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {optimizer!r}; use sgd or adamw")
+
 
 def train_eager(peft_model: torch.nn.Module, batches, steps: int, lr: float, momentum: float = 0.0,
-                weight_decay: float = 0.0) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """SGD on the LoRA weights of ``peft_model`` in eager PyTorch; returns losses and final adapter.
+                weight_decay: float = 0.0, optimizer: str = "sgd",
+                **adamw) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Train the LoRA weights of ``peft_model`` in eager PyTorch; returns losses and final adapter.
 
-    Trains the model in place: pass a model whose LoRA weights may change.
+    Trains the model in place: pass a model whose LoRA weights may change. ``adamw`` takes
+    ``betas`` and ``eps`` when ``optimizer`` is ``"adamw"``.
     """
     module = LanguageModelLoss(peft_model)
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    optimizer = eager_optimizer(params, optimizer, lr, momentum, weight_decay, **adamw)
     losses = []
     for step in range(steps):
         ids, labels = batches[step % len(batches)]
@@ -38,12 +53,27 @@ def train_eager(peft_model: torch.nn.Module, batches, steps: int, lr: float, mom
 
 
 def train_runtime(artifact_dir: Path, batches, steps: int, lr: float, momentum: float = 0.0,
-                  weight_decay: float = 0.0) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """The same training through the ExecuTorch runtime on the artifact's files (and its prefix cache, if any)."""
+                  weight_decay: float = 0.0, optimizer: str = "sgd",
+                  **adamw) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """The same training through the artifact's runtime on its files (and its prefix cache, if any).
+
+    ONNX Runtime artifacts step their compiled optimizer (its settings are in the manifest);
+    ``optimizer`` and the other settings must match it.
+    """
     artifact_dir = Path(artifact_dir)
-    trainer = ExecuTorchTrainer.for_artifact(artifact_dir, read_manifest(artifact_dir).data,
-                                             artifact_dir / ADAPTER_DATA_FILE, lr=lr, momentum=momentum,
-                                             weight_decay=weight_decay)
+    manifest = read_manifest(artifact_dir).data
+    if manifest["format"] == "onnxruntime":
+        from fleet.runtime_onnxruntime import OnnxRuntimeTrainer, read_start_adapter
+
+        compiled = manifest["program"]["optimizer"]
+        if compiled["optimizer"] != optimizer:
+            raise ValueError(f"the artifact compiled {compiled['optimizer']}, not {optimizer}")
+        start = read_start_adapter(artifact_dir / manifest["lora"]["initial_adapter_dir"] / "adapter_model.safetensors")
+        trainer = OnnxRuntimeTrainer(artifact_dir, manifest, start, lr=lr)
+    else:
+        trainer = ExecuTorchTrainer.for_artifact(artifact_dir, manifest, artifact_dir / ADAPTER_DATA_FILE, lr=lr,
+                                                 momentum=momentum, weight_decay=weight_decay, optimizer=optimizer,
+                                                 **adamw)
     losses = [trainer.step(*batches[step % len(batches)]) for step in range(steps)]
     return losses, trainer.adapter_tensors()
 
@@ -56,16 +86,20 @@ def max_abs_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -
 
 
 def verify_against_eager(peft_model: torch.nn.Module, artifact_dir: Path, batches, steps: int,
-                         lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> dict:
+                         lr: float, momentum: float = 0.0, weight_decay: float = 0.0, optimizer: str = "sgd",
+                         **adamw) -> dict:
     """Train ``steps`` steps both ways from the same start; report both curves and the max LoRA gap."""
     if steps <= 0:
         raise ValueError("verification needs at least one step")
-    runtime_losses, runtime_adapter = train_runtime(artifact_dir, batches, steps, lr, momentum, weight_decay)
+    settings = dict(momentum=momentum, weight_decay=weight_decay, optimizer=optimizer, **adamw)
+    runtime_losses, runtime_adapter = train_runtime(artifact_dir, batches, steps, lr, **settings)
     initial = trainable_adapter_tensors(peft_model)
-    eager_losses, eager_adapter = train_eager(peft_model, batches, steps, lr, momentum, weight_decay)
+    eager_losses, eager_adapter = train_eager(peft_model, batches, steps, lr, **settings)
     return {
         "steps": steps,
         "lr": lr,
+        "optimizer": optimizer,
+        "format": read_manifest(artifact_dir).data["format"],
         "eager_loss": eager_losses,
         "runtime_loss": runtime_losses,
         "max_abs_loss_diff": max(abs(x - y) for x, y in zip(eager_losses, runtime_losses)),

@@ -37,11 +37,13 @@ from fleet.transport import CoordinatorClient, IntegrityError, ProtocolError, Re
 log = logging.getLogger(__name__)
 
 RUNTIME = "executorch"
+#: The on-device training runtimes this Python device can drive (artifact formats, same names).
+RUNTIMES = ("executorch", "onnxruntime")
 STATE_FILE = "device.json"
 
 
-def default_platform() -> str:
-    return f"python-executorch/{platform_module.system().lower()}-{platform_module.machine()}"
+def default_platform(runtime: str = RUNTIME) -> str:
+    return f"python-{runtime}/{platform_module.system().lower()}-{platform_module.machine()}"
 
 
 @dataclass
@@ -100,6 +102,14 @@ class DeviceConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     #: measured once at start; tests pass a number to skip the 0.3 s micro-benchmark
     peak_gflops: float | None = None
+    #: training runtimes this device declares, in order of preference (the coordinator sends
+    #: artifacts in one of these formats)
+    runtimes: tuple[str, ...] = (RUNTIME,)
+
+    def __post_init__(self):
+        unknown = [runtime for runtime in self.runtimes if runtime not in RUNTIMES]
+        if not self.runtimes or unknown:
+            raise ValueError(f"runtimes must be a non-empty subset of {', '.join(RUNTIMES)}, got {list(self.runtimes)}")
 
 
 class DeviceAgent:
@@ -147,7 +157,7 @@ class DeviceAgent:
     def capabilities(self) -> dict:
         profile = self.config.profile
         return {"ram_mb": int(profile.ram_mb), "cores": 1, "gflops": round(self.peak_gflops, 3),
-                "bandwidth_mbps": float(profile.bandwidth_mbps), "runtimes": [RUNTIME]}
+                "bandwidth_mbps": float(profile.bandwidth_mbps), "runtimes": list(self.config.runtimes)}
 
     def ensure_registered(self) -> int:
         """Register with the enrollment key unless a saved token exists; returns the device id."""
@@ -214,7 +224,7 @@ class DeviceAgent:
         try:
             artifact_dir, manifest = self.fetch_artifact(task["artifact"])
             outcome.artifact_bytes_down = self.client.transfers.bytes_down - before[0]
-            adapter_path = self.fetch_blob(task["adapter"], "adapters", ".ptd")
+            adapter_path = self.fetch_adapter(task["adapter"], manifest["format"])
         except IntegrityError as exc:
             log.error("%s: %s", self.config.name, exc)
             self._abandoned.add(task["task_id"])
@@ -238,14 +248,9 @@ class DeviceAgent:
         tokenizer = self._tokenizer(artifact_dir, manifest)
         examples = round_examples(self.config.data.examples, task["round"], steps, batch)
         batches = self.config.data.task.batches(tokenizer, examples, batch, seq)
-        from fleet.runtime_executorch import ExecuTorchTrainer
-
-        trainer = ExecuTorchTrainer.for_artifact(artifact_dir, manifest, adapter_path, lr=train["lr"],
-                                                 momentum=train.get("momentum", 0.0),
-                                                 weight_decay=train.get("weight_decay", 0.0),
-                                                 cache_dir=self.state_dir / "prefix_cache")
+        trainer = self._trainer(artifact_dir, manifest, adapter_path, train)
         compute, losses = 0.0, []
-        if trainer.prefix is not None:
+        if getattr(trainer, "prefix", None) is not None:
             # The frozen prefix of this round's examples, computed once (cached across rounds).
             t0 = time.perf_counter()
             trainer.prepare(batches)
@@ -302,6 +307,26 @@ class DeviceAgent:
         self._finished.add(task["task_id"])
         return outcome
 
+    def _trainer(self, artifact_dir: Path, manifest: dict, adapter_path: Path, train: dict):
+        """The runtime the artifact's format calls for, loaded with the task's start adapter."""
+        if manifest["format"] == "onnxruntime":
+            from fleet.runtime_onnxruntime import OnnxRuntimeTrainer, read_start_adapter
+
+            compiled = manifest["program"]["optimizer"]["optimizer"]
+            if train.get("optimizer", "sgd") != compiled:
+                raise ProtocolError(0, "inconsistent_task", f"task says optimizer {train.get('optimizer')!r}, "
+                                                            f"the artifact compiled {compiled!r}")
+            return OnnxRuntimeTrainer(artifact_dir, manifest, read_start_adapter(adapter_path), lr=train["lr"])
+        from fleet.runtime_executorch import ExecuTorchTrainer
+
+        return ExecuTorchTrainer.for_artifact(artifact_dir, manifest, adapter_path, lr=train["lr"],
+                                              momentum=train.get("momentum", 0.0),
+                                              weight_decay=train.get("weight_decay", 0.0),
+                                              cache_dir=self.state_dir / "prefix_cache",
+                                              optimizer=train.get("optimizer", "sgd"),
+                                              betas=tuple(train.get("betas", (0.9, 0.999))),
+                                              eps=train.get("eps", 1e-8))
+
     def _metrics(self, outcome: TaskOutcome) -> dict:
         metrics = {"steps": outcome.steps, "flops_per_step": outcome.flops_per_step,
                    "compute_seconds": outcome.compute_seconds * self.config.profile.slowdown,
@@ -333,13 +358,25 @@ class DeviceAgent:
         self.client.download(ref["url"], ref["sha256"], path)
         return path
 
+    def fetch_adapter(self, ref: dict, artifact_format: str) -> Path:
+        """The task's start adapter: a ``.ptd`` for ExecuTorch, PEFT safetensors for ONNX Runtime."""
+        expected = "ptd" if artifact_format == "executorch" else "safetensors"
+        if ref.get("format") != expected:
+            raise ProtocolError(0, "unsupported_format", f"a {artifact_format} artifact needs a {expected} start "
+                                                         f"adapter, the task sent {ref.get('format')!r}")
+        return self.fetch_blob(ref, "adapters", f".{expected}")
+
     def fetch_artifact(self, artifact: dict) -> tuple[Path, dict]:
         """The artifact's manifest and device files under ``artifacts/<manifest sha256>/``."""
-        if artifact.get("format") != RUNTIME:
-            raise ProtocolError(0, "unsupported_format", f"artifact format {artifact.get('format')!r} is not {RUNTIME}")
+        if artifact.get("format") not in self.config.runtimes:
+            raise ProtocolError(0, "unsupported_format", f"artifact format {artifact.get('format')!r} is not one of "
+                                                         f"this device's runtimes {list(self.config.runtimes)}")
         root = self.state_dir / "artifacts" / artifact["sha256"]
         self.client.download(artifact["url"], artifact["sha256"], root / "manifest.json")
         manifest = json.loads((root / "manifest.json").read_text())
+        if manifest.get("format") != artifact["format"]:
+            raise IntegrityError(f"the task announced a {artifact['format']} artifact, its manifest says "
+                                 f"{manifest.get('format')!r}")
         for entry in artifact["files"]:
             relative = PurePosixPath(entry["path"])
             if relative.is_absolute() or ".." in relative.parts:

@@ -33,7 +33,9 @@ class ExecuTorchTrainer:
 
     Plain SGD (optionally with momentum) is what the runtime's optimizer offers; the parameter
     tensors it exposes are the runtime's own memory, so updates happen in place, and
-    :meth:`adapter_tensors` reads the trained adapter straight from it.
+    :meth:`adapter_tensors` reads the trained adapter straight from it. ``adamw`` runs
+    ``torch.optim.AdamW`` over those same tensors (the runtime's gradients as ``.grad``): the
+    optimizer ONNX Runtime devices step, so a job may mix both runtimes under one optimizer.
 
     With a :class:`~fleet.prefix_cache.PrefixCache` the program is a top program
     (``forward(hidden, labels)``): token ids go through the cache, which runs the frozen prefix
@@ -41,12 +43,16 @@ class ExecuTorchTrainer:
     """
 
     def __init__(self, program_path: Path, adapter_path: Path, lr: float, momentum: float = 0.0,
-                 weight_decay: float = 0.0, prefix: PrefixCache | None = None):
+                 weight_decay: float = 0.0, prefix: PrefixCache | None = None, optimizer: str = "sgd",
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self._program_path, self._adapter_path = Path(program_path), Path(adapter_path)
         for path in (self._program_path, self._adapter_path):
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: no such file (is the artifact complete?)")
+        if optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"unknown optimizer {optimizer!r}; this runtime trains with sgd or adamw")
         self._lr, self._momentum, self._weight_decay = lr, momentum, weight_decay
+        self._optimizer_name, self._betas, self._eps = optimizer, tuple(betas), eps
         self._loaded = None
         self._optimizer = None
         self.prefix = prefix
@@ -68,14 +74,15 @@ class ExecuTorchTrainer:
     @classmethod
     def for_artifact(cls, artifact_dir: Path, manifest: dict, adapter_path: Path, lr: float, momentum: float = 0.0,
                      weight_decay: float = 0.0, cache_dir: Path | None = None,
-                     cache_memory_bytes: int = PrefixCache.DEFAULT_MEMORY_BYTES) -> "ExecuTorchTrainer":
+                     cache_memory_bytes: int = PrefixCache.DEFAULT_MEMORY_BYTES, optimizer: str = "sgd",
+                     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> "ExecuTorchTrainer":
         """The trainer an artifact's manifest calls for (with a prefix cache when it ships a prefix program)."""
         artifact_dir = Path(artifact_dir)
         prefix = None
         if manifest.get("prefix"):
             prefix = PrefixCache.for_artifact(artifact_dir, manifest, cache_dir, cache_memory_bytes)
         return cls(artifact_dir / manifest["program"]["file"], adapter_path, lr=lr, momentum=momentum,
-                   weight_decay=weight_decay, prefix=prefix)
+                   weight_decay=weight_decay, prefix=prefix, optimizer=optimizer, betas=betas, eps=eps)
 
     def prepare(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Fill the prefix cache for these batches now, then free the prefix program.
@@ -93,6 +100,9 @@ class ExecuTorchTrainer:
     def step(self, ids: torch.Tensor, labels: torch.Tensor) -> float:
         """One training step on a [batch, seq] batch; returns the loss before the update."""
         loss = self._module.forward_backward("forward", self._inputs(ids, labels))[0]
+        if self._optimizer_name == "adamw":
+            self._adamw_step()
+            return float(loss.item())
         if self._optimizer is None:
             from executorch.extension.training import get_sgd_optimizer
 
@@ -100,6 +110,19 @@ class ExecuTorchTrainer:
                                                 0.0, self._weight_decay, False)
         self._optimizer.step(self._module.named_gradients())
         return float(loss.item())
+
+    def _adamw_step(self) -> None:
+        """``torch.optim.AdamW`` over the runtime's parameter tensors, with its gradients as ``.grad``."""
+        parameters = self._module.named_parameters()
+        gradients = self._module.named_gradients()
+        if self._optimizer is None:
+            self._adamw_parameters = [parameters[name] for name in sorted(parameters)]
+            self._optimizer = torch.optim.AdamW(self._adamw_parameters, lr=self._lr, betas=self._betas,
+                                                eps=self._eps, weight_decay=self._weight_decay, foreach=False)
+        for name, tensor in zip(sorted(parameters), self._adamw_parameters):
+            tensor.grad = gradients[name]
+        with torch.no_grad():
+            self._optimizer.step()
 
     def loss(self, ids: torch.Tensor, labels: torch.Tensor) -> float:
         """The loss on a batch without updating anything (gradients are computed and discarded)."""

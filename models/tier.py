@@ -15,7 +15,10 @@ from models.lora import DEFAULT_TARGETS, RANK_PATTERNS, check_targets, rank_sche
 from models.pruning import PruningConfig
 from models.quantize import QUANTIZATIONS
 
-OPTIMIZERS = ("sgd",)
+#: ``sgd``: plain SGD (optionally with momentum), what ExecuTorch's training runtime ships;
+#: ``adamw``: decoupled weight decay Adam (``torch.optim.AdamW`` semantics), stepped by the
+#: compiled optimizer model under ONNX Runtime and by PocketTune on the ExecuTorch runtime's tensors.
+OPTIMIZERS = ("sgd", "adamw")
 #: Which kernels run a program on the device. ``xnnpack``: frozen matmuls and element-wise work
 #: delegated to XNNPACK (SIMD, the runtime's threadpool); ``portable``: every op on ExecuTorch's
 #: portable kernels (the slow reference).
@@ -24,13 +27,18 @@ KERNELS = ("xnnpack", "portable")
 
 @dataclass(frozen=True)
 class TrainingHyperparameters:
-    """How a device trains the artifact: the runtime's SGD, a learning rate and local steps."""
+    """How a device trains the artifact: the optimizer and its settings, a learning rate, local steps.
+
+    ``betas`` and ``eps`` matter only for ``adamw``; ``momentum`` only for ``sgd``.
+    """
 
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.0
     weight_decay: float = 0.0
     local_steps: int = 20
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -43,6 +51,12 @@ class TrainingHyperparameters:
             raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
         if self.local_steps <= 0:
             raise ValueError(f"local steps must be positive, got {self.local_steps}")
+        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"adamw betas must be two numbers in [0, 1), got {self.betas}")
+        if not self.eps > 0:
+            raise ValueError(f"adamw eps must be positive, got {self.eps}")
+        if self.optimizer == "adamw" and self.momentum:
+            raise ValueError("momentum applies to sgd only; adamw's first moment is betas[0]")
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,7 @@ class Tier:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lora_targets"] = list(self.lora_targets)
+        d["train"]["betas"] = list(self.train.betas)
         if not isinstance(self.rank_pattern, str):
             d["rank_pattern"] = list(self.rank_pattern)
         return d
@@ -103,7 +118,10 @@ class Tier:
     def from_dict(cls, d: dict) -> "Tier":
         d = dict(d)
         if "train" in d:
-            d["train"] = TrainingHyperparameters(**d["train"])
+            train = dict(d["train"])
+            if "betas" in train:
+                train["betas"] = tuple(float(b) for b in train["betas"])
+            d["train"] = TrainingHyperparameters(**train)
         if "lora_targets" in d:
             d["lora_targets"] = tuple(d["lora_targets"])
         if not isinstance(d.get("rank_pattern", "uniform"), str):

@@ -51,7 +51,7 @@ def _runtimes(name, value):
     if (not isinstance(value, list) or len(value) > MAX_RUNTIMES or
             not all(isinstance(v, str) and 0 < len(v) <= 50 for v in value)):
         raise ApiError("invalid_field", f"{name} must be a list of at most {MAX_RUNTIMES} runtime names")
-    return sorted(set(value))
+    return list(dict.fromkeys(value))  # duplicates dropped, the device's order of preference kept
 
 
 CAPABILITIES = {

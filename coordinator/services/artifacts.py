@@ -41,6 +41,10 @@ from coordinator.services.heavy_imports import ensure_heavy_imports
 log = logging.getLogger(__name__)
 
 ARTIFACT_FORMAT = "executorch"
+#: Artifact formats the coordinator can build (one per on-device training runtime); a job's own
+#: artifact is ExecuTorch, and a device that declares only ``onnxruntime`` gets the same tier
+#: compiled for ONNX Runtime (built on demand, like any tier).
+ARTIFACT_FORMATS = ("executorch", "onnxruntime")
 MANIFEST_FILE = "manifest.json"
 INITIAL_ADAPTER_CONFIG = "initial_adapter/adapter_config.json"
 INITIAL_ADAPTER_WEIGHTS = "initial_adapter/adapter_model.safetensors"
@@ -58,10 +62,21 @@ def compiled_tier(tier: dict) -> dict:
     return {key: value for key, value in tier.items() if key != "train"}
 
 
-def artifact_key(model: str, tier: dict) -> str:
-    """The content key of the artifact for ``model`` at ``tier`` (a ``Tier.to_dict()``)."""
-    description = {"version": _KEY_VERSION, "format": ARTIFACT_FORMAT, "model": model,
+def artifact_key(model: str, tier: dict, artifact_format: str = ARTIFACT_FORMAT) -> str:
+    """The content key of the artifact for ``model`` at ``tier`` (a ``Tier.to_dict()``) in a format.
+
+    ExecuTorch programs take every optimizer setting at run time; ONNX Runtime artifacts
+    compile their optimizer, so its settings are part of their key.
+    """
+    if artifact_format not in ARTIFACT_FORMATS:
+        raise ValueError(f"unknown artifact format {artifact_format!r}; known: {', '.join(ARTIFACT_FORMATS)}")
+    description = {"version": _KEY_VERSION, "format": artifact_format, "model": model,
                    "tier": compiled_tier(tier)}
+    if artifact_format == "onnxruntime":
+        from export.onnxruntime import compiled_optimizer
+        from models.tier import Tier
+
+        description["optimizer"] = compiled_optimizer(Tier.from_dict(tier).train)
     return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
 
 
@@ -81,36 +96,38 @@ class ArtifactCache:
     def directory(self, key: str) -> Path:
         return self.root / key
 
-    def ensure(self, model: str, tier_dict: dict) -> Path:
-        """The artifact directory for (model, tier), exporting it if the cache does not have it."""
+    def ensure(self, model: str, tier_dict: dict, artifact_format: str = ARTIFACT_FORMAT) -> Path:
+        """The artifact directory for (model, tier, format), exporting it if the cache does not have it."""
         from export.manifest import read_manifest
 
-        key = artifact_key(model, tier_dict)
+        key = artifact_key(model, tier_dict, artifact_format)
         directory = self.directory(key)
         with self._lock:  # one export at a time per process: exports take all the CPU anyway
             if (directory / MANIFEST_FILE).is_file():
                 manifest = read_manifest(directory)
-                self._check_entry(directory, manifest, model, tier_dict)
+                self._check_entry(directory, manifest, model, tier_dict, artifact_format)
                 log.info("artifact %s: using cached export %s", key[:12], directory)
                 return directory
             ensure_heavy_imports()
             from export.pipeline import export_artifact
             from models.tier import Tier
 
-            log.info("artifact %s: exporting %s (this can take minutes)", key[:12], model)
+            log.info("artifact %s: exporting %s for %s (this can take minutes)", key[:12], model, artifact_format)
             self.root.mkdir(parents=True, exist_ok=True)
             try:
-                export_artifact(model, Tier.from_dict(tier_dict), directory, save_pruned_base=True)
+                export_artifact(model, Tier.from_dict(tier_dict), directory, save_pruned_base=True,
+                                artifact_format=artifact_format)
             except FileExistsError:
                 # Another process finished the same export first; its result is as good as ours.
                 manifest = read_manifest(directory)
-                self._check_entry(directory, manifest, model, tier_dict)
+                self._check_entry(directory, manifest, model, tier_dict, artifact_format)
             return directory
 
     @staticmethod
-    def _check_entry(directory: Path, manifest, model: str, tier_dict: dict) -> None:
-        if manifest.data["base_model"]["id"] != model or compiled_tier(manifest.tier) != compiled_tier(tier_dict):
-            raise ValueError(f"artifact cache entry {directory} was exported for another model or tier")
+    def _check_entry(directory: Path, manifest, model: str, tier_dict: dict, artifact_format: str) -> None:
+        if (manifest.data["base_model"]["id"] != model or compiled_tier(manifest.tier) != compiled_tier(tier_dict)
+                or manifest.data.get("format", ARTIFACT_FORMAT) != artifact_format):
+            raise ValueError(f"artifact cache entry {directory} was exported for another model, tier or format")
         bad = manifest.verify_files(directory)
         if bad:
             raise ValueError(f"artifact cache entry {directory} is damaged ({', '.join(bad)}); delete it "
@@ -149,15 +166,15 @@ class ArtifactWorker:
     def submit(self, job_id: int) -> None:
         self._queue.put(job_id)
 
-    def request_tier(self, model: str, tier_dict: dict) -> None:
-        """Queue the export of (model, tier) unless it is queued already (returns at once)."""
-        key = artifact_key(model, tier_dict)
+    def request_tier(self, model: str, tier_dict: dict, artifact_format: str = ARTIFACT_FORMAT) -> None:
+        """Queue the export of (model, tier, format) unless it is queued already (returns at once)."""
+        key = artifact_key(model, tier_dict, artifact_format)
         with self._requested_lock:
             if key in self._requested:
                 return
             self._requested.add(key)
-        log.info("artifact %s: export requested for a device's tier", key[:12])
-        self._queue.put((model, tier_dict))
+        log.info("artifact %s: %s export requested for a device's tier", key[:12], artifact_format)
+        self._queue.put((model, tier_dict, artifact_format))
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -172,10 +189,10 @@ class ArtifactWorker:
             except Exception:  # noqa: BLE001 - prepare records failures itself; never kill the worker
                 log.exception("preparing job %s failed unexpectedly", item)
 
-    def _build_tier(self, model: str, tier_dict: dict) -> None:
-        key = artifact_key(model, tier_dict)
+    def _build_tier(self, model: str, tier_dict: dict, artifact_format: str) -> None:
+        key = artifact_key(model, tier_dict, artifact_format)
         try:
-            self._artifact_for(model, tier_dict)
+            self._artifact_for(model, tier_dict, artifact_format)
         except Exception:  # noqa: BLE001 - a device's tier failing must not stop other work
             log.exception("artifact %s: exporting a device tier failed", key[:12])
         finally:
@@ -216,8 +233,8 @@ class ArtifactWorker:
             log.info("job %s: preparing tier %d of %d", job_id, number, len(tiers))
             self._artifact_for(job.model, tier)
 
-    def _artifact_for(self, model: str, tier_dict: dict) -> int:
-        key = artifact_key(model, tier_dict)
+    def _artifact_for(self, model: str, tier_dict: dict, artifact_format: str = ARTIFACT_FORMAT) -> int:
+        key = artifact_key(model, tier_dict, artifact_format)
         with self.state.db.read() as session:
             artifact = session.scalars(select(Artifact).where(Artifact.key == key)).one_or_none()
             if artifact is not None:
@@ -226,7 +243,7 @@ class ArtifactWorker:
                         artifact.manifest_sha256):
                     return artifact.id
                 log.warning("artifact %s: blobs missing; importing it again", key[:12])
-        return self.import_directory(key, model, self.cache.ensure(model, tier_dict))
+        return self.import_directory(key, model, self.cache.ensure(model, tier_dict, artifact_format))
 
     def import_directory(self, key: str, model: str, directory: Path) -> int:
         """Store every file of an exported artifact as a blob and record it; returns its id."""

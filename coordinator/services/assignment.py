@@ -2,9 +2,9 @@
 
 Candidates are the open rounds of running jobs, oldest job first. For each, the selector
 first checks eligibility without any lock (the device's runtimes and RAM against the job's
-artifact and tier); under a configurator other than ``uniform`` the job's configurator
-first picks the device's tier (``services/tiers.py``), and eligibility is checked against
-that tier's artifact. Then, under the round's lock: a device that already holds an
+artifact and tier, in the format the device runs: ``services/tiers.py``); under a
+configurator other than ``uniform`` the job's configurator first picks the device's tier,
+and eligibility is checked against that tier's artifact. Then, under the round's lock: a device that already holds an
 unsubmitted task in the round gets the same task again (asking twice, or after losing the
 response, never takes two places); a device that already submitted in this round is not
 selected again; otherwise it gets a place if the selector admits it with the places already
@@ -19,10 +19,9 @@ from sqlalchemy import func, select
 
 from coordinator.models import (Device, GlobalAdapter, Job, JobStatus, Round, RoundStatus, Task, TaskStatus,
                                 CloseReason, utcnow)
-from coordinator.scheduling import Requirements
 from coordinator.services.payloads import task_payload
 from coordinator.services.rounds import freeze
-from coordinator.services.tiers import Placement, place_device
+from coordinator.services.tiers import Placement, place_device, place_on_job_tier
 from coordinator.strategies import get_strategy
 
 log = logging.getLogger(__name__)
@@ -46,12 +45,11 @@ def next_task(state, device: Device) -> tuple[dict | None, str]:
     for round_id, round_number, job in candidates:
         job_id, devices_per_round = job.id, job.devices_per_round
         placement = None
-        if job.configurator == "uniform" or round_id in held:
-            info = state.artifact_info(job.artifact_id)
-            requirements = Requirements(runtime=info.format,
-                                        min_ram_mb=info.required_ram_mb if job.min_ram_mb is None else job.min_ram_mb)
-            why = state.selector.ineligibility(device.capabilities, requirements)
-            if why is not None and round_id not in held:
+        if round_id in held:
+            pass  # the device's task in this round is handed out again below
+        elif job.configurator == "uniform":
+            placement, why = place_on_job_tier(state, job, device)
+            if placement is None and why:
                 reason = f"job {job_id}: {why}"
                 continue
         else:
@@ -115,8 +113,15 @@ def task_offer(state, task_id: int) -> dict:
     train = {"steps": task.local_steps or job.local_steps, "lr": job.lr, "batch": tier["batch"], "seq": tier["seq"],
              "optimizer": tier_train.get("optimizer", "sgd"), "momentum": tier_train.get("momentum", 0.0),
              "weight_decay": tier_train.get("weight_decay", 0.0)}
+    if train["optimizer"] == "adamw":
+        train.update(betas=list(tier_train.get("betas", (0.9, 0.999))), eps=tier_train.get("eps", 1e-8))
     train = get_strategy(job.strategy).configure_train(round_.number, train)
-    adapter = ((task.start_ptd_sha256, task.start_ptd_size) if task.start_ptd_sha256
-               else (start.ptd_sha256, start.ptd_size))
+    if info.format == "executorch":
+        adapter = ((task.start_ptd_sha256, task.start_ptd_size, "ptd") if task.start_ptd_sha256
+                   else (start.ptd_sha256, start.ptd_size, "ptd"))
+    else:
+        # Other runtimes read the adapter as PEFT safetensors, the form every update comes back in.
+        weights = task.start_weights_sha256 or start.weights_sha256
+        adapter = (weights, state.blobs.path(weights).stat().st_size, "safetensors")
     return task_payload(task, round_, job, info.artifact, info.files, start.round, adapter, train,
                         info.max_update_bytes)

@@ -24,7 +24,7 @@ DEFAULT_DEVICES_PER_ROUND = 10
 DEFAULT_ROUND_DEADLINE_S = 600.0
 DEFAULT_EVAL_EXAMPLES = 100
 MAX_EVAL_EXAMPLES = 100_000
-_TIER_TRAIN_KEYS = {"optimizer", "momentum", "weight_decay"}
+_TIER_TRAIN_KEYS = {"optimizer", "momentum", "weight_decay", "betas", "eps"}
 PREPARE_TIERS = ("on_demand", "all")
 
 

@@ -165,8 +165,12 @@ def job_payload(job: Job, artifact: Artifact | None, rounds: list[Round], adapte
 
 
 def task_payload(task: Task, round_: Round, job: Job, artifact: Artifact, files: list[ArtifactFile],
-                 start_round: int, adapter: tuple[str, int], train: dict, max_update_bytes: int) -> dict:
-    """A device's task: its artifact, its start adapter (cut to its tier), how to train, where to upload."""
+                 start_round: int, adapter: tuple[str, int, str], train: dict, max_update_bytes: int) -> dict:
+    """A device's task: its artifact, its start adapter (cut to its tier), how to train, where to upload.
+
+    ``adapter`` is (sha256, size, format): ``ptd`` for ExecuTorch artifacts, ``safetensors``
+    (PEFT keys) for ONNX Runtime ones.
+    """
     device_files = sorted((f for f in files if f.device), key=lambda f: f.path)
     return {
         "task_id": task.id,
@@ -177,7 +181,7 @@ def task_payload(task: Task, round_: Round, job: Job, artifact: Artifact, files:
             **blob_ref(artifact.manifest_sha256, artifact.manifest_size, format=artifact.format),
             "files": [blob_ref(f.sha256, f.size, path=f.path) for f in device_files],
         },
-        "adapter": blob_ref(adapter[0], adapter[1], round=start_round, format="ptd"),
+        "adapter": blob_ref(adapter[0], adapter[1], round=start_round, format=adapter[2]),
         "arm": task.arm,
         "train": train,
         "upload": {

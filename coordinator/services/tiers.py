@@ -8,6 +8,12 @@ capabilities and its history in the job. :func:`place_device` takes the first ch
    ``artifact_key``), and
 2. the device can run (the selector's runtime and RAM checks against *that* artifact).
 
+The artifact's *format* follows the device's runtimes, in the device's order of preference:
+a device that declares only ``onnxruntime`` gets the tier compiled for ONNX Runtime (ordered
+and built like any tier), and its update joins the same aggregation: both formats train the
+same LoRA tensors, under the same names, from the same start adapter (sent as ``.ptd`` to
+ExecuTorch and as safetensors to ONNX Runtime).
+
 The chosen tier's start adapter is the round's global adapter cut to the tier
 (:func:`~coordinator.services.adapter_mapping.project`), stored as blobs like any adapter.
 A choice equal to the job's own tier is the plain, unmapped path: the task then carries no
@@ -24,7 +30,7 @@ from sqlalchemy import select
 from coordinator.models import Artifact, Device, GlobalAdapter, Job, Round, RoundStatus, Task, TaskStatus, Update
 from coordinator.scheduling.base import Requirements
 from coordinator.services.adapter_mapping import AdapterLayout, project
-from coordinator.services.artifacts import artifact_key, compiled_tier
+from coordinator.services.artifacts import ARTIFACT_FORMAT, ARTIFACT_FORMATS, artifact_key, compiled_tier
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +44,7 @@ _SLOWDOWN_WINDOW = 200
 class Placement:
     """The tier a device gets for a task (``artifact_id`` None: the job's own tier)."""
 
-    arm: str
+    arm: str | None
     tier: dict
     local_steps: int
     artifact_id: int | None = None
@@ -128,9 +134,52 @@ def device_history(session, job: Job, device_id: int) -> tuple:
     return tuple(history)
 
 
-def _artifact_id_for(state, session, model: str, tier: dict) -> int | None:
-    key = artifact_key(model, tier)
+def _artifact_id_for(state, session, model: str, tier: dict, artifact_format: str = ARTIFACT_FORMAT) -> int | None:
+    key = artifact_key(model, tier, artifact_format)
     return session.scalars(select(Artifact.id).where(Artifact.key == key)).one_or_none()
+
+
+def device_formats(capabilities: dict | None) -> list[str]:
+    """The artifact formats a device can train, in its own order of preference."""
+    runtimes = (capabilities or {}).get("runtimes") or []
+    return [runtime for runtime in runtimes if runtime in ARTIFACT_FORMATS]
+
+
+def artifact_for_device(state, job: Job, device: Device, tier: dict) -> tuple[int | None, list[str]]:
+    """The artifact of ``tier`` in the first format ``device`` runs that is exported already.
+
+    Formats not exported yet are ordered from the artifact worker (once) and skipped for now.
+    A device with no runtime we build for gets the job's format, so that the selector's
+    eligibility check names what it lacks. Returns (artifact id or None, why formats were skipped).
+    """
+    job_format = state.artifact_info(job.artifact_id).format
+    reasons = []
+    for artifact_format in device_formats(device.capabilities) or [job_format]:
+        if artifact_format == job_format and compiled_tier(tier) == compiled_tier(job.tier):
+            return job.artifact_id, reasons
+        with state.db.read() as session:
+            artifact_id = _artifact_id_for(state, session, job.model, tier, artifact_format)
+        if artifact_id is not None:
+            return artifact_id, reasons
+        state.worker.request_tier(job.model, tier, artifact_format)
+        reasons.append(f"{artifact_format} artifact being exported")
+    return None, reasons
+
+
+def place_on_job_tier(state, job: Job, device: Device) -> tuple[Placement | None, str]:
+    """Under ``uniform``: the job's own artifact (returns (None, "")), the job's tier in another
+    format the device runs (a placement), or (None, why the device cannot take part now)."""
+    artifact_id, skipped = artifact_for_device(state, job, device, job.tier)
+    if artifact_id is None:
+        return None, "; ".join(skipped)
+    info = state.artifact_info(artifact_id)
+    why = state.selector.ineligibility(device.capabilities, Requirements(
+        runtime=info.format, min_ram_mb=info.required_ram_mb if job.min_ram_mb is None else job.min_ram_mb))
+    if why is not None:
+        return None, why
+    if artifact_id == job.artifact_id:
+        return None, ""
+    return Placement(arm=None, tier=job.tier, local_steps=job.local_steps, artifact_id=artifact_id), ""
 
 
 def place_device(state, job: Job, device: Device, round_number: int) -> tuple[Placement | None, str]:
@@ -147,15 +196,10 @@ def place_device(state, job: Job, device: Device, round_number: int) -> tuple[Pl
                                                    history=history))
     reasons = []
     for choice in choices:
-        if compiled_tier(choice.tier) == compiled_tier(job.tier):
-            artifact_id = job.artifact_id
-        else:
-            with state.db.read() as session:
-                artifact_id = _artifact_id_for(state, session, job.model, choice.tier)
-            if artifact_id is None:
-                state.worker.request_tier(job.model, choice.tier)
-                reasons.append(f"{choice.arm}: artifact being exported")
-                continue
+        artifact_id, skipped = artifact_for_device(state, job, device, choice.tier)
+        reasons.extend(f"{choice.arm}: {why}" for why in skipped)
+        if artifact_id is None:
+            continue
         info = state.artifact_info(artifact_id)
         why = state.selector.ineligibility(device.capabilities, Requirements(
             runtime=info.format, min_ram_mb=info.required_ram_mb if job.min_ram_mb is None else job.min_ram_mb))
@@ -164,6 +208,10 @@ def place_device(state, job: Job, device: Device, round_number: int) -> tuple[Pl
             continue
         if artifact_id == job.artifact_id:
             return Placement(arm=choice.arm, tier=job.tier, local_steps=choice.local_steps), ""
+        if compiled_tier(choice.tier) == compiled_tier(job.tier):
+            # The job's tier in another format: the global adapter fits it as it is.
+            return Placement(arm=choice.arm, tier=choice.tier, local_steps=choice.local_steps,
+                             artifact_id=artifact_id), ""
         return _cut_start_adapter(state, job, round_number, artifact_id, choice), ""
     return None, "no tier fits this device now (" + "; ".join(reasons or ["the configurator offered none"]) + ")"
 
