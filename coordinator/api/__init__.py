@@ -5,6 +5,7 @@
 - ``jobs.py``    jobs and their global adapters (admin)
 - ``tasks.py``   ``tasks/next`` and result uploads (device)
 - ``blobs.py``   content-addressed bytes with HTTP Range (device or admin)
+- ``generate.py`` proxy-tuned generation with a job's global adapter (admin)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ API_PREFIX = "/api/v1"
 
 
 def register_blueprints(app: Flask) -> None:
-    from coordinator.api import blobs, devices, health, jobs, tasks
+    from coordinator.api import blobs, devices, generate, health, jobs, tasks
 
-    for module in (health, devices, jobs, tasks, blobs):
+    for module in (health, devices, jobs, tasks, blobs, generate):
         app.register_blueprint(module.bp, url_prefix=API_PREFIX)

@@ -181,6 +181,10 @@ class EvaluationWorker:
         self._model = (artifact.id, model)
         return model
 
+    def artifact_directory(self, artifact: Artifact) -> Path:
+        """The artifact's server-side files on disk (also what proxy generation rebuilds S from)."""
+        return self._artifact_directory(artifact)
+
     def _artifact_directory(self, artifact: Artifact) -> Path:
         """A directory holding the artifact's files: the export cache's, or one rebuilt from blobs."""
         from export.manifest import sha256_file
