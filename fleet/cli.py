@@ -22,7 +22,8 @@ def _add_device(subparsers) -> None:
     p = subparsers.add_parser(
         "device", help="run one device: register, train the coordinator's tasks on local data, upload",
         description="A PocketTune device in Python: it trains the same ExecuTorch artifacts as the "
-                    "Android app, through the same C++ runtime, on local data that never leaves it.")
+                    "Android app, through the same C++ runtime (or ONNX Runtime training artifacts), on "
+                    "local data that never leaves it.")
     p.add_argument("--coordinator", required=True, metavar="URL", help="coordinator base URL, e.g. http://127.0.0.1:8080")
     p.add_argument("--enroll", metavar="KEY", help="the coordinator's enrollment key (needed the first time)")
     data = p.add_mutually_exclusive_group(required=True)
@@ -39,6 +40,9 @@ def _add_device(subparsers) -> None:
                    help="simulated hardware profile (default native: this machine as it is)")
     p.add_argument("--realtime-factor", type=float, default=0.0, metavar="F",
                    help="sleep out the profile's extra compute and transfer time x F (default 0: virtual only)")
+    p.add_argument("--runtimes", default="executorch", metavar="R,R",
+                   help="training runtimes this device offers, preferred first: executorch, onnxruntime "
+                        "(default executorch)")
     p.add_argument("--max-tasks", type=int, default=None, metavar="N", help="exit after N tasks")
     p.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                    help="exit after this long without a task (default: run until stopped)")
@@ -53,7 +57,7 @@ def run_device(args) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from fleet.data import LocalData, parse_shard
-    from fleet.device import DeviceAgent, DeviceConfig
+    from fleet.device import DeviceAgent, DeviceConfig, default_platform
     from models.tasks import PartitionSpec, UnknownTaskError
 
     if args.realtime_factor < 0:
@@ -72,9 +76,15 @@ def run_device(args) -> int:
         raise UsageError(str(exc)) from None
     name = args.name or socket.gethostname()
     state_dir = args.state_dir or Path.home() / ".cache" / "pockettune" / f"device-{name}"
-    agent = DeviceAgent(DeviceConfig(coordinator=args.coordinator, state_dir=state_dir, data=data,
-                                     enrollment_key=args.enroll, name=name, profile=PROFILES[args.profile],
-                                     realtime_factor=args.realtime_factor, seed=args.seed))
+    runtimes = tuple(r.strip() for r in args.runtimes.split(",") if r.strip())
+    try:
+        config = DeviceConfig(coordinator=args.coordinator, state_dir=state_dir, data=data,
+                              enrollment_key=args.enroll, name=name, profile=PROFILES[args.profile],
+                              realtime_factor=args.realtime_factor, seed=args.seed, runtimes=runtimes,
+                              platform=default_platform(runtimes[0] if runtimes else "executorch"))
+    except ValueError as exc:
+        raise UsageError(f"--runtimes: {exc}") from None
+    agent = DeviceAgent(config)
     print(f"device {name}: {data.description}", flush=True)
     try:
         agent.ensure_registered()
@@ -101,6 +111,9 @@ def add_fleet_options(p, devices: int, rounds: int) -> None:
     p.add_argument("--rounds", type=int, default=rounds, help=f"federated rounds (default {rounds})")
     p.add_argument("--partition", default="iid", metavar="SCHEME", help="iid or dirichlet:ALPHA (default iid)")
     p.add_argument("--dropout", type=float, default=0.1, help="chance a device vanishes during a task (default 0.1)")
+    p.add_argument("--onnxruntime-devices", type=int, default=0, metavar="N",
+                   help="N of the devices run ONNX Runtime instead of ExecuTorch: they get the job's tier "
+                        "compiled for ONNX Runtime, and their updates join the same aggregation (default 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="device processes (default 2, one per core)")
     p.add_argument("--devices-per-round", type=int, default=None, help="places per round (default: all devices)")
@@ -122,8 +135,8 @@ def _add_simulate(subparsers) -> None:
     p = subparsers.add_parser(
         "simulate", help="run a heterogeneous simulated fleet against a real coordinator on this machine",
         description="N devices with profiles (compute slowdown, RAM, bandwidth, dropout, battery) train "
-                    "the real ExecuTorch artifacts against a coordinator over loopback HTTP; reports each "
-                    "round on the real and the virtual clock.")
+                    "the real ExecuTorch (or ONNX Runtime) artifacts against a coordinator over loopback "
+                    "HTTP; reports each round on the real and the virtual clock.")
     add_fleet_options(p, devices=8, rounds=3)
     p.add_argument("--model", default="tiny", help="base model (default tiny; smollm2-135m for real runs)")
     p.add_argument("--task", default="bbcnews", help="task (bbcnews, chatterbot)")
@@ -181,6 +194,8 @@ def fleet_spec_from(args, job: dict):
         raise UsageError("--devices, --rounds and --workers must be >= 1")
     if not 0 <= args.dropout < 1:
         raise UsageError("--dropout must be in [0, 1)")
+    if not 0 <= args.onnxruntime_devices <= args.devices:
+        raise UsageError(f"--onnxruntime-devices must be in [0, --devices={args.devices}]")
     from models.tasks import PartitionSpec
 
     try:
@@ -191,7 +206,7 @@ def fleet_spec_from(args, job: dict):
                      partition=args.partition, seed=args.seed, dropout=args.dropout, workers=args.workers,
                      devices_per_round=args.devices_per_round, min_updates=args.min_updates,
                      round_deadline_s=args.round_deadline, realtime_factor=args.realtime_factor,
-                     job={k: v for k, v in job.items() if k != "task"})
+                     job={k: v for k, v in job.items() if k != "task"}, onnxruntime_devices=args.onnxruntime_devices)
 
 
 def run_fleet(args, spec, progress_label: str = ""):

@@ -1,4 +1,4 @@
-"""One PocketTune device: register, fetch verified artifacts, train in ExecuTorch, upload.
+"""One PocketTune device: register, fetch verified artifacts, train in ExecuTorch or ONNX Runtime, upload.
 
 The device loop (:meth:`DeviceAgent.run`):
 
@@ -8,8 +8,9 @@ The device loop (:meth:`DeviceAgent.run`):
 3. fetch the artifact's manifest and device files and the round's global adapter, each
    sha256-checked, into a content-addressed cache (a file already there is not fetched
    again; an interrupted fetch resumes);
-4. train the ExecuTorch program on this round's slice of its local data, tokenized exactly
-   as the task (and the manifest's tokenizer) says;
+4. train the artifact on this round's slice of its local data, tokenized exactly as the task
+   (and the manifest's tokenizer) says, in the runtime its format names (the device declares
+   which runtimes it has: ``executorch``, ``onnxruntime``, or both in order of preference);
 5. upload the adapter's new values and the metrics (losses, time, bytes, FLOPs and FLOP
    utilization); ``already_submitted`` after a lost answer counts as done.
 
@@ -79,6 +80,8 @@ class TaskOutcome:
     artifact_bytes_down: int = 0
     #: simulated time on this device's profile: transfers at its bandwidth, compute x slowdown
     virtual_seconds: float = 0.0
+    #: the artifact format (training runtime) of the task: executorch or onnxruntime
+    runtime: str | None = None
     detail: str = ""
     started_at: float = field(default_factory=time.time)
 
@@ -105,6 +108,9 @@ class DeviceConfig:
     #: training runtimes this device declares, in order of preference (the coordinator sends
     #: artifacts in one of these formats)
     runtimes: tuple[str, ...] = (RUNTIME,)
+    #: intra-op threads for the ONNX Runtime session (0: one per core); ExecuTorch's threadpool
+    #: is process-wide and set with ``fleet.runtime_executorch.set_runtime_threads``
+    threads: int = 0
 
     def __post_init__(self):
         unknown = [runtime for runtime in self.runtimes if runtime not in RUNTIMES]
@@ -223,6 +229,7 @@ class DeviceAgent:
         before = (self.client.transfers.bytes_down, self.client.transfers.seconds_down)
         try:
             artifact_dir, manifest = self.fetch_artifact(task["artifact"])
+            outcome.runtime = manifest["format"]
             outcome.artifact_bytes_down = self.client.transfers.bytes_down - before[0]
             adapter_path = self.fetch_adapter(task["adapter"], manifest["format"])
         except IntegrityError as exc:
@@ -316,7 +323,8 @@ class DeviceAgent:
             if train.get("optimizer", "sgd") != compiled:
                 raise ProtocolError(0, "inconsistent_task", f"task says optimizer {train.get('optimizer')!r}, "
                                                             f"the artifact compiled {compiled!r}")
-            return OnnxRuntimeTrainer(artifact_dir, manifest, read_start_adapter(adapter_path), lr=train["lr"])
+            return OnnxRuntimeTrainer(artifact_dir, manifest, read_start_adapter(adapter_path), lr=train["lr"],
+                                      threads=self.config.threads)
         from fleet.runtime_executorch import ExecuTorchTrainer
 
         return ExecuTorchTrainer.for_artifact(artifact_dir, manifest, adapter_path, lr=train["lr"],

@@ -58,6 +58,8 @@ class FleetSpec:
     virtual_deadline_s: float | None = None  # None: round_deadline_s
     realtime_factor: float = 0.0
     job: dict = field(default_factory=dict)  # model, tier, local_steps, lr, strategy, eval_examples ...
+    #: how many devices run ONNX Runtime instead of ExecuTorch (chosen by seed across profiles)
+    onnxruntime_devices: int = 0
 
     def places(self) -> tuple[int, int]:
         per_round = self.devices_per_round or self.devices
@@ -83,7 +85,7 @@ def _worker(base_url: str, enrollment_key: str, device_specs: list[dict], fleet_
     quiet_library_chatter()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     from fleet.data import LocalData
-    from fleet.device import DeviceAgent, DeviceConfig
+    from fleet.device import DeviceAgent, DeviceConfig, default_platform
     from models.tasks import PartitionSpec
 
     agents = []
@@ -93,7 +95,9 @@ def _worker(base_url: str, enrollment_key: str, device_specs: list[dict], fleet_
         agents.append(DeviceAgent(DeviceConfig(
             coordinator=base_url, state_dir=Path(spec["state_dir"]), data=data, enrollment_key=enrollment_key,
             name=spec["name"], profile=DeviceProfile(**spec["profile"]), realtime_factor=spec["realtime_factor"],
-            seed=spec["seed"], retry=RetryPolicy(give_up_after_s=120.0), peak_gflops=peak_gflops)))
+            seed=spec["seed"], retry=RetryPolicy(give_up_after_s=120.0), peak_gflops=peak_gflops,
+            runtimes=tuple(spec["runtimes"]), platform=default_platform(spec["runtimes"][0]),
+            threads=runtime_threads)))
     for agent in agents:
         agent.ensure_registered()
     order = random.Random(fleet_seed + len(agents))
@@ -208,10 +212,13 @@ class FleetSimulation:
 
     def device_specs(self) -> list[dict]:
         profiles = fleet_profiles(self.spec.fleet, self.spec.devices, dropout=self.spec.dropout, seed=self.spec.seed)
-        return [{"name": f"sim-{i + 1:03d}-{p.name}", "profile": p.to_dict(), "shard": i,
-                 "num_shards": self.spec.devices, "task": self.spec.task, "partition": self.spec.partition,
+        onnxruntime = set(random.Random(self.spec.seed).sample(range(self.spec.devices),
+                                                                min(self.spec.onnxruntime_devices, self.spec.devices)))
+        return [{"name": f"sim-{i + 1:03d}-{p.name}" + ("-ort" if i in onnxruntime else ""), "profile": p.to_dict(),
+                 "shard": i, "num_shards": self.spec.devices, "task": self.spec.task, "partition": self.spec.partition,
                  "state_dir": str(self.workdir / "devices" / f"sim-{i + 1:03d}"), "seed": self.spec.seed * 1000 + i,
-                 "realtime_factor": self.spec.realtime_factor} for i, p in enumerate(profiles)]
+                 "realtime_factor": self.spec.realtime_factor,
+                 "runtimes": ["onnxruntime"] if i in onnxruntime else ["executorch"]} for i, p in enumerate(profiles)]
 
     def run(self, timeout_s: float = 3600.0) -> dict:
         from tqdm import tqdm
@@ -279,7 +286,7 @@ class FleetSimulation:
                 "wall_seconds": time.monotonic() - started, "peak_gflops": peak,
                 "initial_evaluation": evaluation_of(job, 0), "rounds": [asdict(r) for r in reports],
                 "virtual_seconds": sum(r.virtual_seconds or 0 for r in reports),
-                "outcomes": self.outcomes}
+                "accepted_by_runtime": accepted_by_runtime(self.outcomes), "outcomes": self.outcomes}
 
     def _drain(self, outcomes) -> None:
         while True:
@@ -315,6 +322,16 @@ class FleetSimulation:
         return dest
 
 
+def accepted_by_runtime(outcomes: list[dict]) -> dict[str, int]:
+    """Accepted updates per training runtime (artifact format) over the whole run."""
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        if outcome["status"] == "accepted":
+            runtime = outcome.get("runtime") or "executorch"
+            counts[runtime] = counts.get(runtime, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def format_report(report: dict) -> str:
     """The per-round table people read at the end of a run."""
     lines = [f"{'round':>5} {'real s':>8} {'virtual s':>10} {'closed by':>11} {'ok':>3} {'drop':>4} {'rej':>3} "
@@ -331,6 +348,9 @@ def format_report(report: dict) -> str:
         lines.append(f"{r['round']:>5} {r['real_seconds'] or 0:>8.1f} {r['virtual_seconds'] or 0:>10.1f} "
                      f"{r['close_reason'] or '-':>11} {r['accepted']:>3} {r['dropped']:>4} {r['rejected']:>3} "
                      f"{r['bytes_down'] / 1e6:>8.2f} {r['bytes_up'] / 1e6:>7.2f} {loss:>13} {util:>9} {value}")
+    by_runtime = report.get("accepted_by_runtime") or {}
+    if len(by_runtime) > 1:
+        lines.append("accepted updates by runtime: " + ", ".join(f"{k} {v}" for k, v in by_runtime.items()))
     return "\n".join(lines)
 
 
