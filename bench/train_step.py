@@ -1,13 +1,14 @@
-"""On-device training speed and memory: the ExecuTorch runtime against eager PyTorch, in one run.
+"""On-device training speed and memory: ExecuTorch and ONNX Runtime against eager PyTorch, in one run.
 
 Two measurements, each as ratios against a baseline measured in the same run (the machines
 are shared and noisy; only ratios are meant to be compared across runs):
 
 1. **Step.** One training step of the reference tier (LoRA r8 on q/v; SmolLM2-135M: last 8 of
    30 layers, batch 4, seq 128), through the runtime with XNNPACK kernels (what PocketTune
-   ships), through the runtime with the portable kernels (the program as first shipped), and
+   ships), through the runtime with the portable kernels (the program as first shipped),
+   through ONNX Runtime training (``onnxruntime-training-cpu`` 1.19.2, the second backend) and
    in eager PyTorch on the model the artifact was compiled from, all with the same number of
-   threads. Median step time and each process's peak RSS.
+   threads and plain SGD. Median step time and each process's peak RSS.
 2. **Epoch with frozen-prefix caching.** One epoch over a device's local examples with LoRA in
    the last k layers: the whole program against the top program on cached prefix outputs
    (every epoch and round after a device has seen its examples once under one base model),
@@ -69,7 +70,7 @@ def _set_threads(threads: int) -> None:
     set_runtime_threads(threads)
 
 
-def _runtime_trainer(artifact: Path):
+def _runtime_trainer(artifact: Path, threads: int = 1):
     """The artifact's trainer and tokenizer, loaded like a phone: only the artifact's files."""
     from transformers import AutoTokenizer
 
@@ -80,6 +81,12 @@ def _runtime_trainer(artifact: Path):
 
     manifest = read_manifest(artifact).data
     tokenizer = AutoTokenizer.from_pretrained(str(artifact / TOKENIZER_DIR))
+    if manifest["format"] == "onnxruntime":
+        from fleet.runtime_onnxruntime import OnnxRuntimeTrainer, read_start_adapter
+
+        start = read_start_adapter(artifact / manifest["lora"]["initial_adapter_dir"] / "adapter_model.safetensors")
+        return OnnxRuntimeTrainer(artifact, manifest, start, lr=manifest["training"]["lr"], threads=threads), \
+            tokenizer, manifest
     trainer = ExecuTorchTrainer.for_artifact(artifact, manifest, artifact / ADAPTER_DATA_FILE,
                                              lr=manifest["training"]["lr"])
     return trainer, tokenizer, manifest
@@ -109,7 +116,7 @@ def measure_step(kind: str, model: str, artifact: Path, steps: int, threads: int
             loss.backward()
             optimizer.step()
     else:
-        trainer, tokenizer, _ = _runtime_trainer(artifact)
+        trainer, tokenizer, _ = _runtime_trainer(artifact, threads)
         batches = bench_batches(tokenizer, tier["batch"], tier["seq"], 4)
         step = trainer.step
     rss_loaded = peak_rss_mib()
@@ -158,18 +165,20 @@ def run_child(args: list[str], threads: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def ensure_artifact(model: str, workdir: Path, lora_layers: int, kernels: str, prefix_cache: bool) -> Path:
+def ensure_artifact(model: str, workdir: Path, lora_layers: int, kernels: str, prefix_cache: bool,
+                    artifact_format: str = "executorch") -> Path:
     """Export a benchmark artifact once (reused across runs), in a child process."""
     from export.manifest import MANIFEST_FILE
 
     tier = TIERS[model]
-    name = f"{model}-k{lora_layers}-{kernels}{'-prefix' if prefix_cache else ''}"
+    variant = kernels if artifact_format == "executorch" else artifact_format
+    name = f"{model}-k{lora_layers}-{variant}{'-prefix' if prefix_cache else ''}"
     out = workdir / name
     if not (out / MANIFEST_FILE).is_file():
         print(f"[bench] exporting {name}", file=sys.stderr, flush=True)
         command = [sys.executable, "-m", "pockettune", "export", "--model", model, "--lora-rank", str(tier["lora_rank"]),
                    "--lora-layers", str(lora_layers), "--batch", str(tier["batch"]), "--seq", str(tier["seq"]),
-                   "--kernels", kernels, "--out", str(out), "--force", "--no-progress"]
+                   "--kernels", kernels, "--format", artifact_format, "--out", str(out), "--force", "--no-progress"]
         subprocess.run(command + (["--prefix-cache"] if prefix_cache else []), check=True, cwd=REPO)
     return out
 
@@ -184,7 +193,7 @@ def step_table(results: list[dict], threads: int, steps: int) -> str:
         t, eager = r["tier"], r["eager"]
         tier = f"r{t['lora_rank']} last {t['lora_layers']} B{t['batch']} S{t['seq']}"
         for label, m in (("ExecuTorch, XNNPACK", r["xnnpack"]), ("ExecuTorch, portable", r.get("portable")),
-                         ("eager PyTorch", eager)):
+                         ("ONNX Runtime training", r.get("onnxruntime")), ("eager PyTorch", eager)):
             if m is None:
                 continue
             lines.append(f"| {r['model']} | {tier} | {label} | {m['median_step_s']:.3f} "
@@ -217,11 +226,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for every side: torch's intra-op pool and the runtime's threadpool (default 1)")
     parser.add_argument("--epoch-examples", type=int, default=32, help="examples in the prefix-caching epoch (default 32)")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: step, portable, epoch")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: step, portable, onnxruntime, epoch")
     parser.add_argument("--workdir", type=Path, default=REPO / "artifacts" / "bench",
                         help="where artifacts are exported and reused (default artifacts/bench)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--child", choices=("xnnpack", "portable", "eager", "epoch"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("xnnpack", "portable", "onnxruntime", "eager", "epoch"),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--artifact", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.steps < 1 or args.threads < 1 or args.epoch_examples < 1:
@@ -254,6 +264,10 @@ def main() -> int:
                 row["portable"] = run_child(["--child", "portable", *child, "--artifact",
                                              str(ensure_artifact(model, args.workdir, k, "portable", False))],
                                             args.threads)
+            if "onnxruntime" not in skip:
+                row["onnxruntime"] = run_child(["--child", "onnxruntime", *child, "--artifact",
+                                                str(ensure_artifact(model, args.workdir, k, "xnnpack", False,
+                                                                    "onnxruntime"))], args.threads)
             row["eager"] = run_child(["--child", "eager", *child], args.threads)
             steps.append(row)
         if "epoch" in skip:

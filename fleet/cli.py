@@ -202,6 +202,16 @@ def fleet_spec_from(args, job: dict):
         PartitionSpec.parse(args.partition)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if args.onnxruntime_devices:
+        from export.onnxruntime import check_training_hyperparameters
+        from models.tier import Tier
+
+        tier = job.get("tier") or {}
+        try:
+            check_training_hyperparameters(Tier.from_dict({**tier, "train": {**tier.get("train", {}),
+                                                                               "lr": job.get("lr", 0.05)}}).train)
+        except ValueError as exc:
+            raise UsageError(f"--onnxruntime-devices: this job cannot train on ONNX Runtime: {exc}") from None
     return FleetSpec(devices=args.devices, fleet=args.profile, rounds=args.rounds, task=job["task"],
                      partition=args.partition, seed=args.seed, dropout=args.dropout, workers=args.workers,
                      devices_per_round=args.devices_per_round, min_updates=args.min_updates,

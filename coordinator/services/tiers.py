@@ -157,6 +157,10 @@ def artifact_for_device(state, job: Job, device: Device, tier: dict) -> tuple[in
     for artifact_format in device_formats(device.capabilities) or [job_format]:
         if artifact_format == job_format and compiled_tier(tier) == compiled_tier(job.tier):
             return job.artifact_id, reasons
+        why_not = format_unsupported(tier, artifact_format)
+        if why_not:
+            reasons.append(why_not)
+            continue
         with state.db.read() as session:
             artifact_id = _artifact_id_for(state, session, job.model, tier, artifact_format)
         if artifact_id is not None:
@@ -164,6 +168,25 @@ def artifact_for_device(state, job: Job, device: Device, tier: dict) -> tuple[in
         state.worker.request_tier(job.model, tier, artifact_format)
         reasons.append(f"{artifact_format} artifact being exported")
     return None, reasons
+
+
+def format_unsupported(tier: dict, artifact_format: str) -> str | None:
+    """Why ``tier`` cannot be compiled for ``artifact_format`` (None: it can).
+
+    ONNX Runtime compiles its optimizer, and its SGD has no momentum or weight decay: a job
+    that trains with them cannot give such devices a task (rather than order an export that
+    must fail).
+    """
+    if artifact_format != "onnxruntime":
+        return None
+    from export.onnxruntime import check_training_hyperparameters
+    from models.tier import Tier
+
+    try:
+        check_training_hyperparameters(Tier.from_dict(tier).train)
+    except ValueError as exc:
+        return f"onnxruntime: {exc}"
+    return None
 
 
 def place_on_job_tier(state, job: Job, device: Device) -> tuple[Placement | None, str]:

@@ -143,6 +143,53 @@ def test_every_example_matches_the_served_coordinator(server, cleanup_jobs):
     assert_shape(error.json(), "error_response.json")
 
 
+def test_onnxruntime_task_example(server, cleanup_jobs):
+    """A device with only ONNX Runtime gets the job's tier compiled for it (exported on demand)."""
+    import time
+
+    from coordinator_harness import CAPABILITIES, JOB_TIER, register
+
+    admin = server.admin()
+    job = admin.running_job(tier={**JOB_TIER, "train": {"optimizer": "adamw", "weight_decay": 0.01}}, lr=0.002,
+                            devices_per_round=1, min_updates=1)
+    cleanup_jobs.append(job["job_id"])
+    _, device = register(server, "ort-phone", capabilities={**CAPABILITIES, "runtimes": ["onnxruntime"]})
+    deadline = time.monotonic() + 120
+    while (answer := device.get("/api/v1/tasks/next")).status_code == 204:   # the export is under way
+        assert time.monotonic() < deadline, "no onnxruntime task within 120 s"
+        time.sleep(0.5)
+    assert answer.status_code == 200, answer.text
+    task = answer.json()
+    assert task["job_id"] == job["job_id"]
+    assert_shape(task, "task_response_onnxruntime.json")
+    assert task["artifact"]["format"] == "onnxruntime" and task["adapter"]["format"] == "safetensors"
+    assert {"training_model.onnx", "optimizer_model.onnx", "checkpoint"} <= {f["path"] for f in task["artifact"]["files"]}
+    manifest = manifest_of(device, task)
+    assert manifest["program"]["optimizer"]["optimizer"] == "adamw"
+    # The start adapter is the job's global adapter, and an update in its names is accepted.
+    start = start_adapter(admin, job["job_id"], 0)
+    shipped = device.get(task["adapter"]["url"])
+    from safetensors.numpy import load
+
+    assert {k: v.tolist() for k, v in load(shipped.content).items()} == {k: v.tolist() for k, v in start.items()}
+    result = upload(device, task, FakeTrainer(manifest).update(start, seed=4), example("result_meta.json"))
+    assert result.status_code == 201, result.text
+
+
+def test_onnxruntime_device_is_told_why_a_momentum_job_has_no_task(server, cleanup_jobs):
+    """ONNX Runtime's SGD has no momentum: no export is ordered, the device hears why."""
+    from coordinator.api.tasks import NO_TASK_HEADER
+    from coordinator_harness import CAPABILITIES, JOB_TIER, register
+
+    admin = server.admin()
+    job = admin.running_job(tier={**JOB_TIER, "train": {"momentum": 0.5}}, devices_per_round=1, min_updates=1)
+    cleanup_jobs.append(job["job_id"])
+    _, device = register(server, "ort-only", capabilities={**CAPABILITIES, "runtimes": ["onnxruntime"]})
+    answer = device.get("/api/v1/tasks/next")
+    assert answer.status_code == 204
+    assert "no momentum or weight decay" in answer.headers[NO_TASK_HEADER]
+
+
 def test_error_codes_example_lists_every_code_the_server_has():
     from coordinator.errors import ERROR_CODES
 

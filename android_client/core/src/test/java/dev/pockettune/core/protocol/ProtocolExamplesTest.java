@@ -47,6 +47,7 @@ public class ProtocolExamplesTest {
         MODELS.put("job_list_response.json", o -> Job.listToJson(Job.listFromJson(o)));
         MODELS.put("round_response.json", o -> RoundDetail.fromJson(o).toJson());
         MODELS.put("task_response.json", o -> Task.fromJson(o).toJson());
+        MODELS.put("task_response_onnxruntime.json", o -> Task.fromJson(o).toJson());
         MODELS.put("result_meta.json", o -> ResultMeta.fromJson(o).toJson());
         MODELS.put("result_meta_with_metrics.json", o -> ResultMeta.fromJson(o).toJson());
         MODELS.put("result_response.json", o -> ResultResponse.fromJson(o).toJson());
