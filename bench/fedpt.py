@@ -252,6 +252,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma list (default bbcnews,chatterbot)")
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma list of federated arms to run (default S,L)")
     parser.add_argument("--only", choices=PARTS, action="append", help="run only these parts (repeatable)")
     parser.add_argument("--runs", type=Path, default=Path("runs") / "fedpt")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "fedpt")
@@ -282,7 +283,7 @@ def main(argv=None) -> int:
     tasks = [t for t in args.tasks.split(",") if t]
     if "federated" in parts:
         for task in tasks:
-            for arm in ARMS:
+            for arm in [a for a in args.arms.split(",") if a]:
                 results["federated"][f"{task}-{arm}"] = federated(args, task, arm)
                 save()
     if "device" in parts:
