@@ -70,6 +70,9 @@ def federated(args, task: str, arm: str) -> dict:
     from fleet.simulator import FleetSimulation, FleetSpec, format_report
 
     workdir = run_dir(args, task, arm)
+    if workdir.exists():
+        # A coordinator reusing an old instance folder would also serve that run's unfinished job.
+        workdir.rename(workdir.with_name(f"{workdir.name}-{time.strftime('%Y%m%d-%H%M%S')}"))
     spec = FleetSpec(devices=args.devices, fleet=args.profile, rounds=args.rounds, task=task,
                      partition=args.partition, seed=args.seed, dropout=args.dropout, workers=args.workers,
                      devices_per_round=args.devices_per_round, min_updates=args.min_updates,
