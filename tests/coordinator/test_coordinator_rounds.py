@@ -126,8 +126,10 @@ def test_selection_fills_devices_per_round_once_each_and_checks_fit(server, clea
     job = admin.running_job(rounds=1, devices_per_round=2, min_updates=2)
     cleanup_jobs.append(job["job_id"])
     small_id, small = register(server, name="tiny-ram", capabilities={**CAPABILITIES, "ram_mb": 1})
-    other_runtime_id, other_runtime = register(server, name="ort-only",
-                                               capabilities={**CAPABILITIES, "runtimes": ["onnxruntime"]})
+    # A runtime PocketTune builds no artifacts for (an onnxruntime device would get the tier
+    # compiled for it: tests/coordinator/test_coordinator_protocol.py and tests/fleet).
+    other_runtime_id, other_runtime = register(server, name="tflite-only",
+                                               capabilities={**CAPABILITIES, "runtimes": ["tflite"]})
     first, second, third = (register(server, name=f"sel-{i}")[1] for i in range(3))
 
     for device, why in ((small, "RAM"), (other_runtime, "executorch runtime")):
