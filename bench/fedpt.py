@@ -90,6 +90,7 @@ def federated(args, task: str, arm: str) -> dict:
     report["artifact_dir"] = str(artifact_dir(args, arm))
     report["accepted_tasks"] = len(accepted)
     report["examples_trained"] = sum(o.get("num_examples") or 0 for o in accepted)
+    report["uploads"] = sum(1 for o in report["outcomes"] if o.get("bytes_up"))   # late ones too
     report.pop("outcomes")
     return report
 
@@ -166,7 +167,8 @@ def device_costs(args, results: dict) -> dict:
                     "mb_down_per_later_round": statistics.fmean(r["bytes_down"] for r in rounds[1:]) / 1e6
                     if len(rounds) > 1 else None,
                     "mb_up_per_round": statistics.fmean(r["bytes_up"] for r in rounds) / 1e6,
-                    "kb_up_per_update": sum(r["bytes_up"] for r in rounds) / max(1, report["accepted_tasks"]) / 1e3,
+                    "kb_per_upload": sum(r["bytes_up"] for r in rounds)
+                    / max(1, report.get("uploads") or sum(r["accepted"] + r["rejected"] for r in rounds)) / 1e3,
                     "mb_down_total": sum(r["bytes_down"] for r in rounds) / 1e6,
                     "mb_up_total": sum(r["bytes_up"] for r in rounds) / 1e6,
                 }
