@@ -133,6 +133,23 @@ def test_int8_sgd_matches_eager_and_starts_from_the_given_adapter(tmp_path):
     assert manifest["export"]["int8_frozen_weights"] > 0
 
 
+@pytest.mark.parametrize("overrides", [
+    dict(prune_ratio=0.5, quantize="int8", rank_pattern="rising"),             # pruned heads and channels
+    dict(prune_ratio=0.5, prune_method="layers", prefix_cache=True, lora_layers=1),  # ORT trains it whole
+], ids=["width-int8-rising", "layers-prefix-tier"])
+def test_other_tiers_compile_and_match_eager(tmp_path, overrides):
+    """The tiers the configurators hand out compile for ONNX Runtime too (a prefix-cache tier as a whole model)."""
+    from export.pipeline import export_artifact
+    from export.verify import verify_against_eager
+
+    training, manifest = export_artifact("tiny", tiny_tier(**overrides), tmp_path / "tier", artifact_format="onnxruntime")
+    assert manifest["prefix"] is None
+    result = verify_against_eager(training.peft_model, tmp_path / "tier", tiny_batches(training.base.tokenizer), 5,
+                                  lr=0.5)
+    assert result["max_abs_lora_diff"] <= 1e-5 and result["max_abs_loss_diff"] <= 1e-4
+    assert result["max_abs_lora_change"] > 1e-3
+
+
 def test_loss_does_not_train(tiny_ort_adamw):
     from export.verify import max_abs_difference
     from fleet.runtime_onnxruntime import OnnxRuntimeTrainer, read_start_adapter
