@@ -26,6 +26,8 @@ optimizer renames them); LoRA tensors are therefore named exactly as in the Exec
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable
 from importlib import metadata
@@ -136,10 +138,8 @@ def export_onnxruntime_artifacts(peft_model: torch.nn.Module, tier: Tier, out_di
     (int8 frozen weights), and the file names.
     """
     import onnx
-    import onnxruntime
     from onnxruntime.training import artifacts
 
-    onnxruntime.set_default_logger_severity(3)  # errors only: its INFO lines narrate every graph pass
     check_training_hyperparameters(tier.train)
     notify = on_stage or (lambda stage: None)
     out_dir = Path(out_dir)
@@ -169,9 +169,14 @@ def export_onnxruntime_artifacts(peft_model: torch.nn.Module, tier: Tier, out_di
     int8_weights = sum(1 for init in model.graph.initializer if init.data_type == onnx.TensorProto.INT8)
 
     def generate():
-        artifacts.generate_artifacts(model, requires_grad=trainable, frozen_params=[], loss=None,
-                                     optimizer=_optimizer_block(tier.train), artifact_directory=out_dir,
-                                     ort_format=False)
+        with native_stderr_captured() as chatter:
+            try:
+                artifacts.generate_artifacts(model, requires_grad=trainable, frozen_params=[], loss=None,
+                                             optimizer=_optimizer_block(tier.train), artifact_directory=out_dir,
+                                             ort_format=False)
+            except Exception as exc:
+                raise RuntimeError(f"building the ONNX Runtime training graph failed: {exc}\n"
+                                   f"last runtime messages:\n{chatter.tail()}") from exc
 
     _timed(seconds, notify, "training_artifacts", generate)
     files = [TRAINING_MODEL_FILE, EVAL_MODEL_FILE, OPTIMIZER_MODEL_FILE]
@@ -184,6 +189,41 @@ def export_onnxruntime_artifacts(peft_model: torch.nn.Module, tier: Tier, out_di
             # (tests compare against eager PyTorch), so sessions use them.
             "graph_optimization_level": "enable_all",
             "ort_format": ort_format, "optimizer": compiled_optimizer(tier.train)}
+
+
+class _CapturedStream:
+    """What the runtime wrote to the process's stderr while captured (kept in a temporary file)."""
+
+    def __init__(self, file):
+        self._file = file
+
+    def tail(self, lines: int = 20) -> str:
+        self._file.flush()
+        self._file.seek(0)
+        return "\n".join(self._file.read().decode(errors="replace").splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def native_stderr_captured():
+    """Send file descriptor 2 to a temporary file for the block.
+
+    The training graph builder logs every graph pass at INFO from C++ through ORT's default
+    logger, whatever severity Python sets; hundreds of lines per export would bury the
+    exporter's own progress. They are kept, and shown when the build fails.
+    """
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield _CapturedStream(sink)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _convert_to_ort(out_dir: Path, files: list[str]) -> None:
