@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 TASKS = ("bbcnews", "chatterbot")
 ARMS = {"S": 0.5, "L": 0.0}        # arm -> prune ratio of the job's tier
-PARTS = ("federated", "device", "proxy")
+PARTS = ("federated", "device", "proxy", "predictions")
 
 
 def job_for(args, arm: str) -> dict:
@@ -234,6 +234,56 @@ def proxy_scores(args, results: dict) -> dict:
     return scores
 
 
+def bbc_predictions(args, results) -> dict:
+    """Which topic each model picks on the BBC held-out articles (L, S_base, S_tuned, proxy at alpha 1).
+
+    Accuracy alone does not say *how* the proxy goes wrong; the counts per predicted topic
+    show whose biases the offset carries.
+    """
+    import collections
+
+    import torch
+
+    from export.server_model import load_artifact_model, set_adapter_tensors
+    from models.adapters import load_adapter
+    from models.proxy import ProxyTunedLM
+    from models.registry import load_base_model
+    from models.tasks import get_task
+    from models.tasks.bbcnews import BBCNewsTopics
+
+    torch.set_num_threads(args.threads)
+    fed = results["federated"]["bbcnews-S"]
+    task = get_task("bbcnews")
+    examples = task.eval_examples(args.eval_examples)
+    seq = int(job_for(args, "S")["tier"]["seq"])
+    large = load_base_model(args.model)
+    small = load_artifact_model(Path(fed["artifact_dir"]))
+    set_adapter_tensors(small.peft_model, load_adapter(Path(fed["final_adapter"]))[0])
+    tokenizer = large.tokenizer
+    label_ids = [tokenizer(f" {label}", add_special_tokens=False)["input_ids"] for label in task.labels]
+    rows = [task.prompt_ids(tokenizer, e, seq, reserve=max(map(len, label_ids))) for e in examples]
+    true = [task.labels.index(e.label) for e in examples]
+    out = {"labels": list(task.labels), "true": dict(collections.Counter(e.label for e in examples))}
+
+    def count(model, name):
+        with torch.inference_mode():
+            scores = BBCNewsTopics._label_log_likelihoods(model, tokenizer, rows, label_ids, 16)
+        predicted = scores.argmax(1).tolist()
+        out[name] = {"predicted": {label: predicted.count(i) for i, label in enumerate(task.labels)},
+                     "accuracy": sum(p == t for p, t in zip(predicted, true)) / len(true),
+                     "mean_log_prob_by_label": [round(float(v), 2) for v in scores.mean(0)]}
+        print(f"{name}: {out[name]}", flush=True)
+
+    count(large.model, "L")
+    with small.peft_model.disable_adapter():
+        count(small.peft_model, "S_base")
+    count(small.peft_model, "S_tuned")
+    count(ProxyTunedLM.from_peft(large.model, tokenizer, small.peft_model, small.tokenizer, alpha=1.0),
+          "proxy_alpha_1")
+    (args.out / "bbcnews_predictions.json").write_text(json.dumps(out, indent=1))
+    return out
+
+
 def main(argv=None) -> int:
     from fleet.cli import FLEETS
 
@@ -296,6 +346,9 @@ def main(argv=None) -> int:
         save()
     if "proxy" in parts:
         results["proxy"] = {**results.get("proxy", {}), **proxy_scores(args, results)}
+        save()
+    if "predictions" in parts:
+        results["bbcnews_predictions"] = bbc_predictions(args, results)
         save()
     print(f"results: {results_path}")
     return 0
