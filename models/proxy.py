@@ -236,9 +236,12 @@ class ProxyTunedLM:
 
     # --- scoring ---------------------------------------------------------------------------------
 
-    def combine(self, large: torch.Tensor, small_tuned: torch.Tensor, small_base: torch.Tensor) -> torch.Tensor:
-        """The proxy-tuning formula on three logit tensors of one shape (computed in fp32)."""
-        return large.float() + self.alpha * (small_tuned.float() - small_base.float())
+    def combine(self, large: torch.Tensor, small_tuned: torch.Tensor, small_base: torch.Tensor,
+                alpha: float | None = None) -> torch.Tensor:
+        """The proxy-tuning formula on three logit tensors of one shape (in fp32); ``alpha``
+        defaults to the model's own."""
+        alpha = self.alpha if alpha is None else alpha
+        return large.float() + alpha * (small_tuned.float() - small_base.float())
 
     @torch.inference_mode()
     def component_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -261,11 +264,11 @@ class ProxyTunedLM:
     # --- decoding --------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def _next_logits(self, ids: torch.Tensor, caches) -> torch.Tensor:
+    def _next_logits(self, ids: torch.Tensor, caches, alpha: float) -> torch.Tensor:
         """One forward of each model on ``ids`` (the prompt, then one token), extending its cache."""
         logits = [source.forward(ids, past_key_values=cache, logits_to_keep=1).logits[0, -1]
                   for source, cache in zip(self.sources, caches)]
-        return self.combine(*logits)
+        return self.combine(*logits, alpha=alpha)
 
     @torch.inference_mode()
     def generate(self, prompt: str | list[int], settings: GenerationSettings | None = None) -> GenerationResult:
@@ -277,26 +280,23 @@ class ProxyTunedLM:
         from transformers import DynamicCache
 
         settings = (settings or GenerationSettings(alpha=self.alpha)).validate()
-        alpha, self.alpha = self.alpha, float(settings.alpha)
-        try:
-            ids = self.encode_prompt(prompt, settings.max_new_tokens)
-            started = time.perf_counter()
-            generator = torch.Generator().manual_seed(settings.seed)
-            caches = [DynamicCache() for _ in self.sources]
-            logits = self._next_logits(torch.tensor([ids]), caches)
-            eos = self.tokenizer.eos_token_id
-            out, stopped, forwards = [], False, 1
-            for step in range(settings.max_new_tokens):
-                token = pick_token(logits, settings.temperature, settings.top_p, generator)
-                if eos is not None and token == eos:
-                    stopped = True
-                    break
-                out.append(token)
-                if step + 1 < settings.max_new_tokens:
-                    logits = self._next_logits(torch.tensor([[token]]), caches)
-                    forwards += 1
-        finally:
-            self.alpha = alpha
+        alpha = float(settings.alpha)      # this call's alpha; the model's own is left as it is
+        ids = self.encode_prompt(prompt, settings.max_new_tokens)
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(settings.seed)
+        caches = [DynamicCache() for _ in self.sources]
+        logits = self._next_logits(torch.tensor([ids]), caches, alpha)
+        eos = self.tokenizer.eos_token_id
+        out, stopped, forwards = [], False, 1
+        for step in range(settings.max_new_tokens):
+            token = pick_token(logits, settings.temperature, settings.top_p, generator)
+            if eos is not None and token == eos:
+                stopped = True
+                break
+            out.append(token)
+            if step + 1 < settings.max_new_tokens:
+                logits = self._next_logits(torch.tensor([[token]]), caches, alpha)
+                forwards += 1
         return GenerationResult(token_ids=out, text=self.tokenizer.decode(out), prompt_tokens=len(ids),
                                 stopped_at_eos=stopped, seconds=time.perf_counter() - started,
                                 forwards_per_model=forwards)
