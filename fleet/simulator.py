@@ -96,7 +96,8 @@ def _worker(base_url: str, enrollment_key: str, device_specs: list[dict], fleet_
             coordinator=base_url, state_dir=Path(spec["state_dir"]), data=data, enrollment_key=enrollment_key,
             name=spec["name"], profile=DeviceProfile(**spec["profile"]), realtime_factor=spec["realtime_factor"],
             seed=spec["seed"], retry=RetryPolicy(give_up_after_s=120.0), peak_gflops=peak_gflops,
-            runtimes=tuple(spec["runtimes"]), platform=default_platform(spec["runtimes"][0]),
+            runtimes=tuple(spec.get("runtimes", ["executorch"])),
+            platform=default_platform(spec.get("runtimes", ["executorch"])[0]),
             threads=runtime_threads)))
     for agent in agents:
         agent.ensure_registered()

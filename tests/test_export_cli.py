@@ -52,7 +52,8 @@ def test_console_script_exports_and_verifies(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, "-m", "pockettune", "export", "--model", "tiny", "--lora-layers", "1",
-         "--lora-rank", "2", "--batch", "2", "--seq", "16", "--out", str(out), "--verify", "3"],
+         "--lora-rank", "2", "--batch", "2", "--seq", "16", "--kernels", "portable", "--out", str(out),
+         "--verify", "3"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)

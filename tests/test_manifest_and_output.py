@@ -84,7 +84,7 @@ def test_pruned_model_exports_and_trains(tmp_path):
     from export.verify import verify_against_eager
 
     out = tmp_path / "pruned"
-    training, manifest = export_artifact("tiny", tiny_tier(prune_ratio=0.5, quantize="int8"), out)
+    training, manifest = export_artifact("tiny", tiny_tier(prune_ratio=0.5, quantize="int8", kernels="portable"), out)
     pruned = manifest["pruned_model"]
     assert pruned["intermediate_size"] < 176 and pruned["num_attention_heads"] < 4
     assert (out / "pruned_base" / "config.json").is_file()

@@ -65,7 +65,7 @@ def test_rebuilt_pruned_model_comes_from_pruned_base(tmp_path):
     from export.pipeline import export_artifact
 
     out_dir = tmp_path / "pruned"
-    _, manifest = export_artifact("tiny", tiny_tier(prune_ratio=0.5), out_dir)
+    _, manifest = export_artifact("tiny", tiny_tier(prune_ratio=0.5, kernels="portable"), out_dir)
     assert (out_dir / "pruned_base" / "config.json").is_file()
     rebuilt = _assert_same_loss_as_program(out_dir, tmp_path)
     config = rebuilt.peft_model.get_base_model().config
@@ -77,7 +77,8 @@ def test_pruned_artifact_without_pruned_base_is_refused(tmp_path):
     from export.server_model import load_artifact_model
 
     out_dir = tmp_path / "pruned"
-    export_artifact("tiny", tiny_tier(prune_ratio=0.5, prune_method="layers"), out_dir, save_pruned_base=False)
+    export_artifact("tiny", tiny_tier(prune_ratio=0.5, prune_method="layers", kernels="portable"), out_dir,
+                    save_pruned_base=False)
     with pytest.raises(FileNotFoundError, match="pruned_base"):
         load_artifact_model(out_dir)
 

@@ -121,6 +121,11 @@ def test_every_example_matches_the_served_coordinator(server, cleanup_jobs):
     assert [r["status"] for r in job["round_history"]] == ["closed", "open"]
     assert_shape(job, "job_response.json")
 
+    generated = admin.post(f"/api/v1/jobs/{job_id}/generate", json=example("generate_request.json"))
+    assert generated.status_code == 200, generated.text
+    assert_shape(generated.json(), "generate_response.json")
+    assert generated.json()["round"] == 1 and len(generated.json()["token_ids"]) <= 8
+
     # Round 2 with the device's hardware metrics, then the round as GET /jobs/<id>/rounds/<n> shows it.
     task = device.get("/api/v1/tasks/next").json()
     assert task["round"] == 2

@@ -34,14 +34,14 @@ def coordinator(tmp_path_factory):
     job_ids = {}
     with state.db.write() as session:
         for name, prune in (("pruned", 0.5), ("preparing", 0.0)):
-            job = Job(name=name, model="tiny", task="bbcnews", tier=tiny_tier(prune_ratio=prune).to_dict(), rounds=2,
+            job = Job(name=name, model="tiny", task="bbcnews", tier=tiny_tier(prune_ratio=prune, kernels="portable").to_dict(), rounds=2,
                       devices_per_round=1, min_updates=1, round_deadline_s=60.0, local_steps=1, lr=0.1,
                       strategy="fedavg", max_update_norm=100.0, eval_examples=0, status=JobStatus.PREPARING,
                       created_at=now, updated_at=now)
             session.add(job)
             session.flush()
             job_ids[name] = job.id
-    state.worker.prepare(job_ids["pruned"])           # exports the pruned tiny artifact (~20 s)
+    state.worker.prepare(job_ids["pruned"])           # exports the pruned tiny artifact (portable kernels: ~10 s)
     with state.db.read() as session:
         initial = session.query(GlobalAdapter).filter_by(job_id=job_ids["pruned"], round=0).one()
     start = state.adapters.tensors(initial.weights_sha256)
