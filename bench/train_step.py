@@ -61,13 +61,19 @@ def bench_batches(tokenizer, batch: int, seq: int, count: int):
 
 # --- child processes --------------------------------------------------------------------------
 
-def _set_threads(threads: int) -> None:
+def _set_threads(threads: int, executorch: bool = True) -> None:
+    """torch's intra-op pool and, unless measuring another runtime, ExecuTorch's threadpool.
+
+    Touching the threadpool loads ExecuTorch's runtime library (50-110 MiB of peak RSS here),
+    which neither eager PyTorch nor an ONNX Runtime device carries: their measurements leave it out.
+    """
     import torch
 
-    from fleet.runtime_executorch import set_runtime_threads
-
     torch.set_num_threads(threads)
-    set_runtime_threads(threads)
+    if executorch:
+        from fleet.runtime_executorch import set_runtime_threads
+
+        set_runtime_threads(threads)
 
 
 def _runtime_trainer(artifact: Path, threads: int = 1):
@@ -96,7 +102,7 @@ def measure_step(kind: str, model: str, artifact: Path, steps: int, threads: int
     """Train ``steps`` (+1 warm-up) steps; step times and peak RSS (also "at start": loaded, untrained)."""
     import torch
 
-    _set_threads(threads)
+    _set_threads(threads, executorch=kind in ("xnnpack", "portable"))
     tier = TIERS[model]
     if kind == "eager":
         from export.executorch import LanguageModelLoss
