@@ -32,8 +32,17 @@ FIELDS = (
 
 def job_body(form) -> dict:
     """The JSON body for ``parse_job_spec`` from submitted form fields (422 naming a bad field)."""
+    return fields_body(form, FIELDS)
+
+
+def fields_body(form, fields) -> dict:
+    """A JSON body from the non-empty ``(name, kind, label, default)`` fields of a submitted form.
+
+    ``kind`` is int, float, json or text; a value that does not parse is a 422 naming the
+    field, as the API would answer.
+    """
     body = {}
-    for name, kind, label, _ in FIELDS:
+    for name, kind, label, _ in fields:
         raw = (form.get(name) or "").strip()
         if not raw:
             continue

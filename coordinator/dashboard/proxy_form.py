@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from coordinator.api.common import state
 from coordinator.dashboard import login
+from coordinator.dashboard.forms import fields_body
 from coordinator.dashboard.views import _not_found, _page, bp
 from coordinator.errors import ApiError
 from coordinator.models import GlobalAdapter, Job
@@ -33,17 +34,7 @@ FIELDS = (
 
 def generate_body(form) -> dict:
     """The API's JSON body from the submitted form (422 ``invalid_field`` naming a bad field)."""
-    body: dict = {"prompt": form.get("prompt", ""), "compare": form.get("compare") == "on"}
-    for name, kind, label, _ in FIELDS:
-        raw = (form.get(name) or "").strip()
-        if not raw:
-            continue
-        try:
-            body[name] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
-        except ValueError:
-            wanted = "a whole number" if kind == "int" else "a number"
-            raise ApiError("invalid_field", f"{name}: {label} must be {wanted}, got {raw!r}") from None
-    return body
+    return {"prompt": form.get("prompt", ""), "compare": form.get("compare") == "on", **fields_body(form, FIELDS)}
 
 
 @bp.route("/jobs/<int:job_id>/generate", methods=["GET", "POST"])
