@@ -4,11 +4,12 @@ Candidates are the open rounds of running jobs, oldest job first. For each, the 
 first checks eligibility without any lock (the device's runtimes and RAM against the job's
 artifact and tier, in the format the device runs: ``services/tiers.py``); under a
 configurator other than ``uniform`` the job's configurator first picks the device's tier,
-and eligibility is checked against that tier's artifact. Then, under the round's lock: a device that already holds an
-unsubmitted task in the round gets the same task again (asking twice, or after losing the
-response, never takes two places); a device that already submitted in this round is not
-selected again; otherwise it gets a place if the selector admits it with the places already
-taken (at most ``devices_per_round``). The unique ``(round, device)`` constraint backs this up.
+and eligibility is checked against that tier's artifact. Then, under the round's lock: a
+device that already holds an unsubmitted task in the round gets the same task again (asking
+twice, or after losing the response, never takes two places); a device that already
+submitted in this round is not selected again; otherwise it gets a place if the selector
+admits it with the places already taken (at most ``devices_per_round``). The unique
+``(round, device)`` constraint backs this up.
 """
 
 from __future__ import annotations

@@ -170,6 +170,13 @@ def artifact_for_device(state, job: Job, device: Device, tier: dict) -> tuple[in
     return None, reasons
 
 
+def ineligibility(state, job: Job, device: Device, artifact_id: int) -> str | None:
+    """Why ``device`` cannot train artifact ``artifact_id`` for ``job`` (its runtime, its RAM), or None."""
+    info = state.artifact_info(artifact_id)
+    return state.selector.ineligibility(device.capabilities, Requirements(
+        runtime=info.format, min_ram_mb=info.required_ram_mb if job.min_ram_mb is None else job.min_ram_mb))
+
+
 def format_unsupported(tier: dict, artifact_format: str) -> str | None:
     """Why ``tier`` cannot be compiled for ``artifact_format`` (None: it can).
 
@@ -195,9 +202,7 @@ def place_on_job_tier(state, job: Job, device: Device) -> tuple[Placement | None
     artifact_id, skipped = artifact_for_device(state, job, device, job.tier)
     if artifact_id is None:
         return None, "; ".join(skipped)
-    info = state.artifact_info(artifact_id)
-    why = state.selector.ineligibility(device.capabilities, Requirements(
-        runtime=info.format, min_ram_mb=info.required_ram_mb if job.min_ram_mb is None else job.min_ram_mb))
+    why = ineligibility(state, job, device, artifact_id)
     if why is not None:
         return None, why
     if artifact_id == job.artifact_id:
@@ -223,9 +228,7 @@ def place_device(state, job: Job, device: Device, round_number: int) -> tuple[Pl
         reasons.extend(f"{choice.arm}: {why}" for why in skipped)
         if artifact_id is None:
             continue
-        info = state.artifact_info(artifact_id)
-        why = state.selector.ineligibility(device.capabilities, Requirements(
-            runtime=info.format, min_ram_mb=info.required_ram_mb if job.min_ram_mb is None else job.min_ram_mb))
+        why = ineligibility(state, job, device, artifact_id)
         if why is not None:
             reasons.append(f"{choice.arm}: {why}")
             continue
