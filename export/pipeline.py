@@ -172,44 +172,71 @@ def export_artifact(model_name: str, tier: Tier, out_dir: Path, *, replace: bool
         base.tokenizer.save_pretrained(staging / TOKENIZER_DIR)
         adapter_config = peft_config_dict(peft_model, base_model_name=model_name)
         save_adapter(trainable_adapter_tensors(peft_model), adapter_config, staging / INITIAL_ADAPTER_DIR)
-        manifest = _manifest_data(training, base_config, report, adapter_config)
-        if artifact_format == "onnxruntime":
-            _as_onnxruntime_manifest(manifest, tier, report)
+        sections = (_executorch_sections(training, report) if artifact_format == "executorch"
+                    else _onnxruntime_sections(tier, report))
+        manifest = _manifest_data(training, base_config, adapter_config, sections)
         manifest["export"]["total_seconds"] = round(time.perf_counter() - started, 3)
         manifest["files"] = describe_files(staging, device_files)
         write_manifest(staging, manifest)
     return training, manifest
 
 
-def _as_onnxruntime_manifest(manifest: dict, tier: Tier, report: dict) -> None:
-    """Replace the ExecuTorch-specific parts of ``manifest`` with the ONNX Runtime ones.
+def _onnxruntime_sections(tier: Tier, report: dict) -> dict:
+    """The manifest parts that describe an ONNX Runtime artifact (its files, optimizer, versions).
 
-    The rest (base and pruned model, tier, tokenizer, LoRA tensors, quantization, training
-    settings) describes the eager model and is the same for both formats. ONNX Runtime
-    artifacts train the whole model: there is no prefix program to cache.
+    ONNX Runtime artifacts train the whole model: there is no prefix program to cache.
     """
     from export import onnxruntime as ort_export
 
-    manifest["format"] = ort_export.FORMAT
-    manifest["program"] = ort_export.program_section(tier, report)
-    manifest["prefix"] = None
-    export = manifest["export"]
-    export["versions"].update(ort_export.versions())
-    export["versions"].pop("executorch", None)
-    manifest["export"] = {"stage_seconds": report["stage_seconds"], "versions": export["versions"],
-                          "int8_frozen_weights": report["int8_frozen_weights"],
-                          "trainable_tensors": report["trainable_tensors"]}
+    versions = {name: _version(name) for name in _VERSIONED_PACKAGES if name != "executorch"}
+    return {"format": ort_export.FORMAT, "program": ort_export.program_section(tier, report), "prefix": None,
+            "export": {"stage_seconds": report["stage_seconds"], "versions": {**versions, **ort_export.versions()},
+                       "int8_frozen_weights": report["int8_frozen_weights"],
+                       "trainable_tensors": report["trainable_tensors"]}}
 
 
-def _manifest_data(training: TrainingModel, base_config: dict, report: dict, adapter_config: dict) -> dict:
+def _executorch_sections(training: TrainingModel, report: dict) -> dict:
+    """The manifest parts that describe an ExecuTorch artifact (its programs, lowering report, versions)."""
+    tier = training.tier
+    hidden_size = training.peft_model.get_base_model().config.hidden_size
+    return {
+        "format": ARTIFACT_FORMAT,
+        "program": {
+            "file": PROGRAM_FILE,
+            "method": "forward",
+            "kernels": tier.kernels,
+            "inputs": [
+                {"name": "hidden", "shape": [tier.batch, tier.seq, hidden_size], "dtype": "float32",
+                 "source": f"{PREFIX_PROGRAM_FILE} output"} if tier.prefix_cache else
+                {"name": "ids", "shape": [tier.batch, tier.seq], "dtype": "int64"},
+                {"name": "labels", "shape": [tier.batch, tier.seq], "dtype": "int64",
+                 "ignore_index": IGNORE_INDEX},
+            ],
+            "outputs": [{"name": "loss", "shape": [], "dtype": "float32",
+                         "meaning": "mean next-token cross-entropy over labels != ignore_index"}],
+            "trainable_data_file": ADAPTER_DATA_FILE,
+        },
+        "prefix": _prefix_section(training, hidden_size) if tier.prefix_cache else None,
+        "export": {
+            "stage_seconds": report["stage_seconds"],
+            "graph_passes": {key: report[key] for key in _PASS_REPORT_KEYS if key in report},
+            "delegate_calls": report["delegate_calls"],
+            "planned_memory_bytes": report["planned_memory_bytes"],
+            "versions": {name: _version(name) for name in _VERSIONED_PACKAGES},
+        },
+    }
+
+
+def _manifest_data(training: TrainingModel, base_config: dict, adapter_config: dict, sections: dict) -> dict:
+    """The manifest: what describes the eager model (the same for every format) around the
+    format's own ``sections`` (``format``, ``program``, ``prefix``, ``export``)."""
     tier, model = training.tier, training.peft_model
     tokenizer = training.base.tokenizer
     lora_tensors = [{"name": name, "shape": list(t.shape), "dtype": "float32"}
                     for name, t in trainable_adapter_tensors(model).items()]
     pruned_config = model.get_base_model().config
-    hidden_size = pruned_config.hidden_size
     return {
-        "format": ARTIFACT_FORMAT,
+        "format": sections["format"],
         "base_model": {
             "id": training.base.model_id,
             "content_sha256": training.base.content_sha256,
@@ -227,22 +254,8 @@ def _manifest_data(training: TrainingModel, base_config: dict, report: dict, ada
             "pruning": training.prune_report,
         },
         "tier": tier.to_dict(),
-        "program": {
-            "file": PROGRAM_FILE,
-            "method": "forward",
-            "kernels": tier.kernels,
-            "inputs": [
-                {"name": "hidden", "shape": [tier.batch, tier.seq, hidden_size], "dtype": "float32",
-                 "source": f"{PREFIX_PROGRAM_FILE} output"} if tier.prefix_cache else
-                {"name": "ids", "shape": [tier.batch, tier.seq], "dtype": "int64"},
-                {"name": "labels", "shape": [tier.batch, tier.seq], "dtype": "int64",
-                 "ignore_index": IGNORE_INDEX},
-            ],
-            "outputs": [{"name": "loss", "shape": [], "dtype": "float32",
-                         "meaning": "mean next-token cross-entropy over labels != ignore_index"}],
-            "trainable_data_file": ADAPTER_DATA_FILE,
-        },
-        "prefix": _prefix_section(training, hidden_size) if tier.prefix_cache else None,
+        "program": sections["program"],
+        "prefix": sections["prefix"],
         "tokenizer": {
             "dir": TOKENIZER_DIR,
             "pad_token_id": pad_token_id(tokenizer),
@@ -266,13 +279,7 @@ def _manifest_data(training: TrainingModel, base_config: dict, report: dict, ada
             "embeddings_and_lm_head": "float32 (tied)",
         },
         "training": {**tier.to_dict()["train"], "loss": "cross_entropy"},
-        "export": {
-            "stage_seconds": report["stage_seconds"],
-            "graph_passes": {key: report[key] for key in _PASS_REPORT_KEYS if key in report},
-            "delegate_calls": report.get("delegate_calls"),
-            "planned_memory_bytes": report.get("planned_memory_bytes"),
-            "versions": {name: _version(name) for name in _VERSIONED_PACKAGES},
-        },
+        "export": sections["export"],
     }
 
 
