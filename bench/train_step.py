@@ -64,8 +64,8 @@ def bench_batches(tokenizer, batch: int, seq: int, count: int):
 def _set_threads(threads: int, executorch: bool = True) -> None:
     """torch's intra-op pool and, unless measuring another runtime, ExecuTorch's threadpool.
 
-    Touching the threadpool loads ExecuTorch's runtime library (50-110 MiB of peak RSS here),
-    which neither eager PyTorch nor an ONNX Runtime device carries: their measurements leave it out.
+    Touching the threadpool loads ExecuTorch's runtime library, which neither eager PyTorch
+    nor an ONNX Runtime device carries: their measurements leave it out.
     """
     import torch
 

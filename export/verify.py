@@ -16,8 +16,9 @@ import torch
 from export.executorch import ADAPTER_DATA_FILE, LanguageModelLoss, trainable_adapter_tensors
 from export.manifest import read_manifest
 from fleet.runtime_executorch import ExecuTorchTrainer
+from models.tier import TrainingHyperparameters
 
-ADAMW_DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8}
+ADAMW_DEFAULTS = {"betas": TrainingHyperparameters.betas, "eps": TrainingHyperparameters.eps}
 
 
 def eager_optimizer(params, optimizer: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
