@@ -244,6 +244,12 @@ def _manifest_data(training: TrainingModel, base_config: dict, adapter_config: d
             "num_hidden_layers": base_config["num_hidden_layers"],
             "hidden_size": base_config["hidden_size"],
             "vocab_size": base_config["vocab_size"],
+            # The unpruned width, so that the coordinator's cost estimates for other tiers start
+            # from the real model even when this artifact is pruned.
+            "intermediate_size": base_config["intermediate_size"],
+            "num_attention_heads": base_config["num_attention_heads"],
+            "num_key_value_heads": base_config.get("num_key_value_heads") or base_config["num_attention_heads"],
+            "head_dim": base_config.get("head_dim") or base_config["hidden_size"] // base_config["num_attention_heads"],
         },
         "pruned_model": {
             "num_hidden_layers": pruned_config.num_hidden_layers,

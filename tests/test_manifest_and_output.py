@@ -87,6 +87,12 @@ def test_pruned_model_exports_and_trains(tmp_path):
     training, manifest = export_artifact("tiny", tiny_tier(prune_ratio=0.5, quantize="int8", kernels="portable"), out)
     pruned = manifest["pruned_model"]
     assert pruned["intermediate_size"] < 176 and pruned["num_attention_heads"] < 4
+    # The unpruned width stays in base_model: the coordinator estimates other tiers' costs from it.
+    from coordinator.services.tiers import model_shape
+
+    assert model_shape(manifest) == {"num_hidden_layers": 4, "hidden_size": 64, "vocab_size": 259,
+                                     "intermediate_size": 176, "num_attention_heads": 4, "num_key_value_heads": 2,
+                                     "head_dim": 16}
     assert (out / "pruned_base" / "config.json").is_file()
     result = verify_against_eager(training.peft_model, out, tiny_batches(training.base.tokenizer), 5, lr=0.5)
     assert result["max_abs_lora_diff"] <= 1e-5

@@ -58,11 +58,29 @@ class Placement:
                     start_ptd_sha256=self.start_ptd_sha256, start_ptd_size=self.start_ptd_size)
 
 
+_WIDTH_KEYS = ("intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim")
+
+
 def model_shape(manifest: dict) -> dict:
-    """The unpruned model's shape, from the job's (reference, unpruned) artifact manifest."""
+    """The unpruned model's shape, from the job's reference artifact manifest (pruned or not).
+
+    Configurators prune this shape themselves (``pruned_shape``), so it must be the original
+    one even when the reference is width-pruned. Exports record it in ``base_model``; older
+    manifests only have the pruned width, which is the original one unless the artifact was
+    width-pruned. For a width-pruned one without it there is no way back: the pruning report
+    keeps which heads survived and how many MLP channels, and several original head counts
+    and intermediate sizes prune to the same, so the artifact must be exported again.
+    """
     base, pruned = manifest["base_model"], manifest["pruned_model"]
-    return {"num_hidden_layers": base["num_hidden_layers"], "hidden_size": base["hidden_size"],
-            "vocab_size": base["vocab_size"], "intermediate_size": pruned["intermediate_size"],
+    shape = {key: base[key] for key in ("num_hidden_layers", "hidden_size", "vocab_size")}
+    if all(base.get(key) for key in _WIDTH_KEYS):
+        return {**shape, **{key: base[key] for key in _WIDTH_KEYS}}
+    report = pruned.get("pruning") or {}
+    if report.get("method", "width") == "width" and float(report.get("ratio", 0) or 0) > 0:
+        raise ValueError(f"the reference artifact of {base.get('id', 'this model')} is width-pruned "
+                         f"(ratio {report['ratio']}) and its manifest predates recording the unpruned width "
+                         "in base_model: export it again")
+    return {**shape, "intermediate_size": pruned["intermediate_size"],
             "num_attention_heads": pruned["num_attention_heads"],
             "num_key_value_heads": pruned["num_key_value_heads"],
             "head_dim": pruned.get("head_dim") or base["hidden_size"] // pruned["num_attention_heads"]}
@@ -170,11 +188,13 @@ def artifact_for_device(state, job: Job, device: Device, tier: dict) -> tuple[in
     return None, reasons
 
 
-def ineligibility(state, job: Job, device: Device, artifact_id: int) -> str | None:
-    """Why ``device`` cannot train artifact ``artifact_id`` for ``job`` (its runtime, its RAM), or None."""
+def ineligibility(state, job: Job, device: Device, artifact_id: int, tier: dict) -> str | None:
+    """Why ``device`` cannot train artifact ``artifact_id`` of ``tier`` for ``job`` (its runtime,
+    its RAM, the tier's optimizer), or None."""
     info = state.artifact_info(artifact_id)
     return state.selector.ineligibility(device.capabilities, Requirements(
-        runtime=info.format, min_ram_mb=info.required_ram_mb if job.min_ram_mb is None else job.min_ram_mb))
+        runtime=info.format, min_ram_mb=info.required_ram_mb if job.min_ram_mb is None else job.min_ram_mb,
+        optimizer=(tier.get("train") or {}).get("optimizer", "sgd")))
 
 
 def format_unsupported(tier: dict, artifact_format: str) -> str | None:
@@ -202,7 +222,7 @@ def place_on_job_tier(state, job: Job, device: Device) -> tuple[Placement | None
     artifact_id, skipped = artifact_for_device(state, job, device, job.tier)
     if artifact_id is None:
         return None, "; ".join(skipped)
-    why = ineligibility(state, job, device, artifact_id)
+    why = ineligibility(state, job, device, artifact_id, job.tier)
     if why is not None:
         return None, why
     if artifact_id == job.artifact_id:
@@ -218,7 +238,10 @@ def place_device(state, job: Job, device: Device, round_number: int) -> tuple[Pl
 
     configurator = get_configurator(job.configurator, job.configurator_options)
     with state.db.read() as session:
-        view = job_view(state, session, job, round_number)
+        try:
+            view = job_view(state, session, job, round_number)
+        except ValueError as exc:  # the reference's shape is unknown (model_shape)
+            return None, f"the job's tiers cannot be chosen: {exc}"
         history = device_history(session, job, device.id)
     choices = configurator.choose(view, DeviceView(device_id=device.id, capabilities=device.capabilities,
                                                    history=history))
@@ -228,7 +251,7 @@ def place_device(state, job: Job, device: Device, round_number: int) -> tuple[Pl
         reasons.extend(f"{choice.arm}: {why}" for why in skipped)
         if artifact_id is None:
             continue
-        why = ineligibility(state, job, device, artifact_id)
+        why = ineligibility(state, job, device, artifact_id, choice.tier)
         if why is not None:
             reasons.append(f"{choice.arm}: {why}")
             continue
@@ -238,7 +261,10 @@ def place_device(state, job: Job, device: Device, round_number: int) -> tuple[Pl
             # The job's tier in another format: the global adapter fits it as it is.
             return Placement(arm=choice.arm, tier=choice.tier, local_steps=choice.local_steps,
                              artifact_id=artifact_id), ""
-        return _cut_start_adapter(state, job, round_number, artifact_id, choice), ""
+        try:
+            return _cut_start_adapter(state, job, round_number, artifact_id, choice), ""
+        except ValueError as exc:  # the tier has no place in the reference adapter (adapter_mapping)
+            reasons.append(f"{choice.arm}: {exc}")
     return None, "no tier fits this device now (" + "; ".join(reasons or ["the configurator offered none"]) + ")"
 
 
