@@ -134,9 +134,11 @@ def run(args: argparse.Namespace) -> int:
     from waitress import create_server
 
     # waitress buffers a whole body before the app sees it, so it gets its own cap: bodies up to
-    # twice the app's limit reach Flask (which answers a JSON 413); beyond that waitress cuts
-    # the connection with a plain-text 413 instead of buffering an arbitrarily large upload.
-    body_cap = 2 * config["MAX_CONTENT_LENGTH"] + 2**20
+    # twice the app's limit reach Flask (which answers a JSON 413); beyond that waitress answers
+    # a plain-text 413 and closes the connection instead of buffering an arbitrarily large upload
+    # (from the Content-Length alone, before reading the body). waitress refuses a body of
+    # max_request_body_size bytes or more, hence the + 1: exactly twice the limit still reaches Flask.
+    body_cap = 2 * config["MAX_CONTENT_LENGTH"] + 1
     try:
         server = create_server(app, host=args.host, port=args.port, threads=args.threads, ident="pockettune",
                                max_request_body_size=body_cap,
