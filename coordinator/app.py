@@ -31,6 +31,7 @@ from coordinator.services.rounds import RoundCloser
 from coordinator.services.validation import max_update_bytes
 from coordinator.services.watcher import DeadlineWatcher
 from coordinator.storage import BlobStore
+from coordinator.url_converters import register_converters
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ def create_app(config: Mapping | None = None) -> Flask:
     app.extensions["pockettune"] = state
 
     register_error_handlers(app)
+    register_converters(app)
     from coordinator.api import register_blueprints
 
     register_blueprints(app)

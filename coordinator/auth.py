@@ -7,7 +7,8 @@ compared, response timing tells an attacker nothing about the token itself. The 
 is compared the same way (digest against digest, constant time).
 
 Missing or unknown token: 401 with ``WWW-Authenticate: Bearer``. A valid token that is not
-allowed here (a device on an admin endpoint, or on another device's task): 403.
+allowed here (a device on an admin endpoint, or on another device's task), or the token of a
+device an admin disabled (``POST /api/v1/devices/<id>/disable``): 403.
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ def authenticate(*, device: bool, admin: bool) -> None:
         raise _unauthorized("invalid bearer token")
     if not device:
         raise ApiError("forbidden", "this endpoint needs the admin token")
+    if found.disabled_at is not None:
+        raise ApiError("forbidden", "this device was disabled by the coordinator's operator; its token is no "
+                                    "longer accepted (ask the operator to enable it again)")
     g.device = found
 
 

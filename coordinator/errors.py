@@ -58,12 +58,21 @@ _CODE_FOR_HTTP_STATUS = {400: "bad_request", 401: "unauthorized", 403: "forbidde
                          405: "method_not_allowed", 413: "payload_too_large", 416: "range_not_satisfiable"}
 
 
+#: Longest error message sent: whatever a message quotes, an answer never echoes a whole input.
+MAX_MESSAGE_CHARS = 1000
+
+
+def cut(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    return message if len(message) <= limit else message[:limit] + f"... (message cut, {len(message)} characters)"
+
+
 class ApiError(Exception):
     """An error answer: ``code`` from :data:`ERROR_CODES`, a message for humans, extra headers."""
 
     def __init__(self, code: str, message: str, headers: dict | None = None):
         if code not in ERROR_CODES:
             raise ValueError(f"unknown error code {code!r}; add it to coordinator.errors.ERROR_CODES")
+        message = cut(message)
         super().__init__(message)
         self.code, self.message, self.status = code, message, ERROR_CODES[code]
         self.headers = headers or {}
@@ -90,7 +99,7 @@ def register_error_handlers(app: Flask) -> None:
         code = _CODE_FOR_HTTP_STATUS.get(status, "bad_request" if status < 500 else "internal_error")
         # Keep the headers Werkzeug computed (Allow on 405, Content-Range on 416), not its HTML type.
         headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
-        return error_response(code, exc.description or exc.name, status=status, headers=headers)
+        return error_response(code, cut(exc.description or exc.name), status=status, headers=headers)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -84,8 +84,9 @@ class RoundStatus:
     OPEN = "open"                  # hands out tasks, accepts results
     AGGREGATING = "aggregating"    # no more results; its set of updates is frozen
     CLOSED = "closed"              # aggregated; its global adapter exists
-    CANCELLED = "cancelled"        # the job was cancelled while this round was open
-    ALL = (OPEN, AGGREGATING, CLOSED, CANCELLED)
+    CANCELLED = "cancelled"        # the job was cancelled while this round was open or aggregating
+    FAILED = "failed"              # its aggregation failed; ``Round.error`` says why (the job failed too)
+    ALL = (OPEN, AGGREGATING, CLOSED, CANCELLED, FAILED)
 
 
 class TaskStatus:
@@ -116,6 +117,8 @@ class Device(Base):
     charging: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: Set when an admin disabled the device: its token is refused (403) from then on.
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Artifact(Base):
@@ -168,6 +171,9 @@ class Job(Base):
     lr: Mapped[float] = mapped_column(Float)
     strategy: Mapped[str] = mapped_column(String(100))
     max_update_norm: Mapped[float] = mapped_column(Float)
+    #: At aggregation, an update whose change from its start adapter is longer than this many
+    #: times the round's median change is scaled down to that length (None: never).
+    norm_clip_factor: Mapped[float | None] = mapped_column(Float, nullable=True)
     #: devices with less RAM than this are not selected (None: estimated from the artifact).
     min_ram_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: held-out examples each global adapter is evaluated on (0: no evaluation).
@@ -203,6 +209,8 @@ class Round(Base):
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     close_reason: Mapped[str | None] = mapped_column(String(20), nullable=True)
     num_updates: Mapped[int] = mapped_column(Integer, default=0)
+    #: Why the round's aggregation failed (status ``failed``), else None.
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class GlobalAdapter(Base):
@@ -222,7 +230,10 @@ class GlobalAdapter(Base):
     ptd_sha256: Mapped[str] = mapped_column(String(SHA256_HEX), index=True)
     ptd_size: Mapped[int] = mapped_column(BigInteger)
     num_updates: Mapped[int] = mapped_column(Integer)
-    num_examples: Mapped[int] = mapped_column(Integer)
+    #: 64-bit: a sum over the round's updates (each bounded by its task's steps x batch).
+    num_examples: Mapped[int] = mapped_column(BigInteger)
+    #: updates scaled down to the round's norm bound before aggregation (``Job.norm_clip_factor``).
+    num_clipped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     strategy: Mapped[str | None] = mapped_column(String(100), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

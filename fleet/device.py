@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 RUNTIME = "executorch"
 #: The on-device training runtimes this Python device can drive (artifact formats, same names).
 RUNTIMES = ("executorch", "onnxruntime")
+#: The optimizers it trains with on either runtime: SGD, and AdamW (stepped over the ExecuTorch
+#: runtime's own tensors, or compiled into the ONNX Runtime optimizer model).
+OPTIMIZERS = ("sgd", "adamw")
 STATE_FILE = "device.json"
 
 
@@ -163,7 +166,8 @@ class DeviceAgent:
     def capabilities(self) -> dict:
         profile = self.config.profile
         return {"ram_mb": int(profile.ram_mb), "cores": 1, "gflops": round(self.peak_gflops, 3),
-                "bandwidth_mbps": float(profile.bandwidth_mbps), "runtimes": list(self.config.runtimes)}
+                "bandwidth_mbps": float(profile.bandwidth_mbps), "runtimes": list(self.config.runtimes),
+                "optimizers": list(OPTIMIZERS)}
 
     def ensure_registered(self) -> int:
         """Register with the enrollment key unless a saved token exists; returns the device id."""
@@ -301,6 +305,8 @@ class DeviceAgent:
         meta = {"num_examples": outcome.num_examples, "loss_before": outcome.loss_before,
                 "loss_after": outcome.loss_after, "train_seconds": scaled,
                 "bytes_downloaded": outcome.bytes_down, "bytes_uploaded": outcome.bytes_up,
+                # ties the update to the adapter this task started from (the coordinator checks it)
+                "start_adapter_sha256": task["adapter"]["sha256"],
                 "metrics": self._metrics(outcome)}
         up_before = self.client.transfers.seconds_up
         try:

@@ -80,9 +80,9 @@ class PruningConfig:
 
     def __post_init__(self):
         if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)):
-            raise ValueError(f"pruning ratio must be a number in [0, {MAX_RATIO}], got {self.ratio!r}")
-        if not 0.0 <= float(self.ratio) <= MAX_RATIO:  # also rejects NaN
-            raise ValueError(f"pruning ratio must be in [0, {MAX_RATIO}], got {self.ratio!r}")
+            raise ValueError(f"pruning ratio must be a number in [0, {MAX_RATIO}], got {str(self.ratio)[:80]!r}")
+        if not 0 <= self.ratio <= MAX_RATIO:  # also rejects NaN; compared before float(), which a huge int overflows
+            raise ValueError(f"pruning ratio must be in [0, {MAX_RATIO}], got {str(self.ratio)[:80]}")
         if self.method not in PRUNING_METHODS:
             raise ValueError(f"unknown pruning method {self.method!r}; use one of "
                              f"{', '.join(PRUNING_METHODS)}")

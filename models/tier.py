@@ -25,6 +25,42 @@ OPTIMIZERS = ("sgd", "adamw")
 KERNELS = ("xnnpack", "portable")
 
 
+#: Upper bounds of a tier's integers: far beyond any phone, and small enough that every
+#: product the coordinator forms from them (examples = steps x batch, FLOPs) stays finite.
+MAX_RANK = 4096
+MAX_LORA_LAYERS = 1024
+MAX_BATCH = 1024
+MAX_SEQ = 65_536
+MAX_LOCAL_STEPS = 1_000_000
+#: Upper bounds of the optimizer's numbers (a learning rate of 100 already diverges).
+MAX_LR = 100.0
+MAX_WEIGHT_DECAY = 100.0
+
+
+def check_int(name: str, value, minimum: int, maximum: int) -> None:
+    """``ValueError`` unless ``value`` is a true integer (not a bool, not 2.5) in range."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be an integer in [{minimum}, {maximum}], got {_shown(value)}")
+
+
+def check_number(name: str, value, minimum: float, maximum: float, *, exclusive_minimum: bool = False) -> None:
+    """``ValueError`` unless ``value`` is a finite number in range (NaN and infinity refused)."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if ok and isinstance(value, int):
+        ok = abs(value) <= 2**1000  # float() of a longer integer overflows
+    if ok:
+        number = float(value)
+        ok = minimum <= number <= maximum and not (exclusive_minimum and number == minimum)
+    if not ok:
+        low = "(" if exclusive_minimum else "["
+        raise ValueError(f"{name} must be a finite number in {low}{minimum:g}, {maximum:g}], got {_shown(value)}")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
 @dataclass(frozen=True)
 class TrainingHyperparameters:
     """How a device trains the artifact: the optimizer and its settings, a learning rate, local steps.
@@ -41,20 +77,21 @@ class TrainingHyperparameters:
     eps: float = 1e-8
 
     def validate(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; the on-device runtime offers {OPTIMIZERS}")
-        if not self.lr > 0:
-            raise ValueError(f"learning rate must be positive, got {self.lr}")
-        if not 0 <= self.momentum < 1:
+        if not isinstance(self.optimizer, str) or self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {_shown(self.optimizer)}; the on-device runtime offers {OPTIMIZERS}")
+        check_number("learning rate", self.lr, 0.0, MAX_LR, exclusive_minimum=True)
+        check_number("momentum", self.momentum, 0.0, 1.0)
+        if self.momentum == 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
-        if self.local_steps <= 0:
-            raise ValueError(f"local steps must be positive, got {self.local_steps}")
-        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
-            raise ValueError(f"adamw betas must be two numbers in [0, 1), got {self.betas}")
-        if not self.eps > 0:
-            raise ValueError(f"adamw eps must be positive, got {self.eps}")
+        check_number("weight decay", self.weight_decay, 0.0, MAX_WEIGHT_DECAY)
+        check_int("local steps", self.local_steps, 1, MAX_LOCAL_STEPS)
+        if not isinstance(self.betas, (tuple, list)) or len(self.betas) != 2:
+            raise ValueError(f"adamw betas must be two numbers in [0, 1), got {_shown(self.betas)}")
+        for beta in self.betas:
+            check_number("adamw beta", beta, 0.0, 1.0)
+            if beta == 1.0:
+                raise ValueError(f"adamw betas must be two numbers in [0, 1), got {self.betas}")
+        check_number("adamw eps", self.eps, 0.0, 1.0, exclusive_minimum=True)
         if self.optimizer == "adamw" and self.momentum:
             raise ValueError("momentum applies to sgd only; adamw's first moment is betas[0]")
 
@@ -86,18 +123,27 @@ class Tier:
     def validate(self, num_hidden_layers: int | None = None) -> None:
         """Raise ``ValueError`` naming the first bad field; with the model's depth, check LoRA depth too."""
         self.pruning  # PruningConfig validates ratio and method
+        check_int("LoRA rank", self.lora_rank, 1, MAX_RANK)
+        check_int("LoRA layers", self.lora_layers, 1, MAX_LORA_LAYERS)
+        if not isinstance(self.rank_pattern, str):
+            if not isinstance(self.rank_pattern, (tuple, list)):
+                raise ValueError(f"rank pattern must be a name or a list of ranks, got {_shown(self.rank_pattern)}")
+            for rank in self.rank_pattern:
+                check_int("every rank in the rank pattern", rank, 1, MAX_RANK)
         rank_schedule(self.lora_rank, self.lora_layers, self.rank_pattern)  # rank, depth, pattern
         if num_hidden_layers is not None and self.lora_layers > num_hidden_layers:
             raise ValueError(f"{self.lora_layers} LoRA layers requested but the model has only "
                              f"{num_hidden_layers} layers")
+        if not all(isinstance(target, str) for target in self.lora_targets):
+            raise ValueError(f"LoRA targets must be module names, got {_shown(list(self.lora_targets))}")
         check_targets(self.lora_targets)
-        if self.quantize not in QUANTIZATIONS:
-            raise ValueError(f"unknown quantization {self.quantize!r}; use one of {', '.join(QUANTIZATIONS)}")
-        if self.batch <= 0:
-            raise ValueError(f"batch must be a positive integer, got {self.batch}")
-        if self.seq < 2:
+        if not isinstance(self.quantize, str) or self.quantize not in QUANTIZATIONS:
+            raise ValueError(f"unknown quantization {_shown(self.quantize)}; use one of {', '.join(QUANTIZATIONS)}")
+        check_int("batch", self.batch, 1, MAX_BATCH)
+        if isinstance(self.seq, int) and not isinstance(self.seq, bool) and self.seq < 2:
             raise ValueError(f"sequence length must be at least 2 (next-token loss), got {self.seq}")
-        if self.kernels not in KERNELS:
+        check_int("sequence length", self.seq, 2, MAX_SEQ)
+        if not isinstance(self.kernels, str) or self.kernels not in KERNELS:
             raise ValueError(f"unknown kernels {self.kernels!r}; use one of {', '.join(KERNELS)}")
         if not isinstance(self.prefix_cache, bool):
             raise ValueError(f"prefix_cache must be true or false, got {self.prefix_cache!r}")
@@ -116,16 +162,22 @@ class Tier:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Tier":
+        """The tier a JSON object describes (``ValueError``/``TypeError`` for a malformed one;
+        values are kept as given, for :meth:`validate` to check: 2.5 stays 2.5, not 2)."""
         d = dict(d)
         if "train" in d:
+            if not isinstance(d["train"], dict):
+                raise ValueError(f"train must be an object of training settings, got {_shown(d['train'])}")
             train = dict(d["train"])
-            if "betas" in train:
-                train["betas"] = tuple(float(b) for b in train["betas"])
+            if isinstance(train.get("betas"), list):
+                train["betas"] = tuple(train["betas"])
             d["train"] = TrainingHyperparameters(**train)
         if "lora_targets" in d:
+            if not isinstance(d["lora_targets"], (list, tuple)):
+                raise ValueError(f"lora_targets must be a list of module names, got {_shown(d['lora_targets'])}")
             d["lora_targets"] = tuple(d["lora_targets"])
-        if not isinstance(d.get("rank_pattern", "uniform"), str):
-            d["rank_pattern"] = tuple(int(r) for r in d["rank_pattern"])
+        if isinstance(d.get("rank_pattern"), list):
+            d["rank_pattern"] = tuple(d["rank_pattern"])
         return cls(**d)
 
 

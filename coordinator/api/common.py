@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import current_app, request
 
 from coordinator import strict_json
+from coordinator.fields import unknown_keys
 from coordinator.errors import ApiError
 
 
@@ -31,6 +32,4 @@ def json_body(*, required: bool = True) -> dict:
 
 
 def refuse_unknown(body: dict, allowed: set[str], what: str) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ApiError("invalid_field", f"{what} has unknown fields {unknown}; allowed: {sorted(allowed)}")
+    unknown_keys(body, allowed, what)

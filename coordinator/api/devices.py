@@ -8,7 +8,12 @@ Capabilities (all required at registration; a heartbeat may send any subset to u
 ``gflops``            number >= 0: measured fp32 GFLOP/s (the app's own micro-benchmark)
 ``bandwidth_mbps``    number >= 0: measured network bandwidth, megabits per second
 ``runtimes``          list of strings: training runtimes the app has (``"executorch"``, ...)
+``optimizers``        optional list of strings: optimizers its trainer implements (``"sgd"``,
+                      ``"adamw"``); without it, ``["sgd"]``
 ====================  ======================================================================
+
+Every number has an upper bound as well as a lower one (``MAX_*`` below): a claim no device
+could make is refused (422) rather than stored.
 
 ``platform`` (e.g. ``"android-14"``), ``battery`` (percent, 0-100) and ``charging`` (bool) sit
 beside ``capabilities``; battery and charging change often and come with heartbeats.
@@ -18,10 +23,10 @@ accepted) within ``OFFLINE_AFTER_S`` seconds.
 
 from __future__ import annotations
 
-import json
-import math
-
 from flask import Blueprint, g
+from sqlalchemy import select
+
+from coordinator import fields
 
 from coordinator.api.common import json_body, refuse_unknown, state
 from coordinator.auth import admin_required, device_required, new_token, secret_matches, token_digest
@@ -32,35 +37,42 @@ from coordinator.services.payloads import device_payload, iso
 bp = Blueprint("devices", __name__)
 
 MAX_RUNTIMES = 16
+#: Upper bounds of what a device may report (far above any phone or edge board).
+MAX_RAM_MB = 10**7           # 10 TB
+MAX_CORES = 4096
+MAX_GFLOPS = 1e6             # a petaflop
+MAX_BANDWIDTH_MBPS = 1e6     # a terabit
+#: What a device that names no optimizers can run: the training runtimes all ship SGD.
+DEFAULT_OPTIMIZERS = ("sgd",)
 
 
-def _int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ApiError("invalid_field", f"{name} must be an integer >= {minimum}, got {json.dumps(value)}")
-    return value
+def _int(name, value, minimum, maximum=fields.INT32_MAX):
+    return fields.integer(name, value, minimum, maximum)
 
 
-def _number(name, value, minimum, maximum=math.inf):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not minimum <= value <= maximum:
-        raise ApiError("invalid_field", f"{name} must be a number in [{minimum}, {maximum}], got {json.dumps(value)}")
-    return value
+def _number(name, value, minimum, maximum):
+    return fields.number(name, value, minimum, maximum)
 
 
-def _runtimes(name, value):
+def _names(name, value, what):
     if (not isinstance(value, list) or len(value) > MAX_RUNTIMES or
             not all(isinstance(v, str) and 0 < len(v) <= 50 for v in value)):
-        raise ApiError("invalid_field", f"{name} must be a list of at most {MAX_RUNTIMES} runtime names")
+        raise ApiError("invalid_field", f"{name} must be a list of at most {MAX_RUNTIMES} {what} names "
+                                        f"(1-50 characters each), got {fields.shown(value)}")
     return list(dict.fromkeys(value))  # duplicates dropped, the device's order of preference kept
 
 
 CAPABILITIES = {
-    "ram_mb": lambda v: _int("capabilities.ram_mb", v, 0),
-    "cores": lambda v: _int("capabilities.cores", v, 1),
-    "gflops": lambda v: _number("capabilities.gflops", v, 0),
-    "bandwidth_mbps": lambda v: _number("capabilities.bandwidth_mbps", v, 0),
-    "runtimes": lambda v: _runtimes("capabilities.runtimes", v),
+    "ram_mb": lambda v: _int("capabilities.ram_mb", v, 0, MAX_RAM_MB),
+    "cores": lambda v: _int("capabilities.cores", v, 1, MAX_CORES),
+    "gflops": lambda v: _number("capabilities.gflops", v, 0, MAX_GFLOPS),
+    "bandwidth_mbps": lambda v: _number("capabilities.bandwidth_mbps", v, 0, MAX_BANDWIDTH_MBPS),
+    "runtimes": lambda v: _names("capabilities.runtimes", v, "runtime"),
+    # Optional: the optimizers the device's trainer implements (default: sgd only). The
+    # coordinator never offers a task whose optimizer is not among them.
+    "optimizers": lambda v: _names("capabilities.optimizers", v, "optimizer"),
 }
+OPTIONAL_CAPABILITIES = {"optimizers"}
 
 
 def parse_capabilities(value, *, partial: bool) -> dict:
@@ -68,7 +80,7 @@ def parse_capabilities(value, *, partial: bool) -> dict:
     if not isinstance(value, dict):
         raise ApiError("invalid_field", "capabilities must be a JSON object")
     refuse_unknown(value, set(CAPABILITIES), "capabilities")
-    missing = sorted(set(CAPABILITIES) - set(value))
+    missing = sorted(set(CAPABILITIES) - OPTIONAL_CAPABILITIES - set(value))
     if missing and not partial:
         raise ApiError("invalid_field", f"capabilities is missing {missing}")
     return {name: check(value[name]) for name, check in CAPABILITIES.items() if name in value}
@@ -77,13 +89,13 @@ def parse_capabilities(value, *, partial: bool) -> dict:
 def _battery(body):
     if body.get("battery") is None:
         return None
-    return float(_number("battery", body["battery"], 0, 100))
+    return _number("battery", body["battery"], 0, 100)
 
 
 def _charging(body):
     value = body.get("charging")
     if value is not None and not isinstance(value, bool):
-        raise ApiError("invalid_field", f"charging must be true or false, got {json.dumps(value)}")
+        raise ApiError("invalid_field", f"charging must be true or false, got {fields.shown(value)}")
     return value
 
 
@@ -148,15 +160,13 @@ def heartbeat():
 @admin_required
 def list_devices():
     """Every registered device with its capabilities, last contact and online state."""
-    from sqlalchemy import select
-
     st = state()
     with st.db.read() as session:
         devices = session.scalars(select(Device).order_by(Device.id)).all()
     return {"devices": [device_payload(d, st.settings.OFFLINE_AFTER_S) for d in devices]}
 
 
-@bp.get("/devices/<int:device_id>")
+@bp.get("/devices/<id:device_id>")
 @admin_required
 def get_device(device_id: int):
     st = state()
@@ -165,3 +175,34 @@ def get_device(device_id: int):
     if device is None:
         raise ApiError("not_found", f"no device {device_id}")
     return device_payload(device, st.settings.OFFLINE_AFTER_S)
+
+
+def _set_disabled(device_id: int, disabled: bool) -> dict:
+    st = state()
+    with st.db.write() as session:
+        device = st.db.lock(session, Device, device_id)
+        if device is None:
+            raise ApiError("not_found", f"no device {device_id}")
+        if disabled and device.disabled_at is None:
+            device.disabled_at = utcnow()
+        elif not disabled:
+            device.disabled_at = None
+    with st.db.read() as session:
+        return device_payload(session.get(Device, device_id), st.settings.OFFLINE_AFTER_S)
+
+
+@bp.post("/devices/<id:device_id>/disable")
+@admin_required
+def disable_device(device_id: int):
+    """Refuse this device's token from now on (403 on every request): a lost or misbehaving phone.
+
+    Its accepted updates stay; a task it holds is simply never completed by it.
+    """
+    return _set_disabled(device_id, True)
+
+
+@bp.post("/devices/<id:device_id>/enable")
+@admin_required
+def enable_device(device_id: int):
+    """Accept a disabled device's token again."""
+    return _set_disabled(device_id, False)

@@ -16,7 +16,7 @@ from coordinator.services.proxy_generation import generator_of, parse_generate_r
 bp = Blueprint("generate", __name__)
 
 
-@bp.post("/jobs/<int:job_id>/generate")
+@bp.post("/jobs/<id:job_id>/generate")
 @admin_required
 def generate(job_id: int):
     """``{prompt, alpha?, max_new_tokens?, temperature?, top_p?, seed?, round?, large?, compare?}``

@@ -51,7 +51,7 @@ def list_jobs():
         return {"jobs": [_payload(session, job) for job in jobs]}
 
 
-@bp.get("/jobs/<int:job_id>")
+@bp.get("/jobs/<id:job_id>")
 @admin_required
 def get_job(job_id: int):
     with state().db.read() as session:
@@ -65,28 +65,28 @@ def _control(job_id: int, action) -> dict:
         return _payload(session, _job_or_404(session, job_id))
 
 
-@bp.post("/jobs/<int:job_id>/cancel")
+@bp.post("/jobs/<id:job_id>/cancel")
 @admin_required
 def cancel_job(job_id: int):
     """Stop a job: no more tasks or results; its open round is cancelled, closed rounds stay."""
     return _control(job_id, job_control.cancel_job)
 
 
-@bp.post("/jobs/<int:job_id>/pause")
+@bp.post("/jobs/<id:job_id>/pause")
 @admin_required
 def pause_job(job_id: int):
     """Hand out no new tasks and open no new round; uploads for the open round still count."""
     return _control(job_id, job_control.pause_job)
 
 
-@bp.post("/jobs/<int:job_id>/resume")
+@bp.post("/jobs/<id:job_id>/resume")
 @admin_required
 def resume_job(job_id: int):
     """Run a paused job again (its next round opens now if the last one closed while paused)."""
     return _control(job_id, job_control.resume_job)
 
 
-@bp.get("/jobs/<int:job_id>/rounds/<int:number>")
+@bp.get("/jobs/<id:job_id>/rounds/<id:number>")
 @admin_required
 def get_round(job_id: int, number: int):
     """Round ``number`` (1..rounds) with its adapter, evaluation, and every device's task and result."""
@@ -110,7 +110,7 @@ def get_round(job_id: int, number: int):
         return round_detail_payload(round_, adapter, evaluation, list(tasks), list(updates), devices)
 
 
-@bp.get("/jobs/<int:job_id>/adapter")
+@bp.get("/jobs/<id:job_id>/adapter")
 @admin_required
 def get_adapter(job_id: int):
     """The global adapter after round N (``?round=N``, default the latest) as a zipped PEFT directory."""

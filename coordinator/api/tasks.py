@@ -28,7 +28,7 @@ def get_next_task():
     return payload
 
 
-@bp.post("/tasks/<int:task_id>/result")
+@bp.post("/tasks/<id:task_id>/result")
 @device_required
 def post_result(task_id: int):
     """Multipart upload: ``meta`` (JSON, a field or a file part) and ``update`` (safetensors file part).

@@ -37,7 +37,7 @@ def generate_body(form) -> dict:
     return {"prompt": form.get("prompt", ""), "compare": form.get("compare") == "on", **fields_body(form, FIELDS)}
 
 
-@bp.route("/jobs/<int:job_id>/generate", methods=["GET", "POST"])
+@bp.route("/jobs/<id:job_id>/generate", methods=["GET", "POST"])
 @login.admin_required
 def generate(job_id: int):
     with state().db.read() as session:

@@ -155,7 +155,7 @@ def jobs():
     return _page("jobs.html", live=any(j.status in queries.ACTIVE_JOB_STATUSES for j in rows), jobs=rows)
 
 
-@bp.get("/jobs/<int:job_id>")
+@bp.get("/jobs/<id:job_id>")
 @login.viewer_required
 def job(job_id: int):
     with state().db.read() as session:
@@ -165,7 +165,7 @@ def job(job_id: int):
     return _page("job.html", live=detail.active, detail=detail, job=detail.job, charts=charts.job_charts(detail))
 
 
-@bp.get("/jobs/<int:job_id>/rounds/<int:number>")
+@bp.get("/jobs/<id:job_id>/rounds/<id:number>")
 @login.viewer_required
 def round_(job_id: int, number: int):
     with state().db.read() as session:
@@ -228,19 +228,19 @@ def _job_action(job_id: int, action, done: str):
     return redirect(url_for("dashboard.job", job_id=job_id))
 
 
-@bp.post("/jobs/<int:job_id>/pause")
+@bp.post("/jobs/<id:job_id>/pause")
 @login.admin_required
 def pause_job(job_id: int):
     return _job_action(job_id, job_control.pause_job, "paused")
 
 
-@bp.post("/jobs/<int:job_id>/resume")
+@bp.post("/jobs/<id:job_id>/resume")
 @login.admin_required
 def resume_job(job_id: int):
     return _job_action(job_id, job_control.resume_job, "resumed")
 
 
-@bp.post("/jobs/<int:job_id>/cancel")
+@bp.post("/jobs/<id:job_id>/cancel")
 @login.admin_required
 def cancel_job(job_id: int):
     return _job_action(job_id, job_control.cancel_job, "cancelled")

@@ -5,7 +5,8 @@ coordinator decides on the spot, under the round's lock, whether this device get
 A selector answers two questions:
 
 - :meth:`Selector.ineligibility`: can this device train this job's artifact at all (the
-  artifact's runtime among the device's runtimes, enough RAM for the tier)? The reason is
+  artifact's runtime among the device's runtimes, enough RAM for the tier, the tier's
+  optimizer among the device's ``optimizers``)? The reason is
   returned to the device in a header so a device that never gets work can say why.
 - :meth:`Selector.admit`: given the places already taken in the round, does this eligible
   device get one? (A bandit would score the device from its history here.)
@@ -22,12 +23,18 @@ from typing import ClassVar
 _REGISTRY: dict[str, type["Selector"]] = {}
 
 
+#: What a device that declares no ``optimizers`` capability can train with.
+DEFAULT_OPTIMIZERS = ("sgd",)
+
+
 @dataclass(frozen=True)
 class Requirements:
-    """What a device needs for a job: a runtime for the artifact's format and RAM for its tier."""
+    """What a device needs for a job: a runtime for the artifact's format, RAM for its tier, and
+    the tier's optimizer in its trainer (a device given a task it cannot run would refuse it)."""
 
     runtime: str
     min_ram_mb: int
+    optimizer: str = "sgd"
 
 
 class Selector(ABC):
@@ -41,6 +48,10 @@ class Selector(ABC):
         if capabilities.get("ram_mb", 0) < requirements.min_ram_mb:
             return (f"the job's tier needs about {requirements.min_ram_mb} MB of RAM; the device reports "
                     f"{capabilities.get('ram_mb', 0)} MB")
+        optimizers = capabilities.get("optimizers") or list(DEFAULT_OPTIMIZERS)
+        if requirements.optimizer not in optimizers:
+            return (f"the job trains with {requirements.optimizer}; the device's trainer offers {optimizers} "
+                    "(capabilities.optimizers)")
         return None
 
     @abstractmethod

@@ -125,4 +125,13 @@ def task_offer(state, task_id: int) -> dict:
         weights = task.start_weights_sha256 or start.weights_sha256
         adapter = (weights, state.blobs.path(weights).stat().st_size, "safetensors")
     return task_payload(task, round_, job, info.artifact, info.files, start.round, adapter, train,
-                        info.max_update_bytes)
+                        info.max_update_bytes, max_num_examples(task, job))
+
+
+def max_num_examples(task: Task, job: Job) -> int:
+    """The most training examples a result of ``task`` may claim: its local steps times its batch.
+
+    FedAvg weights a device by its examples; a device sees at most one batch per step, so a
+    larger claim is false (and would let one device outweigh the rest of the round).
+    """
+    return (task.local_steps or job.local_steps) * (task.tier or job.tier)["batch"]

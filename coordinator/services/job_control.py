@@ -11,7 +11,7 @@ functions, so the two can never disagree on what a transition means.
   round closed while it was paused, the next one opens now (or the job completes, if that
   was its last round).
 - **cancel** (``preparing``/``running``/``paused`` -> ``cancelled``): no more tasks or
-  results; an open round is cancelled, closed rounds and their adapters stay.
+  results; an open or aggregating round is cancelled, closed rounds and their adapters stay.
 
 Lock order is the one every transaction here follows: a round's row before its job's.
 """
@@ -56,13 +56,16 @@ def cancel_job(state, job_id: int) -> None:
                 "cancelled")
     db = state.db
     # Rounds are locked only after the job's lock is released (lock order: round, then job).
+    # An aggregating round is cancelled too: a closer that is aggregating it finds it no longer
+    # aggregating when it comes to record, and records nothing.
+    unfinished = (RoundStatus.OPEN, RoundStatus.AGGREGATING)
     with db.read() as session:
-        open_ids = session.scalars(select(Round.id).where(Round.job_id == job_id,
-                                                          Round.status == RoundStatus.OPEN)).all()
-    for round_id in open_ids:
+        round_ids = session.scalars(select(Round.id).where(Round.job_id == job_id,
+                                                           Round.status.in_(unfinished))).all()
+    for round_id in round_ids:
         with db.write() as session:
             round_ = db.lock(session, Round, round_id)
-            if round_.status == RoundStatus.OPEN:
+            if round_.status in unfinished:
                 round_.status, round_.closed_at = RoundStatus.CANCELLED, utcnow()
 
 

@@ -14,14 +14,20 @@ import json
 import math
 from dataclasses import dataclass
 
+from coordinator import fields, strict_json
 from coordinator.errors import ApiError
 from coordinator.services.heavy_imports import ensure_heavy_imports
+from coordinator.services.norm_clipping import DEFAULT_FACTOR as DEFAULT_NORM_CLIP_FACTOR
 from coordinator.strategies import strategy_names
 
 MAX_ROUNDS = 100_000
 MAX_DEVICES_PER_ROUND = 100_000
 DEFAULT_DEVICES_PER_ROUND = 10
 DEFAULT_ROUND_DEADLINE_S = 600.0
+MAX_ROUND_DEADLINE_S = 30 * 24 * 3600.0
+MAX_UPDATE_NORM = 1e6
+MAX_RAM_MB = 10**7
+MAX_NORM_CLIP_FACTOR = 1000.0
 DEFAULT_EVAL_EXAMPLES = 100
 MAX_EVAL_EXAMPLES = 100_000
 _TIER_TRAIN_KEYS = {"optimizer", "momentum", "weight_decay", "betas", "eps"}
@@ -44,6 +50,7 @@ class JobSpec:
     max_update_norm: float
     min_ram_mb: int | None
     eval_examples: int
+    norm_clip_factor: float | None = DEFAULT_NORM_CLIP_FACTOR
     configurator: str = "uniform"
     configurator_options: dict | None = None
     prepare_tiers: str = "on_demand"
@@ -66,16 +73,12 @@ def _integer(body: dict, field: str, default, minimum: int, maximum: int) -> int
     value = body.get(field, default)
     if value is None:
         raise _bad(field, "is required")
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise _bad(field, f"must be an integer in [{minimum}, {maximum}], got {json.dumps(value)}")
-    return value
+    return fields.integer(field, value, minimum, maximum)
 
 
-def _positive(body: dict, field: str, default) -> float:
+def _positive(body: dict, field: str, default, maximum: float) -> float:
     value = body.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise _bad(field, f"must be a positive number, got {json.dumps(value)}")
-    return float(value)
+    return fields.number(field, value, 0.0, maximum, exclusive_minimum=True)
 
 
 def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
@@ -83,14 +86,16 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
     ensure_heavy_imports()
     from models.registry import PRESETS, is_known_model
     from models.tasks import task_names
-    from models.tier import Tier, TrainingHyperparameters
+    from models.tier import MAX_LOCAL_STEPS, MAX_LR, Tier, TrainingHyperparameters
 
     if not isinstance(body, dict):
         raise ApiError("invalid_field", "the job must be a JSON object")
     known = set(JobSpec.__dataclass_fields__)
-    unknown = sorted(set(body) - known)
-    if unknown:
-        raise ApiError("invalid_field", f"unknown job fields {unknown}; known: {sorted(known)}")
+    fields.unknown_keys(body, known, "the job")
+    # Free-form parts (tier, configurator_options) are stored as JSON: no infinity may hide there.
+    non_finite = strict_json.first_non_finite(body)
+    if non_finite is not None:
+        raise _bad(non_finite, "must be a finite number")
     model = _string(body, "model", max_len=500)
     if not is_known_model(model):
         raise _bad("model", f"unknown model {model!r}: use one of {', '.join(PRESETS)} or a directory "
@@ -101,16 +106,19 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
     rounds = _integer(body, "rounds", None, 1, MAX_ROUNDS)
     devices_per_round = _integer(body, "devices_per_round", DEFAULT_DEVICES_PER_ROUND, 1, MAX_DEVICES_PER_ROUND)
     min_updates = _integer(body, "min_updates", devices_per_round, 1, devices_per_round)
-    round_deadline_s = _positive(body, "round_deadline_s", DEFAULT_ROUND_DEADLINE_S)
-    local_steps = _integer(body, "local_steps", TrainingHyperparameters.local_steps, 1, 1_000_000)
-    lr = _positive(body, "lr", TrainingHyperparameters.lr)
+    round_deadline_s = _positive(body, "round_deadline_s", DEFAULT_ROUND_DEADLINE_S, MAX_ROUND_DEADLINE_S)
+    local_steps = _integer(body, "local_steps", TrainingHyperparameters.local_steps, 1, MAX_LOCAL_STEPS)
+    lr = _positive(body, "lr", TrainingHyperparameters.lr, MAX_LR)
     strategy = _string(body, "strategy", "fedavg")
     if strategy not in strategy_names():
         raise _bad("strategy", f"unknown strategy {strategy!r}; known: {', '.join(strategy_names())}")
-    max_update_norm = _positive(body, "max_update_norm", default_max_update_norm)
+    max_update_norm = _positive(body, "max_update_norm", default_max_update_norm, MAX_UPDATE_NORM)
+    norm_clip_factor = body.get("norm_clip_factor", DEFAULT_NORM_CLIP_FACTOR)
+    if norm_clip_factor is not None:
+        norm_clip_factor = fields.number("norm_clip_factor", norm_clip_factor, 1.0, MAX_NORM_CLIP_FACTOR)
     min_ram_mb = body.get("min_ram_mb")
     if min_ram_mb is not None:
-        min_ram_mb = _integer(body, "min_ram_mb", None, 0, 10**9)
+        min_ram_mb = _integer(body, "min_ram_mb", None, 0, MAX_RAM_MB)
     eval_examples = _integer(body, "eval_examples", DEFAULT_EVAL_EXAMPLES, 0, MAX_EVAL_EXAMPLES)
 
     tier_body = body.get("tier", {})
@@ -131,7 +139,8 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
                    name=name, model=model, task=task, tier=tier.to_dict(), rounds=rounds,
                    devices_per_round=devices_per_round, min_updates=min_updates,
                    round_deadline_s=round_deadline_s, local_steps=local_steps, lr=lr, strategy=strategy,
-                   max_update_norm=max_update_norm, min_ram_mb=min_ram_mb, eval_examples=eval_examples)
+                   max_update_norm=max_update_norm, norm_clip_factor=norm_clip_factor, min_ram_mb=min_ram_mb,
+                   eval_examples=eval_examples)
 
 
 def _configurator_fields(body: dict) -> tuple[str, dict | None, str]:

@@ -40,6 +40,7 @@ def device_payload(device: Device, offline_after_s: float) -> dict:
         "registered_at": iso(device.registered_at),
         "last_seen": iso(device.last_seen_at),
         "online": is_online(device, offline_after_s),
+        "disabled_at": iso(device.disabled_at),
     }
 
 
@@ -52,6 +53,7 @@ def adapter_payload(job_id: int, adapter: GlobalAdapter) -> dict:
         "round": adapter.round,
         "num_updates": adapter.num_updates,
         "num_examples": adapter.num_examples,
+        "num_clipped": adapter.num_clipped,
         "ptd": blob_ref(adapter.ptd_sha256, adapter.ptd_size),
         "peft_zip_url": url_for("jobs.get_adapter", job_id=job_id, round=adapter.round),
     }
@@ -80,6 +82,7 @@ def round_payload(round_: Round, adapter: GlobalAdapter | None, evaluation: Eval
         "closed_at": iso(round_.closed_at),
         "close_reason": round_.close_reason,
         "num_updates": round_.num_updates,
+        "error": round_.error,
         "adapter": None if adapter is None else adapter_payload(round_.job_id, adapter),
         "evaluation": evaluation_payload(evaluation),
     }
@@ -149,6 +152,7 @@ def job_payload(job: Job, artifact: Artifact | None, rounds: list[Round], adapte
         "configurator_options": job.configurator_options or {},
         "prepare_tiers": job.prepare_tiers,
         "max_update_norm": job.max_update_norm,
+        "norm_clip_factor": job.norm_clip_factor,
         "min_ram_mb": job.min_ram_mb,
         "eval_examples": job.eval_examples,
         "created_at": iso(job.created_at),
@@ -165,11 +169,13 @@ def job_payload(job: Job, artifact: Artifact | None, rounds: list[Round], adapte
 
 
 def task_payload(task: Task, round_: Round, job: Job, artifact: Artifact, files: list[ArtifactFile],
-                 start_round: int, adapter: tuple[str, int, str], train: dict, max_update_bytes: int) -> dict:
+                 start_round: int, adapter: tuple[str, int, str], train: dict, max_update_bytes: int,
+                 max_num_examples: int) -> dict:
     """A device's task: its artifact, its start adapter (cut to its tier), how to train, where to upload.
 
     ``adapter`` is (sha256, size, format): ``ptd`` for ExecuTorch artifacts, ``safetensors``
-    (PEFT keys) for ONNX Runtime ones.
+    (PEFT keys) for ONNX Runtime ones. The result's meta must name that adapter
+    (``start_adapter_sha256``) and claim at most ``max_num_examples`` examples (steps x batch).
     """
     device_files = sorted((f for f in files if f.device), key=lambda f: f.path)
     return {
@@ -189,6 +195,7 @@ def task_payload(task: Task, round_: Round, job: Job, artifact: Artifact, files:
             "format": "safetensors",
             "max_bytes": max_update_bytes,
             "max_update_norm": job.max_update_norm,
+            "max_num_examples": max_num_examples,
         },
         "deadline": iso(round_.deadline_at),
     }

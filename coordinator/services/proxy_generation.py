@@ -17,16 +17,17 @@ request that waits longer than ``WAIT_S`` gets 503), and one L and one S kept lo
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from coordinator import fields
 from coordinator.errors import ApiError
 from coordinator.models import Artifact, GlobalAdapter, Job
 from coordinator.services.heavy_imports import ensure_heavy_imports
+from coordinator.services.jobs import MAX_ROUNDS
 
 #: Characters accepted in a prompt before tokenizing (the token limit is checked after).
 MAX_PROMPT_CHARS = 8000
@@ -44,15 +45,16 @@ class GenerateRequest:
     compare: bool               # also generate with L alone (alpha 0)
 
 
+#: Outer bounds for the type check; ``GenerationSettings.validate`` applies each setting's own range.
+_NUMBER_BOUND = 1e6
+_INTEGER_BOUND = 2**63 - 1
+
+
 def _number(body: dict, name: str, default, integer: bool = False):
     value = body.get(name, default)
-    kind_ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not kind_ok:
-        wanted = "an integer" if integer else "a number"
-        raise ApiError("invalid_field", f"{name} must be {wanted}, got {value!r}")
-    if not integer and not math.isfinite(value):
-        raise ApiError("invalid_field", f"{name} must be a finite number, got {value!r}")
-    return value
+    if integer:
+        return fields.integer(name, value, -_INTEGER_BOUND, _INTEGER_BOUND)
+    return fields.number(name, value, -_NUMBER_BOUND, _NUMBER_BOUND)
 
 
 def parse_generate_request(body: dict) -> GenerateRequest:
@@ -60,9 +62,7 @@ def parse_generate_request(body: dict) -> GenerateRequest:
     from models.proxy import GenerationSettings, GenerationSettingsError
     from models.registry import is_known_model
 
-    unknown = sorted(set(body) - FIELDS)
-    if unknown:
-        raise ApiError("invalid_field", f"unknown fields {unknown}; allowed: {sorted(FIELDS)}")
+    fields.unknown_keys(body, FIELDS, "the request")
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise ApiError("invalid_field", "prompt must be a non-empty string: the text to continue")
@@ -77,17 +77,16 @@ def parse_generate_request(body: dict) -> GenerateRequest:
     except GenerationSettingsError as exc:
         raise ApiError("invalid_field", str(exc)) from None
     round_number = body.get("round")
-    if round_number is not None:
-        round_number = _number(body, "round", None, integer=True)
-        if round_number < 0:
-            raise ApiError("invalid_field", f"round must be >= 0 (0 is the untrained adapter), got {round_number}")
+    if round_number is not None:  # 0 is the untrained adapter
+        round_number = fields.integer("round", round_number, 0, MAX_ROUNDS)
     large = body.get("large")
     if large is not None and (not isinstance(large, str) or not is_known_model(large)):
         raise ApiError("invalid_field", f"large must name a base model (tiny, smollm2-135m or a model directory "
-                                        f"on the coordinator), got {large!r}; leave it out to use the job's base model")
+                                        f"on the coordinator), got {fields.shown(large)}; leave it out to use the "
+                                        "job's base model")
     compare = body.get("compare", False)
     if not isinstance(compare, bool):
-        raise ApiError("invalid_field", f"compare must be true or false, got {compare!r}")
+        raise ApiError("invalid_field", f"compare must be true or false, got {fields.shown(compare)}")
     return GenerateRequest(prompt=prompt, settings=settings, round=round_number, large=large, compare=compare)
 
 

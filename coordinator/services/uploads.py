@@ -6,12 +6,16 @@ Order of work, and why:
    submitted / round no longer open / deadline passed), then the meta JSON and the update
    itself (:func:`~coordinator.services.validation.validate_update`: names, dtypes, shapes,
    finite, norm). Rejections here touch nothing.
+   The meta's claims are checked against the task: at most local steps x batch examples, and
+   the sha256 of the adapter this task started from (an update made for another round is
+   refused).
 2. Stage the update's bytes: written to a temporary file and fsync'd (not yet a blob).
 3. One write transaction under the round's lock: check the task and round again (another
    request may have won meanwhile; a rejection now rolls back and discards the staged file,
-   so it too changes nothing), publish the blob (rename + fsync of the directory), insert the
-   ``Update``, mark the task submitted, count it, and freeze the round if this was its
-   ``min_updates``-th result. Commit.
+   so it too changes nothing), insert the ``Update``, mark the task submitted, count it, and
+   freeze the round if this was its ``min_updates``-th result; flush those rows (so a value
+   the database refuses fails here, with nothing published), then publish the blob (rename +
+   fsync of the directory). Commit.
 4. Only then answer 201. So an acknowledged update has its bytes and its row on disk, and a
    coordinator killed at any point before the commit has not acknowledged it.
 5. If this upload froze the round, aggregate it now (outside the transaction); if that
@@ -25,6 +29,7 @@ from sqlalchemy import select
 from coordinator.errors import ApiError
 from coordinator.models import (CloseReason, Device, GlobalAdapter, Job, Round, RoundStatus, Task, TaskStatus,
                                 Update, utcnow)
+from coordinator.services.assignment import max_num_examples
 from coordinator.services.rounds import freeze
 from coordinator.services.validation import parse_meta, validate_update
 
@@ -56,8 +61,10 @@ def accept_result(state, device: Device, task_id: int, meta_raw: str | bytes | N
     if missing:
         raise ApiError("missing_part", f"the upload lacks {' and '.join(missing)}: send multipart/form-data with "
                                        "a meta part (JSON) and an update file part (safetensors)")
-    meta = parse_meta(meta_raw)
     # A device on its own tier is checked against its tier's tensors and the start adapter it got.
+    start_adapters = ({task.start_weights_sha256, task.start_ptd_sha256} if task.start_weights_sha256
+                      else {start.weights_sha256, start.ptd_sha256})
+    meta = parse_meta(meta_raw, max_num_examples=max_num_examples(task, job), start_adapters=start_adapters)
     info = state.artifact_info(task.artifact_id or job.artifact_id)
     validated = validate_update(update, info.tensors,
                                 state.adapters.tensors(task.start_weights_sha256 or start.weights_sha256),
@@ -75,7 +82,7 @@ def accept_result(state, device: Device, task_id: int, meta_raw: str | bytes | N
                 late = True
             else:
                 _check_state(task, round_, now)
-                ref = staged.commit()
+                ref = staged.ref
                 stored = Update(task_id=task.id, round_id=round_.id, device_id=device.id, sha256=ref.sha256,
                                 size=ref.size, delta_norm=validated.delta_norm, received_at=now, **meta.to_dict())
                 session.add(stored)
@@ -85,7 +92,10 @@ def accept_result(state, device: Device, task_id: int, meta_raw: str | bytes | N
                 if round_.num_updates >= job.min_updates:
                     freeze(round_, CloseReason.MIN_UPDATES, now)
                     froze = True
+                # The rows go to the database before the blob is published: if the database
+                # refuses them, the staged bytes are discarded and no blob is left behind.
                 session.flush()
+                staged.commit()
                 body = {"update_id": stored.id, "task_id": task.id, "job_id": job.id, "round": round_.number,
                         "sha256": ref.sha256, "size": ref.size, "delta_norm": validated.delta_norm,
                         "accepted_updates": round_.num_updates}

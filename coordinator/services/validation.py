@@ -21,12 +21,12 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from coordinator import strict_json
+from coordinator import fields, strict_json
 from coordinator.errors import ApiError
 
 #: safetensors dtype names -> (manifest dtype, bytes per element)
@@ -69,23 +69,24 @@ class ValidatedUpdate:
 
 
 # --- meta --------------------------------------------------------------------------------------
+# Every claim has a range a real device stays far inside; nothing beyond it can be true, and
+# everything within it fits its database column and any sum the dashboard takes over it.
 
-def _int_field(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError("invalid_field", f"meta.{name} must be an integer, got {json.dumps(value)}")
-    if value < minimum:
-        raise ApiError("invalid_field", f"meta.{name} must be >= {minimum}, got {value}")
-    return value
+#: bytes a device may say it moved for one task (1 TiB: a phone moves a few hundred MB).
+MAX_TRANSFER_BYTES = 2**40
+#: a cross-entropy loss (ln of a 262k vocabulary is 12.5; a diverged model may go far higher).
+MAX_LOSS = 1e6
+#: seconds of any one measured duration (115 days; a round's deadline is at most 30).
+MAX_SECONDS = 1e7
+MAX_STEPS = 1_000_000
 
 
-def _number_field(name: str, value, minimum: float, *, exclusive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ApiError("invalid_field", f"meta.{name} must be a number, got {json.dumps(value)}")
-    value = float(value)
-    if not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
-        bound = f"> {minimum}" if exclusive else f">= {minimum}"
-        raise ApiError("invalid_field", f"meta.{name} must be a finite number {bound}, got {value}")
-    return value
+def _int_field(name: str, value, minimum: int, maximum: int) -> int:
+    return fields.integer(f"meta.{name}", value, minimum, maximum)
+
+
+def _number_field(name: str, value, minimum: float, maximum: float, *, exclusive: bool = False) -> float:
+    return fields.number(f"meta.{name}", value, minimum, maximum, exclusive_minimum=exclusive)
 
 
 def _optional(check):
@@ -95,18 +96,18 @@ def _optional(check):
 #: ``meta.metrics``: what a device measured while running the task, every key optional.
 #: name -> check(qualified name, value) returning the stored value.
 METRIC_FIELDS = {
-    "steps": lambda n, v: _int_field(n, v, 1),                       # local steps run
-    "flops_per_step": lambda n, v: _number_field(n, v, 0.0),         # analytical FLOPs of one step
-    "compute_seconds": lambda n, v: _number_field(n, v, 0.0),        # wall time inside training steps
-    "achieved_gflops": lambda n, v: _number_field(n, v, 0.0),
-    "peak_gflops": lambda n, v: _number_field(n, v, 0.0, exclusive=True),  # measured matmul peak
-    "flop_utilization": lambda n, v: _number_field(n, v, 0.0),       # achieved / peak
-    "download_seconds": lambda n, v: _number_field(n, v, 0.0),       # fetching this task's files
+    "steps": lambda n, v: _int_field(n, v, 1, MAX_STEPS),                   # local steps run
+    "flops_per_step": lambda n, v: _number_field(n, v, 0.0, 1e18),          # analytical FLOPs of one step
+    "compute_seconds": lambda n, v: _number_field(n, v, 0.0, MAX_SECONDS),  # wall time inside training steps
+    "achieved_gflops": lambda n, v: _number_field(n, v, 0.0, 1e7),
+    "peak_gflops": lambda n, v: _number_field(n, v, 0.0, 1e7, exclusive=True),  # measured matmul peak
+    "flop_utilization": lambda n, v: _number_field(n, v, 0.0, 1e3),         # achieved / peak
+    "download_seconds": lambda n, v: _number_field(n, v, 0.0, MAX_SECONDS),  # fetching this task's files
     # A device cannot time the upload that carries this meta: it reports its previous one.
-    "previous_upload_seconds": _optional(lambda n, v: _number_field(n, v, 0.0)),
-    "peak_rss_mb": lambda n, v: _number_field(n, v, 0.0),
-    "slowdown": lambda n, v: _number_field(n, v, 1.0),               # simulated devices: compute slowdown
-    "virtual_seconds": lambda n, v: _number_field(n, v, 0.0),        # simulated devices: simulated round time
+    "previous_upload_seconds": _optional(lambda n, v: _number_field(n, v, 0.0, MAX_SECONDS)),
+    "peak_rss_mb": lambda n, v: _number_field(n, v, 0.0, 1e8),
+    "slowdown": lambda n, v: _number_field(n, v, 1.0, 1e6),                 # simulated devices: compute slowdown
+    "virtual_seconds": lambda n, v: _number_field(n, v, 0.0, 1e9),          # simulated devices: simulated round time
 }
 
 
@@ -115,45 +116,58 @@ def parse_metrics(value) -> dict | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise ApiError("invalid_field", f"meta.metrics must be a JSON object, got {json.dumps(value)[:80]}")
-    unknown = sorted(set(value) - set(METRIC_FIELDS))
-    if unknown:
-        raise ApiError("invalid_field", f"meta.metrics has unknown keys {unknown}; known: {sorted(METRIC_FIELDS)}")
+        raise ApiError("invalid_field", f"meta.metrics must be a JSON object, got {fields.shown(value)}")
+    fields.unknown_keys(value, METRIC_FIELDS, "meta.metrics")
     return {name: METRIC_FIELDS[name](f"metrics.{name}", value[name]) for name in sorted(value)}
 
 
 _META_FIELDS = {
-    "num_examples": lambda v: _int_field("num_examples", v, 1),
-    "loss_before": lambda v: _number_field("loss_before", v, 0.0),
-    "loss_after": lambda v: _number_field("loss_after", v, 0.0),
-    "train_seconds": lambda v: _number_field("train_seconds", v, 0.0),
-    "bytes_downloaded": lambda v: _int_field("bytes_downloaded", v, 0),
-    "bytes_uploaded": lambda v: _int_field("bytes_uploaded", v, 0),
+    "num_examples": lambda v: _int_field("num_examples", v, 1, fields.INT32_MAX),
+    "loss_before": lambda v: _number_field("loss_before", v, 0.0, MAX_LOSS),
+    "loss_after": lambda v: _number_field("loss_after", v, 0.0, MAX_LOSS),
+    "train_seconds": lambda v: _number_field("train_seconds", v, 0.0, MAX_SECONDS),
+    "bytes_downloaded": lambda v: _int_field("bytes_downloaded", v, 0, MAX_TRANSFER_BYTES),
+    "bytes_uploaded": lambda v: _int_field("bytes_uploaded", v, 0, MAX_TRANSFER_BYTES),
 }
+#: Required, checked against the task rather than stored: the sha256 of the adapter the device
+#: started from (the task's ``adapter.sha256``), which ties the update to this task's round.
+START_ADAPTER_FIELD = "start_adapter_sha256"
 _OPTIONAL_META_FIELDS = {
     "metrics": parse_metrics,
 }
 
 
-def parse_meta(raw: str | bytes) -> UpdateMeta:
+def parse_meta(raw: str | bytes, *, max_num_examples: int, start_adapters: Collection[str]) -> UpdateMeta:
     """Parse and check the ``meta`` JSON: every required field present, each of its type and range,
-    the optional ``metrics`` object checked key by key, and no other field."""
+    the optional ``metrics`` object checked key by key, and no other field.
+
+    A device's claims are checked against its task: ``num_examples`` may not exceed what the
+    task lets it see (``max_num_examples``: local steps x batch), and ``start_adapter_sha256``
+    must name the adapter the task started it from (one of ``start_adapters``: the same adapter
+    as ``.ptd`` or as safetensors), so an update trained for another round or task is refused.
+    """
     try:
         data = strict_json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError("invalid_json", f"meta is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ApiError("invalid_field", "meta must be a JSON object")
-    unknown = sorted(set(data) - set(_META_FIELDS) - set(_OPTIONAL_META_FIELDS))
-    if unknown:
-        raise ApiError("invalid_field", f"meta has unknown fields {unknown}; expected {sorted(_META_FIELDS)} "
-                                        f"and optionally {sorted(_OPTIONAL_META_FIELDS)}")
-    missing = sorted(set(_META_FIELDS) - set(data))
+    required = {*_META_FIELDS, START_ADAPTER_FIELD}
+    fields.unknown_keys(data, required | set(_OPTIONAL_META_FIELDS), "meta")
+    missing = sorted(required - set(data))
     if missing:
         raise ApiError("invalid_field", f"meta is missing {missing}")
-    fields = {name: check(data[name]) for name, check in _META_FIELDS.items()}
-    fields.update({name: check(data.get(name)) for name, check in _OPTIONAL_META_FIELDS.items()})
-    return UpdateMeta(**fields)
+    values = {name: check(data[name]) for name, check in _META_FIELDS.items()}
+    if values["num_examples"] > max_num_examples:
+        raise ApiError("invalid_field", f"meta.num_examples is {values['num_examples']}, but this task trains "
+                                        f"at most {max_num_examples} examples (local steps x batch)")
+    start = data[START_ADAPTER_FIELD]
+    if not isinstance(start, str) or start not in start_adapters:
+        raise ApiError("invalid_field", f"meta.{START_ADAPTER_FIELD} is {fields.shown(start)}, not the adapter "
+                                        "this task started from (the task's adapter.sha256): the update was "
+                                        "trained for another task or round")
+    values.update({name: check(data.get(name)) for name, check in _OPTIONAL_META_FIELDS.items()})
+    return UpdateMeta(**values)
 
 
 # --- the update file ---------------------------------------------------------------------------

@@ -306,7 +306,7 @@ class Api:
         """A tiny job; evaluation is off unless ``eval_examples`` is given, so that a test's row
         counts never change under it from the background evaluation worker."""
         body = {"model": "tiny", "task": "bbcnews", "rounds": 1, "devices_per_round": 2, "min_updates": 2,
-                "round_deadline_s": 300, "local_steps": 5, "lr": 0.5, "tier": dict(JOB_TIER), "eval_examples": 0,
+                "round_deadline_s": 300, "local_steps": 20, "lr": 0.5, "tier": dict(JOB_TIER), "eval_examples": 0,
                 **fields}
         response = self.post("/api/v1/jobs", json=body)
         assert response.status_code == 202, response.text
@@ -423,6 +423,10 @@ def meta(num_examples: int = 16, **overrides) -> dict:
 
 
 def upload(device: Api, task: dict, tensors_or_bytes, meta_body, *, meta_as_file: bool = False) -> requests.Response:
+    """POST a result as a device does. A meta given as a dict without ``start_adapter_sha256``
+    gets the task's own (what a device sends); a meta given as a string is sent as it is."""
+    if isinstance(meta_body, dict) and "start_adapter_sha256" not in meta_body:
+        meta_body = {**meta_body, "start_adapter_sha256": task["adapter"]["sha256"]}
     data = tensors_or_bytes if isinstance(tensors_or_bytes, bytes) else safetensors_bytes(tensors_or_bytes)
     files = {"update": ("update.safetensors", data, "application/octet-stream")}
     form = {}

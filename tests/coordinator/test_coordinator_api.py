@@ -141,7 +141,7 @@ def test_missing_or_wrong_token_is_401_and_wrong_role_is_403(server):
     ({"tier": {"lora_rank": 0}}, "LoRA rank"),
     ({"tier": {"bogus": 1}}, "tier"),
     ({"tier": {"train": {"lr": 0.1}}}, "job fields"),
-    ({"colour": "blue"}, "unknown job fields"),
+    ({"colour": "blue"}, "the job has unknown fields"),
     ({"task": ""}, "task"),
     ({"configurator": "oracle"}, "unknown configurator"),
     ({"configurator": "fedspine", "configurator_options": {"ranks": [0]}}, "configurator_options"),
@@ -166,7 +166,7 @@ def test_job_lifecycle_list_and_cancel(server, cleanup_jobs):
     assert job["current_round"] == 1 and job["latest_adapter_round"] == 0
     assert job["artifact"]["format"] == "executorch" and len(job["artifact"]["sha256"]) == 64
     assert [r["status"] for r in job["round_history"]] == ["open"]
-    assert job["tier"]["train"]["lr"] == 0.5 and job["tier"]["train"]["local_steps"] == 5
+    assert job["tier"]["train"]["lr"] == 0.5 and job["tier"]["train"]["local_steps"] == 20
     assert created["job_id"] in [j["job_id"] for j in admin.get("/api/v1/jobs").json()["jobs"]]
     assert_error(admin.get("/api/v1/jobs/99999999"), 404, "not_found")
     assert_error(admin.get(f"/api/v1/jobs/{created['job_id']}/adapter", params={"round": 1}), 404, "not_found")

@@ -59,6 +59,11 @@ def shape_errors(actual, expected, path="$") -> list[str]:
     raise TypeError(f"unexpected JSON value in an example: {expected!r}")
 
 
+def as_sent(meta: dict, task: dict) -> dict:
+    """A meta example as a device sends it for ``task``: naming the adapter that task started from."""
+    return {**meta, "start_adapter_sha256": task["adapter"]["sha256"]}
+
+
 def assert_shape(actual, name: str) -> None:
     errors = shape_errors(actual, example(name))
     assert not errors, f"{name} does not describe the server's answer:\n" + "\n".join(errors)
@@ -112,7 +117,7 @@ def test_every_example_matches_the_served_coordinator(server, cleanup_jobs):
     assert_shape(task, "task_response.json")
 
     tensors = FakeTrainer(manifest_of(device, task)).update(start_adapter(admin, job_id, 0), seed=9)
-    result = upload(device, task, tensors, example("result_meta.json"))
+    result = upload(device, task, tensors, as_sent(example("result_meta.json"), task))
     assert result.status_code == 201, result.text
     assert_shape(result.json(), "result_response.json")
     assert result.json()["round_status"] == "closed"
@@ -131,7 +136,7 @@ def test_every_example_matches_the_served_coordinator(server, cleanup_jobs):
     assert task["round"] == 2
     tensors = FakeTrainer(manifest_of(device, task)).update(start_adapter(admin, job_id, 1), seed=10)
     with_metrics = example("result_meta_with_metrics.json")
-    result = upload(device, task, tensors, with_metrics)
+    result = upload(device, task, tensors, as_sent(with_metrics, task))
     assert result.status_code == 201, result.text
     admin.wait_job(job_id, lambda j: j["round_history"][1]["evaluation"] is not None)
     detail = admin.get(f"/api/v1/jobs/{job_id}/rounds/2")
@@ -158,7 +163,8 @@ def test_onnxruntime_task_example(server, cleanup_jobs):
     job = admin.running_job(tier={**JOB_TIER, "train": {"optimizer": "adamw", "weight_decay": 0.01}}, lr=0.002,
                             devices_per_round=1, min_updates=1)
     cleanup_jobs.append(job["job_id"])
-    _, device = register(server, "ort-phone", capabilities={**CAPABILITIES, "runtimes": ["onnxruntime"]})
+    _, device = register(server, "ort-phone", capabilities={**CAPABILITIES, "runtimes": ["onnxruntime"],
+                                                            "optimizers": ["sgd", "adamw"]})
     deadline = time.monotonic() + 120
     while (answer := device.get("/api/v1/tasks/next")).status_code == 204:   # the export is under way
         assert time.monotonic() < deadline, "no onnxruntime task within 120 s"
@@ -177,7 +183,7 @@ def test_onnxruntime_task_example(server, cleanup_jobs):
     from safetensors.numpy import load
 
     assert {k: v.tolist() for k, v in load(shipped.content).items()} == {k: v.tolist() for k, v in start.items()}
-    result = upload(device, task, FakeTrainer(manifest).update(start, seed=4), example("result_meta.json"))
+    result = upload(device, task, FakeTrainer(manifest).update(start, seed=4), as_sent(example("result_meta.json"), task))
     assert result.status_code == 201, result.text
 
 

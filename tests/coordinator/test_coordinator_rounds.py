@@ -41,7 +41,7 @@ def test_full_job_fedavg_matches_hand_computation_and_peft_loads_it(server, clea
         assert {t["round"] for t in tasks} == {round_number} and {t["job_id"] for t in tasks} == {job_id}
         assert len({t["task_id"] for t in tasks}) == 3
         task = tasks[0]
-        assert task["train"]["steps"] == 5 and task["train"]["lr"] == 0.5
+        assert task["train"]["steps"] == 20 and task["train"]["lr"] == 0.5
         assert task["train"]["batch"] == 2 and task["train"]["seq"] == 32 and task["dataset"] == "bbcnews"
         assert task["adapter"]["round"] == round_number - 1 and task["adapter"]["format"] == "ptd"
         # The device's downloads: the manifest, every device file, the start adapter (.ptd), all hash-checked.

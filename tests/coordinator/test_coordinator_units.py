@@ -67,6 +67,12 @@ def _code(fn) -> str:
     return caught.value.code
 
 
+def _message(fn) -> str:
+    with pytest.raises(ApiError) as caught:
+        fn()
+    return caught.value.message
+
+
 def test_validate_update_accepts_exactly_the_manifest_tensors():
     tensors = {s["name"]: np.full(s["shape"], 0.5, np.float32) for s in SPECS}
     result = validate_update(safetensors_bytes(tensors), SPECS, _start(), max_norm=10.0)
@@ -110,9 +116,17 @@ def test_update_size_is_bounded_by_the_manifest():
     assert _code(lambda: validate_update(b"\0" * (limit + 1), SPECS, _start(), 1.0)) == "update_too_large"
 
 
+START_SHA = "ab" * 32
+
+
+def _parse_meta(raw, max_num_examples: int = 100):
+    return parse_meta(raw, max_num_examples=max_num_examples, start_adapters={START_SHA, "cd" * 32})
+
+
 def test_parse_meta_is_strict():
     good = {"num_examples": 3, "loss_before": 1, "loss_after": 0.5, "train_seconds": 0,
-            "bytes_downloaded": 0, "bytes_uploaded": 10}
+            "bytes_downloaded": 0, "bytes_uploaded": 10, "start_adapter_sha256": START_SHA}
+    parse_meta = _parse_meta
     assert parse_meta(json.dumps(good)).num_examples == 3
     assert parse_meta(json.dumps(good).encode()).loss_before == 1.0
     for bad, code in [("{", "invalid_json"), ('{"num_examples": Infinity}', "invalid_json"),
@@ -122,6 +136,25 @@ def test_parse_meta_is_strict():
         assert _code(lambda: parse_meta(bad)) == code, bad
 
 
+def test_parse_meta_checks_claims_against_the_task():
+    """num_examples is capped by the task's steps x batch; the start adapter must be this task's;
+    every number has an upper bound (no 2^63, no 400-digit integer reaches float() or a column)."""
+    good = {"num_examples": 40, "loss_before": 1, "loss_after": 0.5, "train_seconds": 0,
+            "bytes_downloaded": 0, "bytes_uploaded": 10, "start_adapter_sha256": START_SHA}
+    assert _parse_meta(json.dumps(good), max_num_examples=40).num_examples == 40
+    assert "at most 40 examples" in _message(lambda: _parse_meta(json.dumps({**good, "num_examples": 41}), 40))
+    for field, value in [("num_examples", 10**15), ("num_examples", 2**63 - 1), ("num_examples", 2**63),
+                         ("bytes_downloaded", 2**63), ("bytes_uploaded", 2**62), ("loss_before", 10**400),
+                         ("train_seconds", 10**400), ("loss_after", 1e308), ("train_seconds", 1e300)]:
+        assert _code(lambda: _parse_meta(json.dumps({**good, field: value}), 10**18)) == "invalid_field", field
+    for start in ["ef" * 32, None, 7, ""]:
+        assert _code(lambda: _parse_meta(json.dumps({**good, "start_adapter_sha256": start}))) == "invalid_field"
+    missing = {k: v for k, v in good.items() if k != "start_adapter_sha256"}
+    assert "start_adapter_sha256" in _message(lambda: _parse_meta(json.dumps(missing)))
+    assert _code(lambda: _parse_meta("[" * 100_000)) == "invalid_json"
+    assert _code(lambda: _parse_meta('{"num_examples": 3, "num_examples": 4}')) == "invalid_json"
+
+
 METRICS = {"steps": 5, "flops_per_step": 1_234_567, "compute_seconds": 0.8, "achieved_gflops": 7.7,
            "peak_gflops": 20.5, "flop_utilization": 0.376, "download_seconds": 1.5, "previous_upload_seconds": None,
            "peak_rss_mb": 412.0, "slowdown": 2.5, "virtual_seconds": 9.25}
@@ -129,7 +162,8 @@ METRICS = {"steps": 5, "flops_per_step": 1_234_567, "compute_seconds": 0.8, "ach
 
 def test_meta_metrics_are_optional_and_checked_key_by_key():
     good = {"num_examples": 3, "loss_before": 1, "loss_after": 0.5, "train_seconds": 0,
-            "bytes_downloaded": 0, "bytes_uploaded": 10}
+            "bytes_downloaded": 0, "bytes_uploaded": 10, "start_adapter_sha256": START_SHA}
+    parse_meta = _parse_meta
     assert parse_meta(json.dumps(good)).metrics is None
     assert parse_meta(json.dumps({**good, "metrics": None})).metrics is None
     assert parse_meta(json.dumps({**good, "metrics": {}})).metrics == {}
@@ -139,7 +173,7 @@ def test_meta_metrics_are_optional_and_checked_key_by_key():
         "previous_upload_seconds": 0.25}
     for metrics, snippet in [
         ([1, 2], "meta.metrics must be a JSON object"),
-        ({"accuracy": 0.9}, "unknown keys ['accuracy']"),
+        ({"accuracy": 0.9}, 'unknown fields ["accuracy"]'),
         ({"steps": 0}, "meta.metrics.steps"), ({"steps": 2.5}, "meta.metrics.steps"),
         ({"steps": True}, "meta.metrics.steps"),
         ({"peak_gflops": 0}, "meta.metrics.peak_gflops"), ({"slowdown": 0.5}, "meta.metrics.slowdown"),
@@ -243,10 +277,12 @@ def test_migrations_upgrade_a_0001_database_with_data(backend, tmp_path, request
             command.upgrade(alembic_config(conn), "0001")
             for row in rows:
                 conn.execute(text(row))
-        assert db.upgrade_schema() == head_revision() == "0004"
+        assert db.upgrade_schema() == head_revision() == "0005"
         with db.engine.connect() as conn:
-            assert conn.execute(text("SELECT eval_examples, configurator, configurator_options, prepare_tiers "
-                                     "FROM jobs")).all() == [(100, "uniform", None, "on_demand")]
+            assert conn.execute(text("SELECT eval_examples, configurator, configurator_options, prepare_tiers, "
+                                     "norm_clip_factor FROM jobs")).all() == [(100, "uniform", None, "on_demand", None)]
+            assert conn.execute(text("SELECT disabled_at FROM devices")).all() == [(None,)]
+            assert conn.execute(text("SELECT error FROM rounds")).all() == [(None,)]
             assert conn.execute(text("SELECT artifact_id, tier, start_ptd_sha256 FROM tasks")).all() == [
                 (None, None, None)]
             assert conn.execute(text("SELECT metrics, num_examples FROM updates")).all() == [(None, 4)]
@@ -256,7 +292,7 @@ def test_migrations_upgrade_a_0001_database_with_data(backend, tmp_path, request
             command.downgrade(alembic_config(conn), "0001")
             assert current_revision(conn) == "0001"
             assert conn.execute(text("SELECT COUNT(*) FROM updates")).scalar_one() == 1
-        assert db.upgrade_schema() == "0004"
+        assert db.upgrade_schema() == "0005"
     finally:
         db.dispose()
 
