@@ -9,7 +9,8 @@
   export) with a running one-round job; the JVM integration test registers, downloads (resuming
   one file, refetching a corrupted one), verifies, tokenizes, uploads a refused and then a valid
   update made by its FakeTrainerForTests; the admin API must then show exactly that update
-  accepted and the round closed.
+  accepted and the round closed, and the device registered with its trainer's optimizers
+  (``["sgd"]``, what the app's ExecuTorchTrainer declares).
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def test_jvm_client_completes_a_round(tiny_fp32_artifact, tmp_path_factory, tmp_
             f"JVM integration test failed (exit {code}):\n{output[-12000:]}\n--- coordinator log ---\n"
             f"{server.log()[-6000:]}")
         report = json.loads(report_path.read_text())
+
+        # The device declared the optimizers its trainer supports, and the coordinator kept them.
+        (device,) = [d for d in admin.get("/api/v1/devices").json()["devices"] if d["name"] == "jvm-integration-phone"]
+        assert device["capabilities"].get("optimizers") == ["sgd"], device
 
         # What the coordinator recorded is exactly what the JVM device sent.
         assert report["job_id"] == job["job_id"] and report["round"] == 1

@@ -11,10 +11,16 @@ import dev.pockettune.core.protocol.Capabilities
 
 /**
  * What this phone tells the coordinator about itself: model name, Android version, RAM, cores,
- * a measured compute figure (the core's matmul micro-benchmark, measured once and kept), and
- * the battery state for heartbeats. Training runs only on charge, so the battery is informative.
+ * a measured compute figure (the core's matmul micro-benchmark, measured once and kept), the
+ * optimizers its trainer supports ([optimizers]: the `TaskRunner`'s, i.e. `ExecuTorchTrainer`'s
+ * list, so the coordinator offers no task the runner would refuse), and the battery state for
+ * heartbeats. Training runs only on charge, so the battery is informative.
  */
-class AndroidDeviceStatus(private val context: Context, private val settings: Settings) :
+class AndroidDeviceStatus(
+    private val context: Context,
+    private val settings: Settings,
+    private val optimizers: List<String>,
+) :
     dev.pockettune.core.device.DeviceStatus {
 
     override fun name(): String = "${Build.MANUFACTURER} ${Build.MODEL}".trim().take(100)
@@ -26,7 +32,7 @@ class AndroidDeviceStatus(private val context: Context, private val settings: Se
         context.getSystemService(ActivityManager::class.java).getMemoryInfo(memory)
         val ramMb = memory.totalMem / (1024 * 1024)
         return Capabilities(ramMb, Runtime.getRuntime().availableProcessors().toLong(), gflops(), 0.0,
-            listOf(Capabilities.RUNTIME_EXECUTORCH))
+            listOf(Capabilities.RUNTIME_EXECUTORCH), optimizers)
     }
 
     /** Measured on first use (about half a second), then cached in the settings. */

@@ -33,7 +33,16 @@ import org.pytorch.executorch.training.TrainingModule
  * run it through `Module.forward(ids)` to get the hidden states the training program takes.
  */
 class ExecuTorchTrainer : Trainer {
+    /**
+     * SGD only: `org.pytorch.executorch.training` has no other optimizer. The app registers this
+     * list (capabilities `optimizers`), so the coordinator offers this phone no AdamW task.
+     */
+    override fun optimizers(): List<String> = listOf(Trainer.OPTIMIZER_SGD)
+
     override fun train(request: TrainingRequest, listener: TrainingListener): TrainingOutcome {
+        if (request.optimizer != Trainer.OPTIMIZER_SGD) {
+            throw TrainingException("ExecuTorch trains with SGD only, not ${request.optimizer}")
+        }
         val manifest = request.artifact.manifest
         val method = manifest.programMethod
         val prefix = request.artifact.prefixProgram()?.let { Module.load(it.toString()) }

@@ -48,14 +48,15 @@ class ParticipationWorker(context: Context, params: WorkerParameters) : Coroutin
         }
         val url = settings.coordinatorUrl
         val client = CoordinatorClient(url, RetryPolicy.boundedBy(5 * 60_000L)).withUserAgent("PocketTune-Android/0.1")
-        val status = AndroidDeviceStatus(applicationContext, settings)
-        val session = ParticipationSession(client, url, settings.enrollmentKey, PrefsIdentityStore(applicationContext), status)
-        settings.abandonedTasks.mapNotNull { it.toLongOrNull() }.forEach(session::abandon)
         val listener = ProgressListener()
         val store = ArtifactStore(applicationContext.filesDir.toPath().resolve("pockettune"),
             BlobDownloader(client, listener))
         val runner = TaskRunner(client, store, ExecuTorchTrainer(), LocalTextSource(applicationContext, settings), listener)
-            .withPeakGflops(status.gflops())
+        // Registration declares exactly the optimizers the runner accepts (the trainer's own list).
+        val status = AndroidDeviceStatus(applicationContext, settings, runner.optimizers())
+        runner.withPeakGflops(status.gflops())
+        val session = ParticipationSession(client, url, settings.enrollmentKey, PrefsIdentityStore(applicationContext), status)
+        settings.abandonedTasks.mapNotNull { it.toLongOrNull() }.forEach(session::abandon)
         try {
             val deviceId = session.ensureRegistered()
             session.heartbeat()

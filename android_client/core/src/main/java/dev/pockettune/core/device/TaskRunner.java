@@ -30,6 +30,7 @@ import java.util.Arrays;
 import java.util.Collections;
 import java.util.HashMap;
 import java.util.List;
+import java.util.Locale;
 import java.util.Map;
 
 /**
@@ -45,6 +46,7 @@ public final class TaskRunner {
     private final CoordinatorClient client;
     private final ArtifactStore store;
     private final Trainer trainer;
+    private final List<String> optimizers;
     private final LocalText text;
     private final TaskListener listener;
     private Double peakGflops;
@@ -55,8 +57,14 @@ public final class TaskRunner {
         this.client = client;
         this.store = store;
         this.trainer = trainer;
+        this.optimizers = normalized(trainer.optimizers());
         this.text = text;
         this.listener = listener == null ? TaskListener.NONE : listener;
+    }
+
+    /** The trainer's optimizers (lower case): what the device declares, and all that {@link #run} accepts. */
+    public List<String> optimizers() {
+        return optimizers;
     }
 
     /** The device's measured matmul peak, reported with each result (null: not reported). */
@@ -67,6 +75,13 @@ public final class TaskRunner {
 
     public TaskReport run(Task task) throws CoordinatorException, IOException, InterruptedException,
             TrainingException, NoLocalDataException {
+        // The coordinator offers only the optimizers the device declared; one outside them is
+        // refused all the same, before anything is downloaded.
+        String optimizer = task.train.optimizer.toLowerCase(Locale.ROOT);
+        if (!optimizers.contains(optimizer)) {
+            throw new IntegrityException("task asks for optimizer '" + task.train.optimizer
+                    + "'; this device's trainer supports " + optimizers);
+        }
         long bytesBefore = client.transfers().bytesDown();
         double secondsBefore = client.transfers().secondsDown();
         listener.onPhase(TaskListener.Phase.DOWNLOADING, "artifact " + shortSha(task.artifact.sha256));
@@ -79,10 +94,6 @@ public final class TaskRunner {
         if (task.train.batch != manifest.batch || task.train.seq != manifest.seq) {
             throw new IntegrityException("task says batch/seq " + task.train.batch + "/" + task.train.seq
                     + ", the program was compiled for " + manifest.batch + "/" + manifest.seq);
-        }
-        if (!"sgd".equalsIgnoreCase(task.train.optimizer)) {
-            throw new IntegrityException("task asks for optimizer '" + task.train.optimizer
-                    + "'; the on-device runtime offers SGD only");
         }
         List<NamedTensor> start = startAdapter(adapterPath, manifest.loraTensors);
 
@@ -99,7 +110,7 @@ public final class TaskRunner {
 
         listener.onPhase(TaskListener.Phase.TRAINING, steps + " steps");
         long trainStarted = System.nanoTime();
-        TrainingOutcome outcome = trainer.train(new TrainingRequest(artifact, adapterPath, stepBatches,
+        TrainingOutcome outcome = trainer.train(new TrainingRequest(artifact, adapterPath, stepBatches, optimizer,
                 task.train.lr.doubleValue(), task.train.momentumOrZero(), task.train.weightDecayOrZero()), listener);
         double trainSeconds = (System.nanoTime() - trainStarted) / 1e9;
         if (listener.isCancelled()) {
@@ -142,7 +153,7 @@ public final class TaskRunner {
             metrics.set(DeviceMetrics.Key.PEAK_GFLOPS, peakGflops);
         }
         ResultMeta meta = new ResultMeta(Math.max(1, numExamples), outcome.lossBefore, outcome.lossAfter, trainSeconds,
-                bytesDownloaded, bytes.length, metrics);
+                bytesDownloaded, bytes.length, task.adapter.sha256, metrics);
 
         listener.onPhase(TaskListener.Phase.UPLOADING, bytes.length + " bytes");
         UploadOutcome uploaded = client.uploadResult(task.upload.url, meta, bytes);
@@ -152,6 +163,24 @@ public final class TaskRunner {
                 uploaded.alreadySubmitted ? "accepted (already submitted)" : "accepted", uploaded.response,
                 Sha256.of(bytes), bytes.length, deltaNorm, outcome.lossBefore, outcome.lossAfter, steps, numExamples,
                 bytesDownloaded, downloadSeconds, trainSeconds, uploaded.seconds);
+    }
+
+    /** A trainer's declared optimizers, lower case, duplicates dropped; refused if it declares none. */
+    static List<String> normalized(List<String> declared) {
+        if (declared == null || declared.isEmpty()) {
+            throw new IllegalArgumentException("the trainer declares no optimizer it can train with");
+        }
+        List<String> names = new ArrayList<>();
+        for (String name : declared) {
+            if (name == null || name.isEmpty()) {
+                throw new IllegalArgumentException("the trainer declares an empty optimizer name: " + declared);
+            }
+            String lower = name.toLowerCase(Locale.ROOT);
+            if (!names.contains(lower)) {
+                names.add(lower);
+            }
+        }
+        return Collections.unmodifiableList(names);
     }
 
     /** The start adapter's tensors under PEFT keys, refused unless they are exactly the manifest's. */

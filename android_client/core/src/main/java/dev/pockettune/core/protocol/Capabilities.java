@@ -7,8 +7,13 @@ import java.util.List;
 import org.json.JSONObject;
 
 /**
- * What a device can do: registration sends all five fields, a heartbeat any subset (so each
- * field is nullable, and a null one is left out of the JSON).
+ * What a device can do: registration sends the five required fields and {@code optimizers}, a
+ * heartbeat any subset (so each field is nullable, and a null one is left out of the JSON).
+ *
+ * <p>{@code optimizers} (optional in the protocol) lists the {@code train.optimizer} values the
+ * device can train with ({@code "sgd"}, {@code "adamw"}); a device that leaves it out is taken to
+ * support {@code "sgd"} only, and the coordinator offers no device a task with an optimizer
+ * outside its list. The app fills it from its trainer's {@code Trainer.optimizers()}.
  */
 public final class Capabilities implements JsonModel {
     /** The training runtime this client drives (the coordinator matches it to the artifact format). */
@@ -19,25 +24,29 @@ public final class Capabilities implements JsonModel {
     public final Number gflops;
     public final Number bandwidthMbps;
     public final List<String> runtimes;
+    /** The optimizers the device trains with; null: not sent (the coordinator assumes {@code ["sgd"]}). */
+    public final List<String> optimizers;
     public final JSONObject extra;
 
-    public Capabilities(Long ramMb, Long cores, Number gflops, Number bandwidthMbps, List<String> runtimes) {
-        this(ramMb, cores, gflops, bandwidthMbps, runtimes, new JSONObject());
+    public Capabilities(Long ramMb, Long cores, Number gflops, Number bandwidthMbps, List<String> runtimes,
+                        List<String> optimizers) {
+        this(ramMb, cores, gflops, bandwidthMbps, runtimes, optimizers, new JSONObject());
     }
 
     private Capabilities(Long ramMb, Long cores, Number gflops, Number bandwidthMbps, List<String> runtimes,
-                         JSONObject extra) {
+                         List<String> optimizers, JSONObject extra) {
         this.ramMb = ramMb;
         this.cores = cores;
         this.gflops = gflops;
         this.bandwidthMbps = bandwidthMbps;
         this.runtimes = runtimes;
+        this.optimizers = optimizers;
         this.extra = extra;
     }
 
     /** Only a new compute measurement (what a heartbeat usually carries). */
     public static Capabilities gflopsOnly(double gflops) {
-        return new Capabilities(null, null, gflops, null, null);
+        return new Capabilities(null, null, gflops, null, null, null);
     }
 
     public static Capabilities fromJson(JSONObject object, String path) {
@@ -47,13 +56,14 @@ public final class Capabilities implements JsonModel {
         Number gflops = f.optNumber("gflops");
         Number bandwidth = f.optNumber("bandwidth_mbps");
         List<String> runtimes = f.optStringList("runtimes");
-        return new Capabilities(ramMb, cores, gflops, bandwidth, runtimes, f.unknown());
+        List<String> optimizers = f.optStringList("optimizers");
+        return new Capabilities(ramMb, cores, gflops, bandwidth, runtimes, optimizers, f.unknown());
     }
 
     @Override
     public JSONObject toJson() {
         return new JsonOut().putIfPresent("ram_mb", ramMb).putIfPresent("cores", cores)
                 .putIfPresent("gflops", gflops).putIfPresent("bandwidth_mbps", bandwidthMbps)
-                .putIfPresent("runtimes", runtimes).with(extra);
+                .putIfPresent("runtimes", runtimes).putIfPresent("optimizers", optimizers).with(extra);
     }
 }

@@ -16,18 +16,24 @@ public final class ResultMeta implements JsonModel {
     public final Number trainSeconds;
     public final long bytesDownloaded;
     public final long bytesUploaded;
+    /**
+     * The sha256 of the adapter the task started training from (the task's {@code adapter.sha256}):
+     * the coordinator refuses an update made for another task or round.
+     */
+    public final String startAdapterSha256;
     /** Optional hardware measurements; null: not sent. */
     public final DeviceMetrics metrics;
     public final JSONObject extra;
 
     public ResultMeta(long numExamples, double lossBefore, double lossAfter, double trainSeconds,
-                      long bytesDownloaded, long bytesUploaded, DeviceMetrics metrics) {
+                      long bytesDownloaded, long bytesUploaded, String startAdapterSha256, DeviceMetrics metrics) {
         this.numExamples = numExamples;
         this.lossBefore = lossBefore;
         this.lossAfter = lossAfter;
         this.trainSeconds = trainSeconds;
         this.bytesDownloaded = bytesDownloaded;
         this.bytesUploaded = bytesUploaded;
+        this.startAdapterSha256 = startAdapterSha256;
         this.metrics = metrics;
         this.extra = new JSONObject();
     }
@@ -39,6 +45,7 @@ public final class ResultMeta implements JsonModel {
         trainSeconds = f.requireNumber("train_seconds");
         bytesDownloaded = f.requireLong("bytes_downloaded");
         bytesUploaded = f.requireLong("bytes_uploaded");
+        startAdapterSha256 = f.requireString("start_adapter_sha256");
         metrics = f.opt("metrics", DeviceMetrics::fromJson);
         extra = f.unknown();
     }
@@ -52,6 +59,7 @@ public final class ResultMeta implements JsonModel {
         return new JsonOut().put("num_examples", numExamples).put("loss_before", lossBefore)
                 .put("loss_after", lossAfter).put("train_seconds", trainSeconds)
                 .put("bytes_downloaded", bytesDownloaded).put("bytes_uploaded", bytesUploaded)
+                .put("start_adapter_sha256", startAdapterSha256)
                 .putIfPresent("metrics", metrics).with(extra);
     }
 }

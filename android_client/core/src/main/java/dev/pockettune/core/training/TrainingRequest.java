@@ -11,15 +11,18 @@ public final class TrainingRequest {
     public final Path startAdapter;
     /** One batch per optimizer step. */
     public final List<TrainingBatch> batches;
+    /** The task's {@code train.optimizer} (lower case), one of the trainer's {@link Trainer#optimizers()}. */
+    public final String optimizer;
     public final double learningRate;
     public final double momentum;
     public final double weightDecay;
 
     public TrainingRequest(LocalArtifact artifact, Path startAdapter, List<TrainingBatch> batches,
-                           double learningRate, double momentum, double weightDecay) {
+                           String optimizer, double learningRate, double momentum, double weightDecay) {
         this.artifact = artifact;
         this.startAdapter = startAdapter;
         this.batches = Collections.unmodifiableList(batches);
+        this.optimizer = optimizer;
         this.learningRate = learningRate;
         this.momentum = momentum;
         this.weightDecay = weightDecay;

@@ -37,7 +37,7 @@ public class ParticipationSessionTest {
 
         @Override
         public Capabilities capabilities() {
-            return new Capabilities(6144L, 8L, 21.5, 40.0, List.of("executorch"));
+            return new Capabilities(6144L, 8L, 21.5, 40.0, List.of("executorch"), List.of("sgd"));
         }
 
         @Override
@@ -83,6 +83,7 @@ public class ParticipationSessionTest {
             assertEquals(17, first.ensureRegistered());
             assertTrue(registerBody.get().contains("\"enrollment_key\":\"enroll\""));
             assertTrue(registerBody.get().contains("\"battery\":87.0"));
+            assertTrue(registerBody.get(), registerBody.get().contains("\"optimizers\":[\"sgd\"]"));
             TaskOffer offer = first.nextTask();
             assertFalse(offer.hasTask());
             assertEquals("no running job", offer.noTaskReason);

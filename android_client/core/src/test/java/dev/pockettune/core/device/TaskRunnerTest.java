@@ -33,6 +33,7 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Random;
+import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicReference;
 import org.json.JSONArray;
 import org.json.JSONObject;
@@ -50,6 +51,7 @@ public class TaskRunnerTest {
     private final Map<String, byte[]> blobs = new HashMap<>();
     private final AtomicReference<ResultMeta> receivedMeta = new AtomicReference<>();
     private final AtomicReference<byte[]> receivedUpdate = new AtomicReference<>();
+    private final AtomicInteger blobRequests = new AtomicInteger();
     private TestServer server;
     private Path dir;
     private JSONObject task;
@@ -95,6 +97,7 @@ public class TaskRunnerTest {
 
         server = new TestServer();
         server.handle("/api/v1/blobs/", exchange -> {
+            blobRequests.incrementAndGet();
             String sha = exchange.getRequestURI().getPath().substring("/api/v1/blobs/".length());
             byte[] data = blobs.get(sha);
             TestServer.respond(exchange, data == null ? 404 : 200, "application/octet-stream",
@@ -158,6 +161,7 @@ public class TaskRunnerTest {
                 .run(Task.fromJson(task));
         assertEquals("accepted", report.status);
         assertEquals(3, trainer.batchesSeen);
+        assertEquals("sgd", trainer.lastOptimizer);
         ResultMeta meta = receivedMeta.get();
         assertEquals(2, meta.numExamples);   // 3 paragraphs -> 1 full batch of 2; min(examples, steps * batch)
         assertEquals(2.5, meta.lossBefore.doubleValue(), 0);
@@ -198,6 +202,45 @@ public class TaskRunnerTest {
             assertTrue(expected.getMessage().contains("32"));
         }
         assertEquals(0, trainer.batchesSeen);
+    }
+
+    @Test
+    public void anOptimizerTheTrainerDoesNotDeclareIsRefusedBeforeAnyDownload() throws Exception {
+        task.getJSONObject("train").put("optimizer", "adamw").put("weight_decay", 0.01);
+        FakeTrainerForTests trainer = new FakeTrainerForTests(4, 0.01);   // declares sgd, as ExecuTorchTrainer
+        TaskRunner runner = runner(trainer, "some text\n\nmore text");
+        assertEquals(List.of("sgd"), runner.optimizers());
+        try {
+            runner.run(Task.fromJson(task));
+            fail("an AdamW task must be refused by an SGD-only trainer");
+        } catch (IntegrityException expected) {
+            assertEquals("task asks for optimizer 'adamw'; this device's trainer supports [sgd]", expected.getMessage());
+        }
+        assertEquals(0, trainer.batchesSeen);
+        assertEquals("nothing is fetched for a task the device cannot train", 0, blobRequests.get());
+        assertEquals(null, receivedUpdate.get());
+    }
+
+    @Test
+    public void anOptimizerTheTrainerDeclaresIsTrainedWith() throws Exception {
+        task.getJSONObject("train").put("optimizer", "AdamW");
+        FakeTrainerForTests trainer = new FakeTrainerForTests(4, 0.01, List.of("sgd", "ADAMW", "adamw"));
+        TaskRunner runner = runner(trainer, "First paragraph.\n\nSecond one.\n\nThird one.");
+        assertEquals("lower case, duplicates dropped", List.of("sgd", "adamw"), runner.optimizers());
+        TaskReport report = runner.run(Task.fromJson(task));
+        assertEquals("accepted", report.status);
+        assertEquals("adamw", trainer.lastOptimizer);
+        assertEquals(3, trainer.batchesSeen);
+    }
+
+    @Test
+    public void aTrainerThatDeclaresNoOptimizerIsRefused() {
+        try {
+            runner(new FakeTrainerForTests(4, 0.01, List.of()), "text");
+            fail("a trainer must declare at least one optimizer");
+        } catch (IllegalArgumentException expected) {
+            assertTrue(expected.getMessage().contains("no optimizer"));
+        }
     }
 
     @Test

@@ -149,7 +149,7 @@ public class CoordinatorClientTest {
             });
             CoordinatorClient client = client(server, new FakeTiming(), 60_000);
             client.setToken("tok");
-            ResultMeta meta = new ResultMeta(16, 2.5, 2.0, 1.5, 10, update.length, null);
+            ResultMeta meta = new ResultMeta(16, 2.5, 2.0, 1.5, 10, update.length, "ab".repeat(32), null);
             UploadOutcome first = client.uploadResult("/api/v1/tasks/41/result", meta, update);
             assertFalse(first.alreadySubmitted);
             assertEquals(5, first.response.updateId);

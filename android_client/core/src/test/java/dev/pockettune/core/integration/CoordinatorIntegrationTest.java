@@ -83,7 +83,14 @@ public class CoordinatorIntegrationTest {
         return value;
     }
 
+    /** The device's fixed facts; its optimizers are the trainer's, as the app's worker wires them. */
     private static final class TestDevice implements DeviceStatus {
+        private final List<String> optimizers;
+
+        TestDevice(List<String> optimizers) {
+            this.optimizers = optimizers;
+        }
+
         @Override
         public String name() {
             return "jvm-integration-phone";
@@ -96,7 +103,8 @@ public class CoordinatorIntegrationTest {
 
         @Override
         public Capabilities capabilities() {
-            return new Capabilities(6144L, 8L, 21.5, 40.0, Collections.singletonList(Capabilities.RUNTIME_EXECUTORCH));
+            return new Capabilities(6144L, 8L, 21.5, 40.0, Collections.singletonList(Capabilities.RUNTIME_EXECUTORCH),
+                    optimizers);
         }
 
         @Override
@@ -119,12 +127,17 @@ public class CoordinatorIntegrationTest {
         CoordinatorClient client = new CoordinatorClient(url, RetryPolicy.boundedBy(60_000))
                 .withUserAgent("PocketTune-JVM-IntegrationTest/1");
 
+        // The phone's trainer, replaced by the test double (which declares ExecuTorchTrainer's sgd).
+        FakeTrainerForTests trainer = new FakeTrainerForTests(11, 0.01);
+        List<String> optimizers = List.copyOf(trainer.optimizers());
+        assertEquals(List.of("sgd"), optimizers);
+
         HealthResponse health = client.health();
         assertTrue("coordinator health: " + health.toJsonString(), health.ok());
 
         try {
             new CoordinatorClient(url, RetryPolicy.boundedBy(10_000)).register(new RegisterRequest("wrong-key",
-                    "intruder", "android-14", new TestDevice().capabilities(), null, null));
+                    "intruder", "android-14", new TestDevice(optimizers).capabilities(), null, null));
             fail("a wrong enrollment key must be refused");
         } catch (ProtocolException e) {
             assertEquals(401, e.status);
@@ -132,7 +145,7 @@ public class CoordinatorIntegrationTest {
         }
 
         ParticipationSession session = new ParticipationSession(client, url, enrollmentKey,
-                new FileIdentityStore(state.resolve("device.json")), new TestDevice());
+                new FileIdentityStore(state.resolve("device.json")), new TestDevice(optimizers));
         long deviceId = session.ensureRegistered();
         assertTrue(Files.isRegularFile(state.resolve("device.json")));
         assertEquals(deviceId, session.heartbeat().deviceId);
@@ -204,17 +217,16 @@ public class CoordinatorIntegrationTest {
             wrongShape.add(new NamedTensor(spec.name, shape, new float[Math.toIntExact(spec.numel())]));
         }
         byte[] badUpdate = SafetensorsWriter.write(wrongShape, Map.of("format", "pt"));
-        ResultMeta badMeta = new ResultMeta(1, 2.5, 2.1, 1.0, 0, badUpdate.length, null);
+        ResultMeta badMeta = new ResultMeta(1, 2.5, 2.1, 1.0, 0, badUpdate.length, task.adapter.sha256, null);
         try {
             client.uploadResult(task.upload.url, badMeta, badUpdate);
             fail("an update with a transposed tensor must be refused");
         } catch (ProtocolException e) {
             assertEquals(422, e.status);
-            assertTrue(e.code, e.is(ErrorCode.TENSOR_SHAPE));
+            assertTrue(e.code + ": " + e.serverMessage, e.is(ErrorCode.TENSOR_SHAPE));
         }
 
         // The round itself: the phone's TaskRunner with the test double as its trainer.
-        FakeTrainerForTests trainer = new FakeTrainerForTests(11, 0.01);
         LocalText text = new LocalText() {
             @Override
             public List<String> documents() {

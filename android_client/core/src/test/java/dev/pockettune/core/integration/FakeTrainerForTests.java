@@ -27,15 +27,30 @@ import java.util.Random;
  * perturbation to every LoRA tensor (float32, the manifest's names and shapes) and reports fixed
  * losses. It does look at every batch: each must have the program's shape and follow the label
  * rule (labels = ids on real tokens, -100 on padding), or it fails the task.
+ *
+ * <p>It declares the app's trainer's optimizers ({@code sgd}) unless a test gives it others.
  */
 public final class FakeTrainerForTests implements Trainer {
     private final long seed;
     private final double scale;
+    private final List<String> optimizers;
     public int batchesSeen;
+    /** The optimizer of the last request it trained. */
+    public String lastOptimizer;
 
     public FakeTrainerForTests(long seed, double scale) {
+        this(seed, scale, List.of(Trainer.OPTIMIZER_SGD));
+    }
+
+    public FakeTrainerForTests(long seed, double scale, List<String> optimizers) {
         this.seed = seed;
         this.scale = scale;
+        this.optimizers = optimizers;
+    }
+
+    @Override
+    public List<String> optimizers() {
+        return optimizers;
     }
 
     @Override
@@ -44,6 +59,10 @@ public final class FakeTrainerForTests implements Trainer {
         int seq = request.artifact.manifest.seq;
         long pad = request.artifact.manifest.tokenizer.padTokenId;
         int ignore = request.artifact.manifest.ignoreIndex;
+        if (!optimizers.contains(request.optimizer)) {
+            throw new TrainingException("asked to train with " + request.optimizer + ", declared " + optimizers);
+        }
+        lastOptimizer = request.optimizer;
         int step = 0;
         for (TrainingBatch b : request.batches) {
             if (b.batch != batch || b.seq != seq) {

@@ -18,6 +18,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.Iterator;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.TreeSet;
 import java.util.function.Function;
@@ -132,6 +133,36 @@ public class ProtocolExamplesTest {
     }
 
     @Test
+    public void capabilitiesCarryTheOptimizersTheDeviceDeclares() throws Exception {
+        JSONObject registration = load("register_request.json");
+        RegisterRequest request = RegisterRequest.fromJson(registration);
+        assertEquals(List.of("executorch"), request.capabilities.runtimes);
+        assertEquals("the app's ExecuTorch trainer: SGD only", List.of("sgd"), request.capabilities.optimizers);
+
+        // Optional: a device without the field (the coordinator takes it as sgd only) round-trips without it.
+        JSONObject older = registration.getJSONObject("capabilities");
+        older.remove("optimizers");
+        Capabilities parsed = Capabilities.fromJson(older, "capabilities");
+        assertNull(parsed.optimizers);
+        JsonAssert.assertSameJson("capabilities without optimizers", older,
+                Json.parse(JsonWriter.compact(parsed.toJson())));
+
+        // A mistyped list names its path; fields a newer coordinator adds are kept beside it.
+        JSONObject both = new JSONObject().put("optimizers", new org.json.JSONArray().put("sgd").put("adamw"))
+                .put("added_by_a_newer_coordinator", 3);
+        Capabilities withExtra = Capabilities.fromJson(both, "capabilities");
+        assertEquals(List.of("sgd", "adamw"), withExtra.optimizers);
+        assertEquals("{\"optimizers\":[\"sgd\",\"adamw\"],\"added_by_a_newer_coordinator\":3}",
+                withExtra.toJsonString());
+        try {
+            Capabilities.fromJson(new JSONObject().put("optimizers", new org.json.JSONArray().put(7)), "capabilities");
+            fail("a number in the optimizer list must be refused");
+        } catch (ProtocolFormatException expected) {
+            assertEquals("capabilities.optimizers[0] must be a string, got integer", expected.getMessage());
+        }
+    }
+
+    @Test
     public void metricsKeepNullAndAbsentApart() throws Exception {
         ResultMeta meta = ResultMeta.fromJson(load("result_meta_with_metrics.json"));
         assertTrue(meta.metrics.has(DeviceMetrics.Key.PREVIOUS_UPLOAD_SECONDS));
@@ -150,14 +181,17 @@ public class ProtocolExamplesTest {
     @Test
     public void clientBuiltRequestsOmitAbsentOptionalFields() {
         RegisterRequest request = new RegisterRequest("k", "pixel", "android-14",
-                new Capabilities(6144L, 8L, 21.5, 40.0, java.util.Collections.singletonList("executorch")), null, null);
+                new Capabilities(6144L, 8L, 21.5, 40.0, List.of("executorch"), List.of("sgd")), null, null);
         assertEquals("{\"enrollment_key\":\"k\",\"name\":\"pixel\",\"platform\":\"android-14\",\"capabilities\":"
-                + "{\"ram_mb\":6144,\"cores\":8,\"gflops\":21.5,\"bandwidth_mbps\":40.0,\"runtimes\":[\"executorch\"]}}",
+                + "{\"ram_mb\":6144,\"cores\":8,\"gflops\":21.5,\"bandwidth_mbps\":40.0,\"runtimes\":[\"executorch\"],"
+                + "\"optimizers\":[\"sgd\"]}}",
                 request.toJsonString());
+        assertEquals("{\"gflops\":22.0}", Capabilities.gflopsOnly(22.0).toJsonString());
         assertEquals("{\"charging\":true}", new HeartbeatRequest(null, true, null).toJsonString());
-        ResultMeta meta = new ResultMeta(16, 2.5, 2.0, 3.0, 100, 8192, null);
+        ResultMeta meta = new ResultMeta(16, 2.5, 2.0, 3.0, 100, 8192, "ab".repeat(32), null);
         assertEquals("{\"num_examples\":16,\"loss_before\":2.5,\"loss_after\":2.0,\"train_seconds\":3.0,"
-                + "\"bytes_downloaded\":100,\"bytes_uploaded\":8192}", meta.toJsonString());
+                + "\"bytes_downloaded\":100,\"bytes_uploaded\":8192,\"start_adapter_sha256\":\"" + "ab".repeat(32)
+                + "\"}", meta.toJsonString());
     }
 
     @Test
