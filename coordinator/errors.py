@@ -38,7 +38,8 @@ ERROR_CODES: dict[str, int] = {
     "late": 409,
     "already_submitted": 409,
     "job_not_running": 409,
-    # 413/416
+    # 412/413/416
+    "precondition_failed": 412,
     "payload_too_large": 413,
     "update_too_large": 413,
     "range_not_satisfiable": 416,
@@ -55,7 +56,8 @@ ERROR_CODES: dict[str, int] = {
 }
 
 _CODE_FOR_HTTP_STATUS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                         405: "method_not_allowed", 413: "payload_too_large", 416: "range_not_satisfiable"}
+                         405: "method_not_allowed", 412: "precondition_failed", 413: "payload_too_large",
+                         416: "range_not_satisfiable"}
 
 
 #: Longest error message sent: whatever a message quotes, an answer never echoes a whole input.

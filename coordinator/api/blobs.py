@@ -44,7 +44,7 @@ from werkzeug.http import parse_date
 
 from coordinator.api.common import state
 from coordinator.auth import device_or_admin_required
-from coordinator.errors import ApiError
+from coordinator.errors import ApiError, error_response
 from coordinator.models import Artifact, ArtifactFile, GlobalAdapter, Task
 from coordinator.storage import is_sha256_hex
 
@@ -137,9 +137,10 @@ def _validators(response: Response, sha256: str, last_modified: datetime, cachea
 
 
 def _precondition_failed(sha256: str, last_modified: datetime) -> Response:
-    """412, no body: not the blob's bytes, and not cached (it answers a condition, not the blob)."""
-    response = Response(b"", status=412)
-    del response.headers["Content-Type"]
+    """412 with the API's JSON error, never the blob's bytes, and not cached (it answers a
+    condition, not the blob); HEAD drops the body as for any answer."""
+    response = error_response("precondition_failed", "the blob does not match If-Match / If-Unmodified-Since: "
+                                                     "it is not the version the client has")
     response.cache_control.no_store = True
     return _validators(response, sha256, last_modified, cacheable=False)
 

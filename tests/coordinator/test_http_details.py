@@ -73,10 +73,14 @@ def assert_part(response: requests.Response, blob: Blob, first: int, last: int) 
 
 
 def assert_precondition_failed(response: requests.Response, blob: Blob) -> None:
-    """412 with no body at all: never the blob's bytes, not even part of them."""
+    """412 with the API's JSON error (no body for HEAD): never the blob's bytes, not even part of them."""
     assert response.status_code == 412, (response.status_code, response.text[:200])
-    assert response.content == b"", response.content[:200]
-    assert response.headers.get("Content-Length") == "0"
+    assert blob.data not in response.content and blob.data[:64] not in response.content
+    if response.request.method == "HEAD":
+        assert response.content == b""
+    else:
+        assert response.json()["error"]["code"] == "precondition_failed", response.text[:200]
+        assert response.headers.get("Content-Length") == str(len(response.content))
     assert "Content-Range" not in response.headers
     assert "max-age" not in response.headers.get("Cache-Control", ""), "a 412 must not be cached"
 
