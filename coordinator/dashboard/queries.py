@@ -200,6 +200,8 @@ class RoundRow:
     closed_at: datetime | None
     deadline_at: datetime
     close_reason: str | None
+    #: why the round's aggregation failed (status ``failed``)
+    error: str | None = None
     assigned: int = 0
     accepted: int = 0
     rejected: int = 0
@@ -256,7 +258,7 @@ def job_detail(session: Session, job_id: int) -> JobDetail | None:
         return None
     session.expunge(job)
     rounds = {r.id: RoundRow(number=r.number, status=r.status, opened_at=r.opened_at, closed_at=r.closed_at,
-                             deadline_at=r.deadline_at, close_reason=r.close_reason)
+                             deadline_at=r.deadline_at, close_reason=r.close_reason, error=r.error)
               for r in session.scalars(select(Round).where(Round.job_id == job_id).order_by(Round.number))}
     in_job = select(Round.id).where(Round.job_id == job_id)
     for round_id, count in session.execute(select(Task.round_id, func.count()).where(Task.round_id.in_(in_job))
@@ -400,7 +402,8 @@ def round_detail(session: Session, job_id: int, number: int) -> RoundDetail | No
         return None
     session.expunge(job)
     row = RoundRow(number=round_.number, status=round_.status, opened_at=round_.opened_at,
-                   closed_at=round_.closed_at, deadline_at=round_.deadline_at, close_reason=round_.close_reason)
+                   closed_at=round_.closed_at, deadline_at=round_.deadline_at, close_reason=round_.close_reason,
+                   error=round_.error)
     evaluation = session.scalars(select(Evaluation).where(Evaluation.job_id == job_id,
                                                           Evaluation.round == number)).one_or_none()
     if evaluation is not None:

@@ -96,6 +96,8 @@ def test_a_round_whose_aggregation_fails_is_failed_alone_and_other_jobs_close_on
     # The public page of a failed job renders, with its reason.
     page = requests.get(f"{server.base_url}/jobs/{poisoned['job_id']}", timeout=30)
     assert page.status_code == 200 and "could not be aggregated" in page.text
+    page = requests.get(f"{server.base_url}/jobs/{poisoned['job_id']}/rounds/1", timeout=30)
+    assert page.status_code == 200 and "aggregation failed: " in page.text
 
 
 def test_a_rejected_row_leaves_no_blob_behind(server, cleanup_jobs):
