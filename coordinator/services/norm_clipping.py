@@ -6,10 +6,13 @@ length ``|delta_i|`` (L2 over all its tensors) is measured when the upload is va
 so their lengths are of one order; a hostile or broken device's need not be, and under a
 weighted mean a single very long update moves the global adapter wherever it points.
 
-So, at aggregation, with ``m`` the median length of the round's updates and ``f`` the job's
-``norm_clip_factor``, every update longer than ``f * m`` is scaled back to that length::
+Devices of one heterogeneous round train tiers of different sizes (one LoRA layer at rank 2,
+or eight at rank 8), so lengths are compared per trained element: ``rms_i = |delta_i| /
+sqrt(n_i)``, with ``n_i`` the number of values in the device's own tier. At aggregation, with
+``m`` the median ``rms`` of the round's updates and ``f`` the job's ``norm_clip_factor``, every
+update whose ``rms`` exceeds ``f * m`` is scaled back to that::
 
-    T_i' = S_i + min(1, f * m / |delta_i|) * delta_i
+    T_i' = S_i + min(1, f * m / rms_i) * delta_i
 
 The bound follows from the lengths the round really saw, not from a constant: the median is
 unmoved by any minority of outliers, and an update within ``f`` times it is left exactly as it
@@ -20,6 +23,7 @@ than :data:`MIN_UPDATES` updates are not clipped (their median is no reference).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 
@@ -31,12 +35,16 @@ MIN_UPDATES = 3
 DEFAULT_FACTOR = 4.0
 
 
-def clip_scales(norms: Sequence[float], factor: float | None) -> list[float]:
-    """Per update, the factor its change is multiplied by (1.0: left as it is)."""
+def clip_scales(norms: Sequence[float], sizes: Sequence[int], factor: float | None) -> list[float]:
+    """Per update, the factor its change is multiplied by (1.0: left as it is).
+
+    ``norms``: each update's ``|delta_i|``; ``sizes``: how many values its tier trains.
+    """
     if factor is None or len(norms) < MIN_UPDATES:
         return [1.0] * len(norms)
-    bound = factor * statistics.median(norms)
-    return [1.0 if norm <= bound else bound / norm for norm in norms]
+    rms = [norm / math.sqrt(max(size, 1)) for norm, size in zip(norms, sizes)]
+    bound = factor * statistics.median(rms)
+    return [1.0 if value <= bound else bound / value for value in rms]
 
 
 def scaled(tensors: Mapping[str, np.ndarray], start: Mapping[str, np.ndarray], scale: float) -> dict[str, np.ndarray]:

@@ -33,6 +33,7 @@ so one job's trouble never holds up another job's rounds.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from datetime import timedelta
 
@@ -133,7 +134,9 @@ class RoundCloser:
         try:
             strategy = get_strategy(job.strategy)
             current = state.adapters.tensors(start.weights_sha256)
-            scales = clip_scales([u.delta_norm for u in updates], job.norm_clip_factor)
+            sizes = [_trained_values(state, task_starts.get(u.task_id, (None, None))[0] or job.artifact_id)
+                     for u in updates]
+            scales = clip_scales([u.delta_norm for u in updates], sizes, job.norm_clip_factor)
             client_updates = [_client_update(state, job, current, start.weights_sha256, u, scale,
                                              *task_starts.get(u.task_id, (None, None)))
                               for u, scale in zip(updates, scales)]
@@ -230,6 +233,11 @@ def _client_update(state, job: Job, current, start_sha256: str, update: Update, 
                                     shapes)
     return ClientUpdate(tensors=tensors, num_examples=update.num_examples, device_id=update.device_id,
                         loss_before=update.loss_before, loss_after=update.loss_after, trained=trained)
+
+
+def _trained_values(state, artifact_id: int) -> int:
+    """How many values an update of this artifact's tier holds (its LoRA tensors' elements)."""
+    return sum(math.prod(spec["shape"]) for spec in state.artifact_info(artifact_id).tensors)
 
 
 def _load_update(state, sha256: str):

@@ -423,3 +423,19 @@ def test_waitress_serves_by_default_and_flask_only_with_debug(tmp_path):
         assert requests.get(production.base_url + "/api/v1/health", timeout=10).headers["Server"] == "pockettune"
     finally:
         production.stop()
+
+
+def test_norm_clipping_bounds_each_change_by_the_rounds_median_per_trained_value():
+    from coordinator.services.norm_clipping import clip_scales, scaled
+
+    # One tier for everyone: the outlier (10) is scaled to 4 x the median (1); the rest untouched.
+    assert clip_scales([1.0, 1.0, 1.0, 10.0], [100] * 4, 4.0) == [1.0, 1.0, 1.0, 0.4]
+    # Unequal tiers: lengths compare per trained value, so a big tier's longer change is not an outlier.
+    assert clip_scales([1.0, 2.0, 2.0, 2.0 * np.sqrt(2)], [1, 4, 4, 8], 4.0) == [1.0] * 4
+    # ...but one that is 10x longer per value than the median is clipped to 4x.
+    scales = clip_scales([1.0, 2.0, 2.0, 20.0 * np.sqrt(2)], [1, 4, 4, 8], 4.0)
+    assert scales[:3] == [1.0] * 3 and abs(scales[3] - 0.4) < 1e-12
+    assert clip_scales([1.0, 100.0], [10, 10], 4.0) == [1.0, 1.0]        # too few for a median
+    assert clip_scales([1.0, 1.0, 100.0], [10] * 3, None) == [1.0] * 3   # the job switched it off
+    start = {"A": np.array([1.0, 2.0], dtype=np.float32)}
+    np.testing.assert_array_equal(scaled({"A": np.array([3.0, 6.0], dtype=np.float32)}, start, 0.5)["A"], [2.0, 4.0])
