@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
     (["--model", "no-such-model"], "unknown model"),
     (["--model", "tiny", "--prune", "0.95"], "pruning ratio must be in [0, 0.9]"),
     (["--model", "tiny", "--prune", "-0.1"], "pruning ratio must be in [0, 0.9]"),
-    (["--model", "tiny", "--lora-rank", "0"], "LoRA rank must be a positive integer"),
+    (["--model", "tiny", "--lora-rank", "0"], "LoRA rank must be an integer in [1, 4096]"),
     (["--model", "tiny", "--lora-layers", "5"], "only 4 layers"),
     (["--model", "tiny", "--rank-pattern", "4,x"], "rank pattern"),
     (["--model", "tiny", "--lora-layers", "2", "--rank-pattern", "4,4,4"], "lists 3 ranks for 2"),

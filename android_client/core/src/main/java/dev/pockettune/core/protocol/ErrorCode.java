@@ -18,6 +18,7 @@ public enum ErrorCode {
     LATE("late", 409),
     ALREADY_SUBMITTED("already_submitted", 409),
     JOB_NOT_RUNNING("job_not_running", 409),
+    PRECONDITION_FAILED("precondition_failed", 412),
     PAYLOAD_TOO_LARGE("payload_too_large", 413),
     UPDATE_TOO_LARGE("update_too_large", 413),
     RANGE_NOT_SATISFIABLE("range_not_satisfiable", 416),
