@@ -21,8 +21,8 @@ import requests
 
 from coordinator_harness import (  # noqa: F401 (fixtures are used by name)
     CAPABILITIES, ENROLLMENT_KEY, JOB_TIER, TICK_S, FakeTrainer, artifact_cache, assert_error, backend,
-    cleanup_jobs, count_rows, fedavg_by_hand, manifest_of, meta, query, register, safetensors_bytes, server,
-    start_adapter, upload)
+    cleanup_jobs, count_rows, fedavg_by_hand, manifest_of, meta, query, record_measurement, register,
+    safetensors_bytes, server, start_adapter, upload)
 
 BIG = 2**63
 
@@ -80,6 +80,9 @@ def test_a_round_whose_aggregation_fails_is_failed_alone_and_other_jobs_close_on
     late_by = (_when(closed["closed_at"]) - _when(closed["deadline"])).total_seconds()
     assert closed["status"] == "closed" and closed["close_reason"] == "deadline"
     assert late_by <= TICK_S + 0.8, f"the other job's round closed {late_by:.2f} s after its deadline"
+    record_measurement("other_job_round_late_after_a_poisoned_round",
+                       {"backend": server.database.backend, "seconds_after_deadline": round(late_by, 3),
+                        "tick_s": TICK_S})
 
     failed = admin.wait_job(poisoned["job_id"], lambda j: j["status"] in ("failed", "completed"), timeout=30)
     round_one = failed["round_history"][0]
