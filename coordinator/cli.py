@@ -54,6 +54,9 @@ def add_parser(subparsers) -> None:
                         f"INSTANCE/{ENROLLMENT_KEY_FILE}, created if missing)")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help=f"request-handling threads (default {DEFAULT_THREADS})")
+    p.add_argument("--evaluation-threads", type=int, default=Settings.EVALUATION_THREADS,
+                   help="torch threads for scoring global adapters on the held-out split (default "
+                        f"{Settings.EVALUATION_THREADS}: leaves the other cores to devices on the same host)")
     p.add_argument("--max-upload-mb", type=float, default=Settings.MAX_CONTENT_LENGTH / 2**20,
                    help="largest request body in MiB; bigger uploads get 413 "
                         f"(default {Settings.MAX_CONTENT_LENGTH / 2**20:g})")
@@ -83,7 +86,7 @@ def add_parser(subparsers) -> None:
 def _config(args: argparse.Namespace) -> dict:
     from pockettune.cli import UsageError
 
-    for name in ("threads",):
+    for name in ("threads", "evaluation_threads"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1, got {getattr(args, name)}")
     for name in ("max_upload_mb", "max_update_norm", "offline_after", "heartbeat_interval", "tick",
@@ -101,7 +104,7 @@ def _config(args: argparse.Namespace) -> dict:
         "MAX_UPDATE_NORM": args.max_update_norm, "OFFLINE_AFTER_S": args.offline_after,
         "HEARTBEAT_INTERVAL_S": args.heartbeat_interval, "TICK_S": args.tick,
         "DB_POOL_SIZE": args.threads + 4, "DASHBOARD_POLL_S": args.dashboard_poll,
-        "DASHBOARD_PUBLIC": not args.private_dashboard,
+        "DASHBOARD_PUBLIC": not args.private_dashboard, "EVALUATION_THREADS": args.evaluation_threads,
     }
 
 

@@ -64,6 +64,8 @@ class Settings:
     DASHBOARD_PUBLIC: bool = True
     #: How often dashboard pages of a running job refresh themselves (seconds).
     DASHBOARD_POLL_S: float = 3.0
+    #: torch threads of the background evaluator (held-out scoring); the rest stay with devices.
+    EVALUATION_THREADS: int = 1
 
     @classmethod
     def resolve(cls, config: Mapping | None, default_instance: str) -> "Settings":

@@ -304,6 +304,10 @@ class Evaluation(Base):
     #: the task's metric: "accuracy" (higher is better) or "perplexity" (lower is better).
     metric: Mapped[str | None] = mapped_column(String(50), nullable=True)
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: 95% interval of ``value`` over the evaluated examples (Wilson for accuracy, bootstrap for
+    #: perplexity: ``models/intervals.py``); None for rows written before intervals existed.
+    ci_low: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ci_high: Mapped[float | None] = mapped_column(Float, nullable=True)
     loss: Mapped[float | None] = mapped_column(Float, nullable=True)
     num_examples: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: wall time of the evaluation itself (loading the model the first time included).

@@ -46,6 +46,42 @@ def test_splits_are_disjoint_and_eval_subset_is_balanced_and_fixed():
     assert set(counts.values()) == {10}
 
 
+@pytest.mark.parametrize("name", ["bbcnews", "chatterbot"])
+def test_train_and_heldout_share_no_content_and_hold_no_duplicates(name):
+    """No text (whitespace-collapsed, case-folded) is both trained on and held out, and none twice."""
+    from models.splitting import normalized
+    from models.tasks import get_task, task_names
+
+    assert set(task_names()) == {"bbcnews", "chatterbot"}, "a new built-in task needs its place here"
+    task = get_task(name)
+    seen = {}
+    for split in ("train", "heldout"):
+        texts = [normalized(e.context + e.prompt + e.target) for e in task.examples(split)]
+        assert texts and len(set(texts)) == len(texts), f"{name} {split} holds duplicates"
+        seen[split] = set(texts)
+    assert not seen["train"] & seen["heldout"]
+    # The article (or the question) alone does not cross either: a relabelled copy cannot leak.
+    parts = {split: {normalized(e.context or e.prompt) for e in task.examples(split)} for split in seen}
+    assert not parts["train"] & parts["heldout"]
+    summary = task.split_summary()
+    assert summary["heldout"]["examples"] == len(seen["heldout"])
+    assert all(summary[split]["duplicates_dropped"] >= 0 for split in summary)
+
+
+def test_content_split_keeps_identical_texts_on_one_side_and_collapses_them():
+    from models.splitting import content_key, content_split, normalized, split_of_key
+
+    texts = ["An article.", "an   ARTICLE.", "Another one.", "An article."] + [f"text {i}" for i in range(200)]
+    sides = {split: content_split(texts, split, text_of=str) for split in ("train", "calibration", "heldout")}
+    kept = [t for side in sides.values() for t in side.items]
+    assert len(kept) == len({normalized(t) for t in texts})                # every distinct text once
+    assert sum(side.duplicates_dropped for side in sides.values()) == 2
+    home = split_of_key(content_key("An article."))
+    assert "An article." in sides[home].items and sides[home].duplicates_dropped == 2
+    shares = {split: len(side.items) / len(kept) for split, side in sides.items()}
+    assert 0.7 < shares["train"] < 0.9 and 0.08 < shares["heldout"] < 0.25
+
+
 def test_label_likelihood_accuracy_matches_a_longhand_computation(tiny):
     """Multi-token labels (the tiny byte tokenizer): scores are sums of per-token log-probs."""
     from models.tasks import get_task
@@ -69,6 +105,10 @@ def test_label_likelihood_accuracy_matches_a_longhand_computation(tiny):
     assert result["num_examples"] == 5
     assert result["value"] == pytest.approx(correct / 5)
     assert result["loss"] == pytest.approx(nll / 5, rel=1e-4)
+    # The Wilson interval, by its formula: (p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n).
+    z, n, p = 1.959963984540054, 5, correct / 5
+    centre, half = (p + z * z / (2 * n)), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert result["ci95"] == pytest.approx([(centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)])
 
 
 def test_chatterbot_perplexity_is_exp_of_answer_loss(tiny):
@@ -86,6 +126,23 @@ def test_chatterbot_perplexity_is_exp_of_answer_loss(tiny):
         loss = LanguageModelLoss(tiny.model)(ids, labels).item()   # the training program's loss
     assert result["loss"] == pytest.approx(loss, rel=1e-5)
     assert result["value"] == pytest.approx(math.exp(loss), rel=1e-5)
+    low, high = result["ci95"]
+    assert low <= result["value"] <= high and low > 0
+
+
+def test_perplexity_interval_resamples_whole_examples_and_narrows_with_more_of_them():
+    import numpy as np
+
+    from models.intervals import perplexity_interval
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(2, 30, size=400)
+    nll = tokens * rng.normal(2.0, 0.5, size=400).clip(0.1)
+    point = math.exp(nll.sum() / tokens.sum())
+    wide, narrow = perplexity_interval(nll[:40], tokens[:40]), perplexity_interval(nll, tokens)
+    assert narrow[0] < point < narrow[1]
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    assert perplexity_interval(nll, tokens) == narrow                      # seeded: reproducible
 
 
 def test_partitions_are_reproducible_disjoint_and_dirichlet_is_skewed():

@@ -210,6 +210,8 @@ class RoundRow:
     mean_loss_before: float | None = None
     mean_loss_after: float | None = None
     eval_value: float | None = None
+    #: 95% interval of ``eval_value`` over the held-out examples (None for older rows)
+    eval_ci: tuple[float, float] | None = None
     eval_loss: float | None = None
     eval_error: str | None = None
     metric: str | None = None
@@ -251,6 +253,10 @@ class JobDetail:
             r.status == RoundStatus.CLOSED and r.eval_value is None and r.eval_error is None for r in self.rounds)
 
 
+def _interval(evaluation: Evaluation) -> tuple[float, float] | None:
+    return None if evaluation.ci_low is None else (evaluation.ci_low, evaluation.ci_high)
+
+
 def job_detail(session: Session, job_id: int) -> JobDetail | None:
     """A job, each of its rounds with aggregates, and each device that took part in it."""
     job = session.get(Job, job_id)
@@ -284,6 +290,7 @@ def job_detail(session: Session, job_id: int) -> JobDetail | None:
         elif evaluation.round in by_number:
             row = by_number[evaluation.round]
             row.eval_value, row.eval_loss, row.eval_error = evaluation.value, evaluation.loss, evaluation.error
+            row.eval_ci = _interval(evaluation)
     return JobDetail(job=job, summary=jobs(session, [job_id])[0],
                      rounds=sorted(rounds.values(), key=lambda r: r.number), initial_evaluation=initial,
                      metric=metric, devices=_devices_in_job(session, job, in_job))
@@ -408,6 +415,7 @@ def round_detail(session: Session, job_id: int, number: int) -> RoundDetail | No
                                                           Evaluation.round == number)).one_or_none()
     if evaluation is not None:
         row.eval_value, row.eval_loss, row.eval_error = evaluation.value, evaluation.loss, evaluation.error
+        row.eval_ci = _interval(evaluation)
         row.metric = evaluation.metric
     tasks = []
     for task, name, update in session.execute(

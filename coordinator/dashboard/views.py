@@ -92,6 +92,14 @@ def _metric_value(value: float | None, metric: str | None) -> str:
     return _pct(value) if metric == "accuracy" else _num(value)
 
 
+@bp.app_template_filter("interval")
+def _interval_text(interval, metric: str | None) -> str:
+    """`` [80.1%, 88.0%]``: a score's 95% interval, shown beside it (empty when there is none)."""
+    if not interval:
+        return ""
+    return f" [{_metric_value(interval[0], metric)}, {_metric_value(interval[1], metric)}]"
+
+
 @bp.app_template_global("chart")
 def _chart(element_id: str, spec: dict) -> Markup:
     """A chart's container: ``charts.js`` draws the JSON spec inside it (and again on refresh)."""

