@@ -35,8 +35,9 @@ def federated(args, partition: str, workdir: Path, cache: Path) -> dict:
     from fleet.simulator import FleetSimulation, FleetSpec, format_report
     from pockettune.demo import DEMO_JOB
 
-    job = {**DEMO_JOB, "model": args.model, "local_steps": args.local_steps, "lr": args.lr,
-           "eval_examples": args.eval_examples}
+    job = {**DEMO_JOB, "model": args.model, "local_steps": args.local_steps, "lr": args.lr}
+    if args.eval_examples is not None:
+        job["eval_examples"] = args.eval_examples
     job.pop("task")
     spec = FleetSpec(devices=args.devices, fleet=args.profile, rounds=args.rounds, task="bbcnews",
                      partition=partition, seed=args.seed, dropout=args.dropout, workers=args.workers,
@@ -57,6 +58,7 @@ def centralized(args, budget_per_round: int) -> list[dict]:
     from export.pipeline import build_training_model
     from export.verify import train_eager
     from models.registry import load_base_model
+    from models.intervals import formatted
     from models.tasks import get_task
     from models.tier import Tier
     from pockettune.demo import DEMO_JOB
@@ -80,8 +82,9 @@ def centralized(args, budget_per_round: int) -> list[dict]:
         train_eager(model, batches, len(batches), args.lr, momentum=tier.train.momentum)
         points.append({"round": round_number, "train_seconds": time.perf_counter() - started,
                        **task.evaluate(model, base.tokenizer, evaluation, tier.seq)})
-        print(f"centralized after {round_number * budget_per_round // per_step} steps: "
-              f"accuracy {points[-1]['value']:.3f}", flush=True)
+        print(f"centralized after {round_number * budget_per_round // per_step} steps: accuracy "
+              f"{formatted(points[-1]['value'], points[-1].get('ci95'), 'accuracy')} "
+              f"on {points[-1]['num_examples']} held-out articles", flush=True)
     return points
 
 
@@ -139,7 +142,8 @@ def main(argv=None) -> int:
     parser.add_argument("--min-updates", type=int, default=4)
     parser.add_argument("--round-deadline", type=float, default=900.0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--eval-examples", type=int, default=100)
+    parser.add_argument("--eval-examples", type=int, default=None,
+                        help="held-out articles scored per adapter (default: the whole held-out split)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=("iid", "dirichlet", "centralized"), action="append",
                         help="run only these parts (repeatable; default all)")
