@@ -7,10 +7,10 @@ real coordinator that exports the tiers, cuts and lifts adapters, and aggregates
 chosen strategy. Reports, per configurator: virtual time to the target accuracy, final
 accuracy, and bytes uploaded and downloaded; writes ``<out>/heterogeneity.json`` and plots.
 
-The virtual clock is the simulator's (``fleet/simulator.py``): each task costs its transfers
-at the device's bandwidth plus its measured compute times its profile's slowdown, and a
-round lasts as long as its slowest accepted device. ``--realtime-factor`` makes devices
-sleep out part of their profile so that the updates a round accepts follow virtual order.
+The virtual clock is the simulator's (``fleet/simulator.py``, ``fleet/virtual_clock.py``):
+each task costs its transfers at the device's link plus its counted FLOPs at the profile's
+calibrated sustained rate (nothing measured on the host), a round accepts results in virtual
+finish order, and it lasts until its last accepted result (or its virtual deadline).
 
     python bench/heterogeneity.py --model smollm2-135m --devices 20 --rounds 5 --out docs/heterogeneity
 """
@@ -48,7 +48,7 @@ def run_fleet(args, configurator: str, workdir: Path, cache: Path) -> dict:
     spec = FleetSpec(devices=args.devices, fleet=args.profile, rounds=args.rounds, task="bbcnews",
                      partition=f"dirichlet:{args.alpha:g}", seed=args.seed, dropout=args.dropout,
                      workers=args.workers, devices_per_round=args.devices_per_round, min_updates=args.min_updates,
-                     round_deadline_s=args.round_deadline, realtime_factor=args.realtime_factor, job=job)
+                     round_deadline_s=args.round_deadline, job=job)
     with LocalCoordinator(workdir, artifact_cache=cache, extra_args=["--tick", "0.5"]) as coordinator:
         sim = FleetSimulation(spec, coordinator.base_url, coordinator.admin_token, coordinator.enrollment_key,
                               workdir, progress=not args.no_progress)
@@ -103,7 +103,7 @@ def plot(summaries: dict, target: float, out: Path) -> list[Path]:
 
     paths = []
     for key, xlabel, name in (
-            ("curve", "virtual time (s): transfers at each link's speed + compute x slowdown",
+            ("curve", "virtual time (s): transfers at each link's speed + counted FLOPs at the profile's rate",
              "accuracy_by_virtual_time.png"),
             ("steady_curve", "virtual time (s) without one-off artifact downloads", "accuracy_by_steady_time.png")):
         fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
@@ -141,7 +141,6 @@ def main(argv=None) -> int:
     parser.add_argument("--devices-per-round", type=int, default=20)
     parser.add_argument("--min-updates", type=int, default=16)
     parser.add_argument("--round-deadline", type=float, default=1800.0)
-    parser.add_argument("--realtime-factor", type=float, default=0.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--eval-examples", type=int, default=100)
     parser.add_argument("--target", type=float, default=None,

@@ -97,6 +97,9 @@ class TaskStatus:
 class CloseReason:
     MIN_UPDATES = "min_updates"
     DEADLINE = "deadline"
+    #: an admin closed the round early with what it had (``POST .../rounds/<n>/close``): e.g. a
+    #: simulation whose virtual deadline passed before the coordinator's real one
+    ADMIN = "admin"
 
 
 # --- tables ------------------------------------------------------------------------------------

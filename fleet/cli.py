@@ -37,9 +37,8 @@ def _add_device(subparsers) -> None:
                    help="where the token and cached artifacts live (default ~/.cache/pockettune/device-NAME)")
     p.add_argument("--name", default=None, help="device name shown on the coordinator (default: the host name)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="native",
-                   help="simulated hardware profile (default native: this machine as it is)")
-    p.add_argument("--realtime-factor", type=float, default=0.0, metavar="F",
-                   help="sleep out the profile's extra compute and transfer time x F (default 0: virtual only)")
+                   help="simulated hardware profile: its virtual clock and capabilities are what the "
+                        "coordinator hears (default native: this machine as it is, reporting what it measures)")
     p.add_argument("--runtimes", default="executorch", metavar="R,R",
                    help="training runtimes this device offers, preferred first: executorch, onnxruntime "
                         "(default executorch)")
@@ -60,8 +59,6 @@ def run_device(args) -> int:
     from fleet.device import DeviceAgent, DeviceConfig, default_platform
     from models.tasks import PartitionSpec, UnknownTaskError
 
-    if args.realtime_factor < 0:
-        raise UsageError("--realtime-factor must be >= 0")
     if args.max_tasks is not None and args.max_tasks < 1:
         raise UsageError("--max-tasks must be >= 1")
     try:
@@ -80,7 +77,7 @@ def run_device(args) -> int:
     try:
         config = DeviceConfig(coordinator=args.coordinator, state_dir=state_dir, data=data,
                               enrollment_key=args.enroll, name=name, profile=PROFILES[args.profile],
-                              realtime_factor=args.realtime_factor, seed=args.seed, runtimes=runtimes,
+                              simulated=args.profile != "native", seed=args.seed, runtimes=runtimes,
                               platform=default_platform(runtimes[0] if runtimes else "executorch"))
     except ValueError as exc:
         raise UsageError(f"--runtimes: {exc}") from None
@@ -95,7 +92,8 @@ def run_device(args) -> int:
         loss = (f" loss {outcome.loss_before:.4f} -> {outcome.loss_after:.4f}" if outcome.loss_after is not None else "")
         print(f"task {outcome.task_id} (job {outcome.job_id}, round {outcome.round}): {outcome.status}{loss}, "
               f"{outcome.compute_seconds:.1f} s compute, {outcome.flop_utilization:.1%} FLOP utilization, "
-              f"{outcome.bytes_down} B down, {outcome.bytes_up} B up", flush=True)
+              f"{outcome.bytes_down} B down, {outcome.bytes_up} B up, "
+              f"{outcome.virtual_seconds:.1f} s on the {outcome.profile} profile's virtual clock", flush=True)
 
     agent.run(max_tasks=args.max_tasks, idle_exit_s=args.idle_exit, on_outcome=show)
     return 0
@@ -110,18 +108,24 @@ def add_fleet_options(p, devices: int, rounds: int) -> None:
                    help="fleet mix: " + "; ".join(f"{k}={v}" for k, v in FLEETS.items()))
     p.add_argument("--rounds", type=int, default=rounds, help=f"federated rounds (default {rounds})")
     p.add_argument("--partition", default="iid", metavar="SCHEME", help="iid or dirichlet:ALPHA (default iid)")
-    p.add_argument("--dropout", type=float, default=0.1, help="chance a device vanishes during a task (default 0.1)")
+    p.add_argument("--dropout", type=float, default=0.1,
+                   help="chance a device vanishes during a task, drawn from --seed, the device and the round "
+                        "(default 0.1)")
     p.add_argument("--onnxruntime-devices", type=int, default=0, metavar="N",
                    help="N of the devices run ONNX Runtime instead of ExecuTorch: they get the job's tier "
                         "compiled for ONNX Runtime, and their updates join the same aggregation (default 0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the profiles' order, the shards, each round's places and the dropouts (default 0)")
     p.add_argument("--workers", type=int, default=2, help="device processes (default 2, one per core)")
     p.add_argument("--devices-per-round", type=int, default=None, help="places per round (default: all devices)")
     p.add_argument("--min-updates", type=int, default=None,
                    help="updates that close a round (default: 75%% of the places)")
-    p.add_argument("--round-deadline", type=float, default=300.0, metavar="SECONDS")
-    p.add_argument("--realtime-factor", type=float, default=0.0, metavar="F",
-                   help="devices sleep out their profile's extra time x F (default 0: virtual clock only)")
+    p.add_argument("--round-deadline", type=float, default=300.0, metavar="SECONDS",
+                   help="the coordinator's (real) round deadline; must exceed this machine's wall time for a "
+                        "round (default 300)")
+    p.add_argument("--virtual-deadline", type=float, default=None, metavar="SECONDS",
+                   help="the round deadline on the virtual clock: results finishing later are cut "
+                        "(default: --round-deadline)")
     p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                    help="run folder: coordinator database, device caches, report (default: a new temp folder)")
     p.add_argument("--coordinator", metavar="URL", default=None,
@@ -136,7 +140,10 @@ def _add_simulate(subparsers) -> None:
         "simulate", help="run a heterogeneous simulated fleet against a real coordinator on this machine",
         description="N devices with profiles (compute slowdown, RAM, bandwidth, dropout, battery) train "
                     "the real ExecuTorch (or ONNX Runtime) artifacts against a coordinator over loopback "
-                    "HTTP; reports each round on the real and the virtual clock.")
+                    "HTTP. Each task is costed on a virtual clock (counted FLOPs over the profile's calibrated "
+                    "rate, bytes over its link), and each round accepts results in virtual finish order, "
+                    "whatever order this machine produces them in; reports each round on the real and the "
+                    "virtual clock.")
     add_fleet_options(p, devices=8, rounds=3)
     p.add_argument("--model", default="tiny", help="base model (default tiny; smollm2-135m for real runs)")
     p.add_argument("--task", default="bbcnews", help="task (bbcnews, chatterbot)")
@@ -194,6 +201,8 @@ def fleet_spec_from(args, job: dict):
         raise UsageError("--devices, --rounds and --workers must be >= 1")
     if not 0 <= args.dropout < 1:
         raise UsageError("--dropout must be in [0, 1)")
+    if args.round_deadline <= 0 or (args.virtual_deadline is not None and args.virtual_deadline <= 0):
+        raise UsageError("--round-deadline and --virtual-deadline must be > 0")
     if not 0 <= args.onnxruntime_devices <= args.devices:
         raise UsageError(f"--onnxruntime-devices must be in [0, --devices={args.devices}]")
     from models.tasks import PartitionSpec
@@ -215,7 +224,7 @@ def fleet_spec_from(args, job: dict):
     return FleetSpec(devices=args.devices, fleet=args.profile, rounds=args.rounds, task=job["task"],
                      partition=args.partition, seed=args.seed, dropout=args.dropout, workers=args.workers,
                      devices_per_round=args.devices_per_round, min_updates=args.min_updates,
-                     round_deadline_s=args.round_deadline, realtime_factor=args.realtime_factor,
+                     round_deadline_s=args.round_deadline, virtual_deadline_s=args.virtual_deadline,
                      job={k: v for k, v in job.items() if k != "task"}, onnxruntime_devices=args.onnxruntime_devices)
 
 

@@ -16,6 +16,20 @@ The device loop (:meth:`DeviceAgent.run`):
 
 A coordinator that is down or restarting is waited out with backoff (``fleet.transport``);
 a file whose sha256 does not match is refused and the task is not trained.
+
+Steps 3-4 (:meth:`DeviceAgent.train_task`) and 5 (:meth:`DeviceAgent.upload`) are separate so
+that the simulator can train a round's devices in any order on the host and deliver their
+results in the order of their virtual finish times (``fleet/simulator.py``).
+
+**Two clocks.** A device measures its wall time (``compute_seconds``, ``download_seconds``,
+``flop_utilization`` against the host's measured matmul peak: how well the runtime uses this
+machine). A *simulated* device (``DeviceConfig.simulated``: the simulator's, or ``--profile``
+other than ``native``) also costs the task on its profile's virtual clock from counted FLOPs and
+bytes only (``fleet/virtual_clock.py``), and that is all the coordinator hears from it: the
+capabilities it registers (``gflops``: the profile's peak) and the times and rates in its
+results are the profile's, so the coordinator's decisions do not depend on the host's load
+either. Whether and after which step it drops out is a draw from its seed and the round
+(:func:`dropout_step`), not from the order it happened to be served in.
 """
 
 from __future__ import annotations
@@ -31,9 +45,10 @@ from pathlib import Path, PurePosixPath
 
 from export.manifest import program_batch_shape
 from fleet.data import LocalData, round_examples
-from fleet.hardware import measure_matmul_gflops, training_flops, utilization
+from fleet.hardware import measure_matmul_gflops, task_flops, training_flops, utilization
 from fleet.profiles import PROFILES, DeviceProfile
-from fleet.transport import CoordinatorClient, IntegrityError, ProtocolError, RetryPolicy, Throttle
+from fleet.transport import CoordinatorClient, IntegrityError, ProtocolError, RetryPolicy
+from fleet.virtual_clock import program_kind, task_cost
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +65,19 @@ def default_platform(runtime: str = RUNTIME) -> str:
     return f"python-{runtime}/{platform_module.system().lower()}-{platform_module.machine()}"
 
 
+def dropout_step(seed: int, round_number: int, steps: int, dropout: float) -> int | None:
+    """The step at which a device with ``seed`` drops out of ``round_number`` (None: it does not).
+
+    A pure function of the device's seed and the round: the same seeded simulation drops the
+    same devices at the same steps however the host orders or times their work (a draw from a
+    generator shared across tasks would depend on which tasks a device happened to get).
+    """
+    if dropout <= 0 or steps < 1:
+        return None
+    rng = random.Random(f"pockettune-dropout/{seed}/{round_number}")
+    return rng.randrange(steps) if rng.random() < dropout else None
+
+
 @dataclass
 class TaskOutcome:
     """What happened to one task on this device (the simulator aggregates these)."""
@@ -58,11 +86,14 @@ class TaskOutcome:
     task_id: int
     job_id: int
     round: int
-    status: str                  # accepted | dropped | rejected:<code> | refused_artifact
+    #: trained (not uploaded yet) | accepted | cut (uploaded after its round closed: 409 round_closed
+    #: or late) | dropped | rejected:<code> | refused_artifact | failed
+    status: str
     profile: str = "native"
     num_examples: int = 0
     loss_before: float | None = None
     loss_after: float | None = None
+    #: measured on the host (wall time inside the runtime's steps; the whole training; transfers)
     compute_seconds: float = 0.0
     train_seconds: float = 0.0
     bytes_down: int = 0
@@ -71,6 +102,7 @@ class TaskOutcome:
     upload_seconds: float = 0.0
     flops_per_step: float = 0.0
     steps: int = 0
+    #: measured: FLOPs over measured compute time, and that over the host's measured matmul peak
     achieved_gflops: float = 0.0
     peak_gflops: float = 0.0
     flop_utilization: float = 0.0
@@ -81,8 +113,19 @@ class TaskOutcome:
     #: the part of ``bytes_down`` that was the artifact (program, data, tokenizer): paid once per
     #: tier a device is given, unlike the adapter every task fetches
     artifact_bytes_down: int = 0
-    #: simulated time on this device's profile: transfers at its bandwidth, compute x slowdown
+    #: files this task fetched (each a request on the virtual clock; cached files are not fetched)
+    files_fetched: int = 0
+    #: ``fleet.virtual_clock.program_kind`` of the artifact (which sustained rate applies)
+    program_kind: str | None = None
+    #: the virtual clock (``fleet/virtual_clock.py``): counted work at the profile's rates and
+    #: link; nothing measured on the host. ``virtual_seconds`` is their sum, the task's virtual
+    #: finish time counted from the round's start (for a dropout: when it vanished)
+    virtual_download_seconds: float = 0.0
+    virtual_compute_seconds: float = 0.0
+    virtual_upload_seconds: float = 0.0
     virtual_seconds: float = 0.0
+    #: counted FLOPs of the whole task (steps, loss pass and prefix passes)
+    task_flops: float = 0.0
     #: the artifact format (training runtime) of the task: executorch or onnxruntime
     runtime: str | None = None
     detail: str = ""
@@ -90,6 +133,15 @@ class TaskOutcome:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class TrainedTask:
+    """A task trained and not yet uploaded: its offer, its outcome so far and the update's bytes."""
+
+    task: dict
+    outcome: TaskOutcome
+    update: bytes | None = None
 
 
 @dataclass
@@ -101,12 +153,14 @@ class DeviceConfig:
     name: str = "device"
     platform: str = field(default_factory=default_platform)
     profile: DeviceProfile = PROFILES["native"]
-    #: 0: run at this machine's speed and account the profile on the virtual clock only;
-    #: f > 0: also sleep so that real time is f x the profile's time (compute and transfers).
-    realtime_factor: float = 0.0
+    #: report the profile's virtual clock and capabilities to the coordinator (a simulated
+    #: phone) rather than this machine's measurements (a real device)
+    simulated: bool = False
+    #: seeds this device's dropout draws (with the round) and its retry jitter
     seed: int = 0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    #: measured once at start; tests pass a number to skip the 0.3 s micro-benchmark
+    #: the host's matmul peak, measured once at start (for measured utilization; a real
+    #: device also reports it); tests pass a number to skip the 0.3 s micro-benchmark
     peak_gflops: float | None = None
     #: training runtimes this device declares, in order of preference (the coordinator sends
     #: artifacts in one of these formats)
@@ -128,13 +182,8 @@ class DeviceAgent:
         self.config = config
         self.state_dir = Path(config.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        profile = config.profile.validate()
-        cap = None
-        if config.realtime_factor > 0:
-            cap = profile.bandwidth_mbps * 1e6 / 8 / config.realtime_factor
-        self.client = CoordinatorClient(config.coordinator, retry=config.retry, throttle=Throttle(cap),
-                                        seed=config.seed)
-        self.rng = random.Random(config.seed)
+        config.profile.validate()
+        self.client = CoordinatorClient(config.coordinator, retry=config.retry, seed=config.seed)
         self.device_id: int | None = None
         self.heartbeat_interval_s = 30.0
         self._measured_gflops = config.peak_gflops
@@ -157,11 +206,18 @@ class DeviceAgent:
                 self.device_id, self.client.token = state["device_id"], state["token"]
 
     @property
-    def peak_gflops(self) -> float:
-        """The device's matmul peak: measured on this machine, divided by the profile's slowdown."""
+    def host_peak_gflops(self) -> float:
+        """This machine's measured matmul peak (the denominator of measured utilization)."""
         if self._measured_gflops is None:
             self._measured_gflops = measure_matmul_gflops()
-        return self._measured_gflops / self.config.profile.slowdown
+        return self._measured_gflops
+
+    @property
+    def peak_gflops(self) -> float:
+        """The matmul peak the device reports: its profile's constant when simulated, else measured."""
+        if self.config.simulated:
+            return self.config.profile.peak_gflops
+        return self.host_peak_gflops / self.config.profile.slowdown
 
     def capabilities(self) -> dict:
         profile = self.config.profile
@@ -216,21 +272,40 @@ class DeviceAgent:
 
     def work_once(self) -> tuple[TaskOutcome | None, float]:
         """Ask for a task and do it: (outcome, 0) or (None, seconds to wait before asking again)."""
+        task, _, retry_after = self.ask()
+        if task is None:
+            return None, retry_after
+        return self.do_task(task), 0.0
+
+    def ask(self) -> tuple[dict | None, str, float]:
+        """(task, "", 0) or (None, the coordinator's reason, seconds to wait before asking again).
+
+        A task this device dropped out of, or already finished, is not taken again: it stays
+        away for the round.
+        """
         task, reason, retry_after = self.client.next_task()
         if task is None:
             log.debug("%s: no task (%s)", self.config.name, reason)
-            return None, retry_after or 2.0
+            return None, reason, retry_after or 2.0
         if task["task_id"] in self._abandoned or task["task_id"] in self._finished:
-            return None, 1.0                 # a dropped-out device stays away for the round
-        return self.do_task(task), 0.0
+            return None, "this device left the task's round", 1.0
+        return task, "", 0.0
 
     # --- one task --------------------------------------------------------------------------
 
     def do_task(self, task: dict) -> TaskOutcome:
+        """Train ``task`` and upload its result at once (a real device's way)."""
+        trained = self.train_task(task)
+        return self.upload(trained) if trained.outcome.status == "trained" else trained.outcome
+
+    def train_task(self, task: dict) -> "TrainedTask":
+        """Fetch and train ``task``; the result is kept for :meth:`upload` (status ``trained``),
+        or the outcome says why there is none (``dropped``, ``refused_artifact``)."""
         profile = self.config.profile
         outcome = TaskOutcome(device=self.config.name, task_id=task["task_id"], job_id=task["job_id"],
                               round=task["round"], status="", profile=profile.name, arm=task.get("arm"))
-        before = (self.client.transfers.bytes_down, self.client.transfers.seconds_down)
+        before = (self.client.transfers.bytes_down, self.client.transfers.seconds_down,
+                  len(self.client.transfers.files_fetched))
         try:
             artifact_dir, manifest = self.fetch_artifact(task["artifact"])
             outcome.runtime = manifest["format"]
@@ -240,9 +315,12 @@ class DeviceAgent:
             log.error("%s: %s", self.config.name, exc)
             self._abandoned.add(task["task_id"])
             outcome.status, outcome.detail = "refused_artifact", str(exc)
-            return outcome
+            return TrainedTask(task, outcome)
         outcome.bytes_down = self.client.transfers.bytes_down - before[0]
         outcome.download_seconds = self.client.transfers.seconds_down - before[1]
+        outcome.files_fetched = len(self.client.transfers.files_fetched) - before[2]
+        outcome.program_kind = program_kind(manifest)
+        outcome.flops_per_step = training_flops(manifest).total
 
         train = task["train"]
         batch, seq = program_batch_shape(manifest)
@@ -253,7 +331,7 @@ class DeviceAgent:
             log.warning("%s: the job's dataset is %r; this device trains on its own %s", self.config.name,
                         task.get("dataset"), self.config.data.description)
         steps = int(train["steps"])
-        drop_at = self.rng.randrange(steps) if self.rng.random() < profile.dropout else None
+        drop_at = dropout_step(self.config.seed, task["round"], steps, profile.dropout)
 
         started = time.perf_counter()
         tokenizer = self._tokenizer(artifact_dir, manifest)
@@ -265,28 +343,22 @@ class DeviceAgent:
             # The frozen prefix of this round's examples, computed once (cached across rounds).
             t0 = time.perf_counter()
             trainer.prepare(batches)
-            elapsed = time.perf_counter() - t0
-            compute += elapsed
-            self._emulate_compute(elapsed)
+            compute += time.perf_counter() - t0
             outcome.prefix_computed = trainer.prefix.stats.computed
         for step, (ids, labels) in enumerate(batches):
             if drop_at is not None and step == drop_at:
                 self._abandoned.add(task["task_id"])
                 outcome.status, outcome.steps, outcome.compute_seconds = "dropped", step, compute
                 outcome.detail = f"dropped out after {step} of {steps} steps"
-                outcome.virtual_seconds = self._virtual_seconds(outcome)
+                self._cost(outcome, manifest)
                 log.info("%s: %s (task %s)", self.config.name, outcome.detail, task["task_id"])
-                return outcome
+                return TrainedTask(task, outcome)
             t0 = time.perf_counter()
             losses.append(trainer.step(ids, labels))
-            elapsed = time.perf_counter() - t0
-            compute += elapsed
-            self._emulate_compute(elapsed)
+            compute += time.perf_counter() - t0
         t0 = time.perf_counter()
         loss_after = trainer.loss(*batches[0])   # the first batch again: the before/after pair is comparable
-        elapsed = time.perf_counter() - t0
-        compute += elapsed
-        self._emulate_compute(elapsed)
+        compute += time.perf_counter() - t0
         outcome.train_seconds = time.perf_counter() - started
         outcome.compute_seconds, outcome.steps = compute, steps + 1
         outcome.loss_before, outcome.loss_after = losses[0], loss_after
@@ -295,30 +367,52 @@ class DeviceAgent:
         from safetensors.torch import save
 
         update = save(trainer.adapter_tensors())
-        outcome.flops_per_step = training_flops(manifest).total
-        outcome.peak_gflops = self.peak_gflops
-        # Utilization against this device's peak uses its (profile-scaled) compute time.
-        scaled = compute * profile.slowdown
-        outcome.__dict__.update(utilization(outcome.flops_per_step, outcome.steps, scaled, outcome.peak_gflops))
         outcome.bytes_up = len(update)
-        outcome.virtual_seconds = self._virtual_seconds(outcome)
+        # Measured utilization: counted FLOPs over this machine's measured time and peak.
+        outcome.peak_gflops = self.host_peak_gflops
+        outcome.__dict__.update(utilization(outcome.flops_per_step, outcome.steps, compute, outcome.peak_gflops))
+        self._cost(outcome, manifest)
+        outcome.status = "trained"
+        return TrainedTask(task, outcome, update)
+
+    def upload(self, trained: "TrainedTask") -> TaskOutcome:
+        """Upload a trained result: ``accepted``, ``cut`` (its round had closed) or ``rejected:<code>``."""
+        outcome, task = trained.outcome, trained.task
+        if outcome.status != "trained" or trained.update is None:
+            raise ValueError(f"task {outcome.task_id} has no result to upload ({outcome.status})")
         meta = {"num_examples": outcome.num_examples, "loss_before": outcome.loss_before,
-                "loss_after": outcome.loss_after, "train_seconds": scaled,
-                "bytes_downloaded": outcome.bytes_down, "bytes_uploaded": outcome.bytes_up,
+                "loss_after": outcome.loss_after, "bytes_downloaded": outcome.bytes_down,
+                "bytes_uploaded": outcome.bytes_up,
+                "train_seconds": outcome.virtual_compute_seconds if self.config.simulated else outcome.compute_seconds,
                 # ties the update to the adapter this task started from (the coordinator checks it)
                 "start_adapter_sha256": task["adapter"]["sha256"],
                 "metrics": self._metrics(outcome)}
         up_before = self.client.transfers.seconds_up
         try:
-            self.client.upload_result(task["upload"]["url"], meta, update)
+            self.client.upload_result(task["upload"]["url"], meta, trained.update)
             outcome.status = "accepted"
         except ProtocolError as exc:
-            outcome.status, outcome.detail = f"rejected:{exc.code}", exc.message
+            # A result that reaches a round already closed (frozen at min_updates or at its
+            # deadline) was cut from the round, like a straggler's; anything else is a rejection.
+            cut = exc.code in ("round_closed", "late")
+            outcome.status, outcome.detail = ("cut" if cut else f"rejected:{exc.code}"), exc.message
             log.info("%s: upload for task %s refused: %s", self.config.name, task["task_id"], exc)
         outcome.upload_seconds = self.client.transfers.seconds_up - up_before
-        self._previous_upload_seconds = outcome.upload_seconds
+        self._previous_upload_seconds = (outcome.virtual_upload_seconds if self.config.simulated
+                                         else outcome.upload_seconds)
         self._finished.add(task["task_id"])
+        trained.update = None
         return outcome
+
+    def _cost(self, outcome: TaskOutcome, manifest: dict) -> None:
+        """Put ``outcome`` on the profile's virtual clock: counted FLOPs and bytes, no host time."""
+        outcome.task_flops = task_flops(manifest, outcome.steps, outcome.prefix_computed)
+        cost = task_cost(self.config.profile, outcome.program_kind, outcome.task_flops, outcome.bytes_down,
+                         outcome.files_fetched, outcome.bytes_up)
+        outcome.virtual_download_seconds = cost.download_seconds
+        outcome.virtual_compute_seconds = cost.compute_seconds
+        outcome.virtual_upload_seconds = cost.upload_seconds
+        outcome.virtual_seconds = cost.total
 
     def _trainer(self, artifact_dir: Path, manifest: dict, adapter_path: Path, train: dict):
         """The runtime the artifact's format calls for, loaded with the task's start adapter."""
@@ -342,28 +436,26 @@ class DeviceAgent:
                                               eps=train.get("eps", 1e-8))
 
     def _metrics(self, outcome: TaskOutcome) -> dict:
-        metrics = {"steps": outcome.steps, "flops_per_step": outcome.flops_per_step,
-                   "compute_seconds": outcome.compute_seconds * self.config.profile.slowdown,
-                   "achieved_gflops": outcome.achieved_gflops, "peak_gflops": outcome.peak_gflops,
-                   "flop_utilization": outcome.flop_utilization, "download_seconds": outcome.download_seconds,
-                   "previous_upload_seconds": self._previous_upload_seconds,
-                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                   "slowdown": self.config.profile.slowdown, "virtual_seconds": outcome.virtual_seconds}
-        return metrics
-
-    def _virtual_seconds(self, outcome: TaskOutcome) -> float:
-        """This task on the profile's hardware: fetch, compute x slowdown, upload (round trips)."""
-        profile = self.config.profile
-        down = profile.transfer_seconds(outcome.bytes_down) + profile.latency_s
-        up = profile.transfer_seconds(outcome.bytes_up) + profile.latency_s if outcome.bytes_up else 0.0
-        return down + outcome.compute_seconds * profile.slowdown + up
-
-    def _emulate_compute(self, elapsed: float) -> None:
-        factor = self.config.realtime_factor
-        if factor > 0:
-            extra = elapsed * self.config.profile.slowdown * factor - elapsed
-            if extra > 0:
-                time.sleep(extra)
+        """``meta.metrics``: a simulated device reports its profile's clock and rates, a real one
+        what it measured (the coordinator schedules on them: they must not carry the host's load
+        into a simulation)."""
+        common = {"steps": outcome.steps, "flops_per_step": outcome.flops_per_step,
+                  "previous_upload_seconds": self._previous_upload_seconds,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "slowdown": self.config.profile.slowdown}
+        if self.config.simulated:
+            compute = outcome.virtual_compute_seconds
+            achieved = outcome.task_flops / compute / 1e9 if compute > 0 else 0.0     # the profile's rate
+            peak = self.peak_gflops
+            return {**common, "compute_seconds": compute, "download_seconds": outcome.virtual_download_seconds,
+                    "achieved_gflops": achieved, "peak_gflops": peak,
+                    "flop_utilization": achieved / peak if peak > 0 else 0.0,
+                    "virtual_seconds": outcome.virtual_seconds}
+        return {**common, "compute_seconds": outcome.compute_seconds, "download_seconds": outcome.download_seconds,
+                "achieved_gflops": outcome.achieved_gflops, "peak_gflops": outcome.peak_gflops,
+                "flop_utilization": outcome.flop_utilization,
+                # a real device's task took what it measured: its download and its compute
+                "virtual_seconds": outcome.download_seconds + outcome.compute_seconds}
 
     # --- files -----------------------------------------------------------------------------
 

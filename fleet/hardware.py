@@ -12,7 +12,13 @@ program costs
 - the LoRA weight gradients (the same size of matmul as their forward).
 
 Attention score/value products are counted as full [seq, seq] matmuls, as the exported
-SDPA computes them (causal masking does not skip the work).
+SDPA computes them (causal masking does not skip the work). A program with a label-position
+head (``program.loss_positions`` K) runs the LM head at K positions per row instead of ``seq``.
+
+A task's work (:func:`task_flops`) is its steps times a step's FLOPs plus, for a tier with a
+prefix program, the forward of the frozen layers below the lowest LoRA layer for every example
+whose prefix output was not cached yet. The virtual clock (``fleet/virtual_clock.py``) divides
+it by a profile's sustained rate; measured times only feed the utilization figures here.
 """
 
 from __future__ import annotations
@@ -60,7 +66,11 @@ def training_flops(manifest: dict) -> StepFlops:
     layer_linear = sum(2 * i * o for i, o in shapes.values()) * tokens
     attention = 2 * 2 * seq * heads * head_dim * tokens          # QK^T and PV, full [seq, seq]
     layer_forward = layer_linear + attention
-    lm_head = 2 * hidden * vocab * tokens
+    # A label-position head (``program.loss_positions`` K) runs the LM head at the first K
+    # labelled positions of each row only, forward and backward.
+    loss_positions = (manifest.get("program") or {}).get("loss_positions")
+    head_tokens = tokens if loss_positions is None else batch * min(int(loss_positions), seq)
+    lm_head = 2 * hidden * vocab * head_tokens
 
     ranks = list(layout["ranks"])
     first = int(layout["first_layer"])
@@ -74,6 +84,27 @@ def training_flops(manifest: dict) -> StepFlops:
     backward = trained_layers * (layer_linear + 2 * attention) + lm_head + lora_forward
     return StepFlops(forward=float(forward), backward_activations=float(backward),
                      lora_weight_gradients=float(lora_forward))
+
+
+def prefix_flops_per_example(manifest: dict) -> float:
+    """FLOPs of the prefix program for one example: the forward of every layer below the
+    lowest LoRA layer, ``seq`` tokens (0 for an artifact without a prefix program)."""
+    if not manifest.get("prefix"):
+        return 0.0
+    base, pruned = manifest["base_model"], manifest["pruned_model"]
+    _, seq = program_batch_shape(manifest)
+    hidden = base["hidden_size"]
+    heads, kv_heads = pruned["num_attention_heads"], pruned["num_key_value_heads"]
+    head_dim = pruned.get("head_dim") or hidden // heads
+    shapes = _linear_shapes(hidden, heads, kv_heads, head_dim, pruned["intermediate_size"])
+    layer_forward = sum(2 * i * o for i, o in shapes.values()) * seq + 2 * 2 * seq * heads * head_dim * seq
+    return float(int(manifest["lora"]["layout"]["first_layer"]) * layer_forward)
+
+
+def task_flops(manifest: dict, steps: int, prefix_examples: int = 0) -> float:
+    """Counted work of a task: ``steps`` training steps (a loss pass costs a step: the runtime
+    computes its gradients too) and ``prefix_examples`` prefix-program passes."""
+    return steps * training_flops(manifest).total + prefix_examples * prefix_flops_per_example(manifest)
 
 
 def measure_matmul_gflops(size: int = 256, min_seconds: float = 0.3, threads: int = 1) -> float:

@@ -1,15 +1,20 @@
-"""Simulated device profiles: how much slower, how much RAM, how fast a link, how often gone.
+"""Simulated device profiles: how fast, how much RAM, how fast a link, how often gone.
 
-A profile turns one machine into many unequal phones. ``slowdown`` multiplies the compute
-time the device actually measured (a 3x device took three times as long on the virtual
-clock); ``bandwidth_mbps`` sets transfer time (bytes / bandwidth) and, when emulating in real
-time, caps the real link; ``ram_mb`` is what the device reports, so the coordinator decides
-which tiers fit it; ``dropout`` is the chance a device vanishes during a task (it keeps its
-place and never uploads, as a phone that lost power or network does).
+A profile turns one machine into many unequal phones, on the virtual clock only
+(``fleet/virtual_clock.py``): ``slowdown`` divides the reference device's sustained FLOP rates
+(:data:`fleet.virtual_clock.REFERENCE_SUSTAINED_GFLOPS`, per program kind, calibrated once) and
+its matmul peak, so a 3x device's compute takes three times as long on the virtual clock
+whatever the host is doing; ``bandwidth_mbps`` and ``latency_s`` set transfer time (bytes over
+the link, a round trip per request); ``ram_mb`` is what the device reports, so the coordinator
+decides which tiers fit it; ``dropout`` is the chance a device vanishes during a task (drawn
+from the simulation's seed, the device and the round: it keeps its place and never uploads, as
+a phone that lost power or network does).
 
 The numbers are orders of magnitude from the seed papers' fleets (Jetson/phone classes:
 roughly 1x/3x/10x compute spread, 1-50 Mbit/s links, 2-12 GB RAM), not measurements of any
-particular handset.
+particular handset. The reference (``flagship`` and ``native``, slowdown 1) is one thread of
+the calibration machine, as before the virtual clock stopped reading the host ("1 = this
+machine's speed"), now frozen into constants.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from dataclasses import asdict, dataclass, replace
 @dataclass(frozen=True)
 class DeviceProfile:
     name: str
+    #: how many times slower than the reference device this one computes (every program kind)
     slowdown: float = 1.0
     ram_mb: int = 8192
     bandwidth_mbps: float = 50.0
@@ -32,15 +38,32 @@ class DeviceProfile:
 
     def validate(self) -> "DeviceProfile":
         if self.slowdown < 1:
-            raise ValueError(f"profile {self.name}: slowdown must be >= 1 (1 = this machine's speed)")
+            raise ValueError(f"profile {self.name}: slowdown must be >= 1 (1 = the reference device's speed)")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"profile {self.name}: dropout must be in [0, 1)")
         if self.bandwidth_mbps <= 0 or self.ram_mb <= 0:
             raise ValueError(f"profile {self.name}: bandwidth and RAM must be positive")
+        if self.latency_s < 0:
+            raise ValueError(f"profile {self.name}: latency must be >= 0")
         return self
 
+    def sustained_gflops(self, kind: str) -> float:
+        """GFLOP/s this profile sustains in training steps of a program of ``kind``."""
+        from fleet.virtual_clock import REFERENCE_SUSTAINED_GFLOPS
+
+        if kind not in REFERENCE_SUSTAINED_GFLOPS:
+            raise ValueError(f"no calibrated rate for program kind {kind!r}")
+        return REFERENCE_SUSTAINED_GFLOPS[kind] / self.slowdown
+
+    @property
+    def peak_gflops(self) -> float:
+        """The fp32 matmul peak this profile reports (the reference's over its slowdown)."""
+        from fleet.virtual_clock import REFERENCE_PEAK_GFLOPS
+
+        return REFERENCE_PEAK_GFLOPS / self.slowdown
+
     def transfer_seconds(self, nbytes: int) -> float:
-        """Virtual time to move ``nbytes`` over this profile's link (one request)."""
+        """Virtual time to move ``nbytes`` over this profile's link (one way of one request)."""
         return self.latency_s + nbytes * 8 / (self.bandwidth_mbps * 1e6)
 
     def to_dict(self) -> dict:

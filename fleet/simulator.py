@@ -1,21 +1,43 @@
 """A heterogeneous fleet on one machine: N devices against a real coordinator over loopback.
 
 Each simulated device is a full :class:`fleet.device.DeviceAgent` (its own registration,
-token, cache, data shard, profile) that trains the real ExecuTorch program. Devices are
-spread over ``workers`` processes (one per core by default), each of which serves its
-devices in turn, so 20 devices do not need 20 copies of the runtime in memory, and a
-device's measured compute time is not inflated by more processes than cores.
+token, cache, data shard, profile) that trains the real ExecuTorch (or ONNX Runtime) program.
+Devices are spread over ``workers`` processes (one per core by default), each of which serves
+its devices in turn, so 20 devices do not need 20 copies of the runtime in memory.
 
-Two clocks are reported per round:
+**The virtual clock decides, not the host.** Every task is costed on its device's profile from
+counted FLOPs and bytes only (``fleet/virtual_clock.py``); nothing measured on the host enters
+virtual time. And the order in which the host happens to finish the devices' work decides
+nothing either: the simulator conducts each round in four steps,
 
-- **real**: when the coordinator opened and closed the round (this machine, this run);
-- **virtual**: what the round would take on the profiles' hardware. Each device's task
-  costs its transfers at its bandwidth plus its measured compute times its slowdown
-  (``TaskOutcome.virtual_seconds``). A round that closed on ``min_updates`` lasts as long as
-  its slowest accepted device; one that closed at its deadline lasts at least
-  ``virtual_deadline_s``. Which updates the coordinator accepted follows real arrival
-  order; with ``realtime_factor`` > 0 the devices also sleep out their profile's extra time,
-  so real order follows virtual order (at the cost of wall time).
+1. **places**: it asks the coordinator for a task on each device's behalf, one device at a
+   time, in an order drawn from the seed and the round (the coordinator gives places first
+   come, first served, so concurrent asking would let process timing pick the participants);
+2. **training**: the workers train their devices' tasks, in any order, and report each one's
+   virtual finish time (download + compute + upload on the virtual clock, from the round's
+   start) without uploading; whether and when a device drops out is a seeded draw
+   (:func:`fleet.device.dropout_step`);
+3. **delivery in virtual order**: the results are uploaded one at a time in order of virtual
+   finish time. The coordinator's own rules then accept exactly what the virtual round would:
+   the first ``min_updates`` by virtual finish time freeze the round, and every later result
+   is refused (409 ``round_closed``) and reported as ``cut``. Once the virtual deadline has
+   passed (a result finishes after it, or every result is in), the simulator closes the round
+   itself (``POST /api/v1/jobs/<id>/rounds/<n>/close``), so later results are cut too and no
+   round waits for the coordinator's real deadline; the round keeps the results that finished
+   in virtual time;
+4. the simulator waits for the coordinator to aggregate and open the next round.
+
+Cut results are uploaded (and refused) rather than withheld, because that is what the
+coordinator would see from real phones finishing after the round closed: the rejections it
+logs, the bytes devices spent, and a round whose accepted set is exactly the virtual one.
+
+Two clocks are reported per round: **real** (when the coordinator opened and closed it, this
+machine, this run) and **virtual**: the virtual finish time of the last accepted update for a
+round closed on ``min_updates``, the virtual deadline for one closed at its deadline. The
+devices' measured times (compute, FLOP utilization on this host) are reported beside them and
+never mixed in. The real deadline (``round_deadline_s``) must exceed the host's wall time for
+a round: if the coordinator freezes a round before the results the virtual clock accepts have
+arrived, the round is reported ``out_of_order`` (and a warning logged).
 """
 
 from __future__ import annotations
@@ -38,6 +60,9 @@ from fleet.transport import CoordinatorClient, RetryPolicy
 log = logging.getLogger(__name__)
 
 FINAL_STATUSES = ("completed", "failed", "cancelled")
+#: A no-task reason that clears by itself (the coordinator is exporting the device's format):
+#: the simulator asks again for the same device before moving on, so places stay in seed order.
+TRANSIENT_NO_TASK = ("being exported",)
 
 
 @dataclass
@@ -54,9 +79,8 @@ class FleetSpec:
     workers: int = 2
     devices_per_round: int | None = None     # None: every device
     min_updates: int | None = None           # None: 75% of devices_per_round
-    round_deadline_s: float = 300.0
-    virtual_deadline_s: float | None = None  # None: round_deadline_s
-    realtime_factor: float = 0.0
+    round_deadline_s: float = 300.0          # the coordinator's (real) deadline
+    virtual_deadline_s: float | None = None  # the round's deadline on the virtual clock; None: round_deadline_s
     job: dict = field(default_factory=dict)  # model, tier, local_steps, lr, strategy, eval_examples ...
     #: how many devices run ONNX Runtime instead of ExecuTorch (chosen by seed across profiles)
     onnxruntime_devices: int = 0
@@ -65,12 +89,61 @@ class FleetSpec:
         per_round = self.devices_per_round or self.devices
         return per_round, self.min_updates or max(1, math.ceil(0.75 * per_round))
 
+    @property
+    def virtual_deadline(self) -> float:
+        return self.virtual_deadline_s if self.virtual_deadline_s is not None else self.round_deadline_s
+
+
+def virtual_order(outcomes: list[dict]) -> list[dict]:
+    """Trained results in the order they reach the coordinator on the virtual clock (ties: by name)."""
+    return sorted((o for o in outcomes if o["status"] == "trained"), key=lambda o: (o["virtual_seconds"], o["device"]))
+
+
+def planned_membership(outcomes: list[dict], min_updates: int, virtual_deadline_s: float) -> tuple[list[str], str]:
+    """Which devices' results a round accepts on the virtual clock, and why it closes.
+
+    The first ``min_updates`` by virtual finish time if the last of them finishes by the
+    deadline (``min_updates``); otherwise every one that finishes by the deadline (``deadline``).
+    What the simulator's delivery makes the coordinator do, stated on its own (tests, reports).
+    """
+    ordered = virtual_order(outcomes)
+    if len(ordered) >= min_updates and ordered[min_updates - 1]["virtual_seconds"] <= virtual_deadline_s:
+        return [o["device"] for o in ordered[:min_updates]], "min_updates"
+    return [o["device"] for o in ordered if o["virtual_seconds"] <= virtual_deadline_s], "deadline"
+
+
+def deliver_in_virtual_order(results: list[dict], upload, virtual_deadline_s: float, close_now) -> list[dict]:
+    """Upload a round's trained results one at a time in virtual finish order; the final outcomes.
+
+    ``upload(outcome)`` uploads one device's result and returns its final outcome;
+    ``close_now(job_id, round)`` makes the coordinator close the round with what it has (the
+    virtual deadline has passed), unless it is closed already. The coordinator's own rule
+    (freeze at ``min_updates`` accepted) accepts the first ``min_updates`` by virtual time and
+    refuses the rest (``cut``); a result finishing after the virtual deadline is sent only once
+    the round is closed, so it is cut too; and a round that got fewer than ``min_updates`` by
+    the virtual deadline is closed then, without waiting for the coordinator's real deadline.
+    """
+    final, closed = [], set()
+    for outcome in virtual_order(results):
+        key = (outcome["job_id"], outcome["round"])
+        if outcome["virtual_seconds"] > virtual_deadline_s and key not in closed:
+            close_now(*key)
+            closed.add(key)
+        final.append(upload(outcome))
+    for key in {(o["job_id"], o["round"]) for o in results} - closed:
+        close_now(*key)
+    return final
+
 
 # --- worker processes --------------------------------------------------------------------------
 
-def _worker(base_url: str, enrollment_key: str, device_specs: list[dict], fleet_seed: int, outcomes, stop,
+def _worker(base_url: str, enrollment_key: str, device_specs: list[dict], fleet_seed: int, commands, replies,
             peak_gflops: float | None, log_path: str, runtime_threads: int) -> None:
-    """Run several devices in turn until ``stop`` is set; push every TaskOutcome to ``outcomes``."""
+    """Serve the parent's commands for several devices until told to stop.
+
+    ``register``/``ask``/``upload`` name one device; ``train`` names the devices to train, in
+    order. Every command is answered on ``replies`` (``train``: once per device).
+    """
     from fleet.runtime_executorch import set_runtime_threads
     from pockettune.cli import quiet_library_chatter
 
@@ -85,39 +158,68 @@ def _worker(base_url: str, enrollment_key: str, device_specs: list[dict], fleet_
     quiet_library_chatter()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     from fleet.data import LocalData
-    from fleet.device import DeviceAgent, DeviceConfig, default_platform
+    from fleet.device import DeviceAgent, DeviceConfig, TaskOutcome, default_platform
     from models.tasks import PartitionSpec
 
-    agents = []
+    agents = {}
     for spec in device_specs:
         data = LocalData.from_task(spec["task"], spec["shard"], spec["num_shards"],
                                    PartitionSpec.parse(spec["partition"], seed=fleet_seed))
-        agents.append(DeviceAgent(DeviceConfig(
+        agents[spec["name"]] = DeviceAgent(DeviceConfig(
             coordinator=base_url, state_dir=Path(spec["state_dir"]), data=data, enrollment_key=enrollment_key,
-            name=spec["name"], profile=DeviceProfile(**spec["profile"]), realtime_factor=spec["realtime_factor"],
+            name=spec["name"], profile=DeviceProfile(**spec["profile"]), simulated=True,
             seed=spec["seed"], retry=RetryPolicy(give_up_after_s=120.0), peak_gflops=peak_gflops,
             runtimes=tuple(spec.get("runtimes", ["executorch"])),
             platform=default_platform(spec.get("runtimes", ["executorch"])[0]),
-            threads=runtime_threads)))
-    for agent in agents:
-        agent.ensure_registered()
-    order = random.Random(fleet_seed + len(agents))
-    while not stop.is_set():
-        worked = False
-        order.shuffle(agents)        # no device always asks first (first come gets the places)
-        for agent in agents:
-            if stop.is_set():
-                break
+            threads=runtime_threads))
+    held: dict[str, dict] = {}         # tasks given, not trained yet
+    trained: dict = {}                 # TrainedTask by device, not uploaded yet
+    replies.put(("ready", None, sorted(agents)))
+    while True:
+        command, arg = commands.get()
+        if command == "stop":
+            return
+        names = arg if command == "train" else [arg]
+        for name in names:
+            agent = agents[name]
             try:
-                outcome, _ = agent.work_once()
-            except Exception as exc:  # one device's failure must not stop the fleet
-                log.warning("%s: %s", agent.config.name, exc)
-                continue
-            if outcome is not None:
-                outcomes.put(outcome.to_dict())
-                worked = True
-        if not worked:
-            stop.wait(0.5)
+                if command == "register":
+                    replies.put(("registered", name, agent.ensure_registered()))
+                elif command == "ask":
+                    task, reason, _ = agent.ask()
+                    if task is not None:
+                        held[name] = task
+                    summary = None if task is None else {k: task[k] for k in ("task_id", "job_id", "round")}
+                    replies.put(("asked", name, {"task": summary, "reason": reason}))
+                elif command == "train":
+                    task = held.pop(name)
+                    try:
+                        result = agent.train_task(task)
+                    except Exception as exc:  # one device's failure must not stop the fleet
+                        log.warning("%s: %s", name, exc)
+                        result = None
+                        outcome = TaskOutcome(device=name, task_id=task["task_id"], job_id=task["job_id"],
+                                              round=task["round"], status="failed", profile=agent.config.profile.name,
+                                              detail=f"{type(exc).__name__}: {exc}")
+                    if result is not None:
+                        outcome = result.outcome
+                        if outcome.status == "trained":
+                            trained[name] = result
+                    replies.put(("trained", name, outcome.to_dict()))
+                elif command == "upload":
+                    result = trained.pop(name)
+                    try:
+                        outcome = agent.upload(result)
+                    except Exception as exc:
+                        log.warning("%s: upload failed: %s", name, exc)
+                        outcome = result.outcome
+                        outcome.status, outcome.detail = "failed", f"upload: {type(exc).__name__}: {exc}"
+                    replies.put(("uploaded", name, outcome.to_dict()))
+                else:
+                    raise ValueError(f"unknown command {command!r}")
+            except Exception as exc:
+                log.exception("%s: %s failed", name, command)
+                replies.put(("error", name, f"{command}: {type(exc).__name__}: {exc}"))
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -135,9 +237,20 @@ class RoundReport:
     bytes_up: int
     mean_loss_before: float | None
     mean_loss_after: float | None
+    #: measured on the host: the runtime's FLOP utilization and its compute seconds (all tasks)
     mean_flop_utilization: float | None
     metric: str | None = None
     value: float | None = None
+    #: the evaluation's 95% interval ([lo, hi]) when the coordinator gives one
+    ci95: list[float] | None = None
+    #: results that finished after the round had closed on the virtual clock (uploaded, refused)
+    cut: int = 0
+    #: whose updates the round accepted, in virtual finish order
+    accepted_devices: list[str] = field(default_factory=list)
+    measured_compute_seconds: float = 0.0
+    #: results the coordinator accepted or refused against the virtual plan (its real deadline
+    #: came first); 0 in a faithful run
+    out_of_order: int = 0
 
 
 def evaluation_of(job: dict, round_number: int) -> dict | None:
@@ -164,33 +277,44 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def round_reports(job: dict, outcomes: list[dict], virtual_deadline_s: float) -> list[RoundReport]:
+def round_reports(job: dict, outcomes: list[dict], virtual_deadline_s: float,
+                  plans: dict[int, dict] | None = None) -> list[RoundReport]:
     reports = []
     for entry in job.get("round_history", []):
         if entry.get("status") != "closed":
             continue
         number = entry["round"]
         mine = [o for o in outcomes if o["job_id"] == job["job_id"] and o["round"] == number]
-        accepted = [o for o in mine if o["status"] == "accepted"]
-        virtual = max((o["virtual_seconds"] for o in accepted), default=0.0)
-        if entry.get("close_reason") == "deadline":
-            virtual = max(virtual, virtual_deadline_s)
+        accepted = sorted((o for o in mine if o["status"] == "accepted"),
+                          key=lambda o: (o["virtual_seconds"], o["device"]))
+        if entry.get("close_reason") in ("deadline", "admin"):   # admin: closed at the virtual deadline
+            virtual = virtual_deadline_s
+        else:
+            virtual = max((o["virtual_seconds"] for o in accepted), default=0.0)
+        plan = (plans or {}).get(number)
+        out_of_order = 0
+        if plan is not None:
+            out_of_order = len(set(plan["accepted"]) ^ {o["device"] for o in accepted})
         evaluation = evaluation_of(job, number) or {}
         reports.append(RoundReport(
             round=number, real_seconds=_seconds_between(entry.get("opened_at"), entry.get("closed_at")),
             virtual_seconds=virtual, close_reason=entry.get("close_reason"), accepted=len(accepted),
             dropped=sum(o["status"] == "dropped" for o in mine),
-            rejected=sum(o["status"].startswith("rejected") or o["status"] == "refused_artifact" for o in mine),
+            rejected=sum(o["status"].startswith("rejected") or o["status"] in ("refused_artifact", "failed")
+                         for o in mine),
             bytes_down=sum(o["bytes_down"] for o in mine), bytes_up=sum(o["bytes_up"] for o in mine),
             mean_loss_before=_mean([o["loss_before"] for o in accepted]),
             mean_loss_after=_mean([o["loss_after"] for o in accepted]),
             mean_flop_utilization=_mean([o["flop_utilization"] for o in accepted]),
-            metric=evaluation.get("metric"), value=evaluation.get("value")))
+            metric=evaluation.get("metric"), value=evaluation.get("value"), ci95=evaluation.get("ci95"),
+            cut=sum(o["status"] == "cut" for o in mine), accepted_devices=[o["device"] for o in accepted],
+            measured_compute_seconds=sum(o["compute_seconds"] for o in mine), out_of_order=out_of_order))
     return reports
 
 
 class FleetSimulation:
-    """Create the job, run the fleet until the job ends and every round is evaluated, report."""
+    """Create the job, conduct the fleet round by round until the job ends and every round is
+    evaluated, report."""
 
     def __init__(self, spec: FleetSpec, base_url: str, admin_token: str, enrollment_key: str, workdir: Path,
                  progress: bool = True):
@@ -199,7 +323,10 @@ class FleetSimulation:
         self.admin = CoordinatorClient(base_url, token=admin_token, retry=RetryPolicy(give_up_after_s=120.0))
         self.progress = progress
         self.outcomes: list[dict] = []
+        #: per round: the devices that got places (in asking order) and the virtual plan
+        self.plans: dict[int, dict] = {}
         self.job: dict = {}
+        self._deadline = math.inf
 
     def create_job(self) -> dict:
         per_round, min_updates = self.spec.places()
@@ -218,7 +345,6 @@ class FleetSimulation:
         return [{"name": f"sim-{i + 1:03d}-{p.name}" + ("-ort" if i in onnxruntime else ""), "profile": p.to_dict(),
                  "shard": i, "num_shards": self.spec.devices, "task": self.spec.task, "partition": self.spec.partition,
                  "state_dir": str(self.workdir / "devices" / f"sim-{i + 1:03d}"), "seed": self.spec.seed * 1000 + i,
-                 "realtime_factor": self.spec.realtime_factor,
                  "runtimes": ["onnxruntime"] if i in onnxruntime else ["executorch"]} for i, p in enumerate(profiles)]
 
     def run(self, timeout_s: float = 3600.0) -> dict:
@@ -227,74 +353,177 @@ class FleetSimulation:
         from fleet.hardware import measure_matmul_gflops
 
         started = time.monotonic()
+        self._deadline = started + timeout_s
         self.workdir.mkdir(parents=True, exist_ok=True)
         job = self.create_job()
         job_id = job["job_id"]
         bar = tqdm(total=self.spec.rounds, desc="preparing artifact", unit="round", disable=not self.progress)
         while job["status"] == "preparing":
+            self._check_time(job_id)
             time.sleep(1.0)
             job = self.job_state(job_id)
         if job["status"] != "running":
             bar.close()
             raise RuntimeError(f"job {job_id} is {job['status']}: {job.get('error')}")
-        # One matmul benchmark for the whole fleet: they share this machine's cores.
+        # One matmul benchmark for the whole fleet (measured utilization only: never virtual time).
         peak = measure_matmul_gflops()
         context = mp.get_context("spawn")
-        outcomes, stop = context.Queue(), context.Event()
         specs = self.device_specs()
         count = min(self.spec.workers, len(specs))
         threads = max(1, (os.cpu_count() or 1) // max(1, count))
-        workers = [context.Process(target=_worker, args=(self.base_url, self.enrollment_key, specs[w::self.spec.workers],
-                                                         self.spec.seed, outcomes, stop, peak,
-                                                         str(self.workdir / "devices.log"), threads), daemon=True)
-                   for w in range(count)]
-        for worker in workers:
+        self._replies = context.Queue()
+        self._commands = [context.Queue() for _ in range(count)]
+        self._owner = {spec["name"]: i % count for i, spec in enumerate(specs)}
+        self._names = [spec["name"] for spec in specs]
+        self._workers = [context.Process(target=_worker, args=(
+            self.base_url, self.enrollment_key, specs[w::count], self.spec.seed, self._commands[w], self._replies,
+            peak, str(self.workdir / "devices.log"), threads), daemon=True) for w in range(count)]
+        for worker in self._workers:
             worker.start()
         try:
-            closed = 0
+            for _ in self._workers:
+                self._reply("ready", job_id)
+            # Registered one at a time, in spec order: the same device ids in every run.
+            for name in self._names:
+                self._command(name, "register", name)
+                self._reply("registered", job_id)
             bar.set_description("training")
+            done: set[int] = set()
             while True:
-                self._drain(outcomes)
                 job = self.job_state(job_id)
-                now_closed = sum(e["status"] == "closed" for e in job.get("round_history", []))
-                if now_closed > closed:
-                    bar.update(now_closed - closed)
-                    closed = now_closed
+                closed = sum(e["status"] == "closed" for e in job.get("round_history", []))
+                bar.n = closed
                 last = self._last_value(job)
                 bar.set_postfix_str(f"updates {sum(o['status'] == 'accepted' for o in self.outcomes)}"
                                     + (f", {last}" if last else ""))
-                if job["status"] in FINAL_STATUSES and self._evaluated(job):
-                    break
+                bar.refresh()
                 if job["status"] in FINAL_STATUSES:
-                    stop.set()    # training is over; wait for the last evaluations only
-                if time.monotonic() - started > timeout_s:
-                    raise TimeoutError(f"job {job_id} did not finish within {timeout_s:.0f} s")
-                if any(not w.is_alive() for w in workers) and not stop.is_set():
-                    raise RuntimeError(f"a device worker process died; see {self.workdir / 'devices.log'}")
-                time.sleep(1.0)
+                    if self._evaluated(job):
+                        break
+                elif job["status"] == "running" and job.get("current_round") not in (None, *done):
+                    number = job["current_round"]
+                    self._run_round(job, number)
+                    done.add(number)
+                    continue
+                self._check_time(job_id)
+                time.sleep(0.2)
         finally:
-            stop.set()
-            for worker in workers:
+            for commands in self._commands:
+                commands.put(("stop", None))
+            for worker in self._workers:
                 worker.join(30)
                 if worker.is_alive():
                     worker.terminate()
-            self._drain(outcomes)
             bar.close()
         self.job = job
-        virtual_deadline = self.spec.virtual_deadline_s or self.spec.round_deadline_s
-        reports = round_reports(job, self.outcomes, virtual_deadline)
+        reports = round_reports(job, self.outcomes, self.spec.virtual_deadline, self.plans)
+        for r in reports:
+            if r.out_of_order:
+                log.warning("round %s: the coordinator's accepted set differs from the virtual clock's in %s "
+                            "device(s); its real deadline (%s s) came first: raise --round-deadline",
+                            r.round, r.out_of_order, self.spec.round_deadline_s)
+        from fleet.virtual_clock import REFERENCE_PEAK_GFLOPS, REFERENCE_SUSTAINED_GFLOPS
+
         return {"spec": asdict(self.spec), "job_id": job_id, "status": job["status"],
                 "wall_seconds": time.monotonic() - started, "peak_gflops": peak,
+                "virtual_clock": {"reference_sustained_gflops": dict(REFERENCE_SUSTAINED_GFLOPS),
+                                  "reference_peak_gflops": REFERENCE_PEAK_GFLOPS,
+                                  "virtual_deadline_s": self.spec.virtual_deadline},
                 "initial_evaluation": evaluation_of(job, 0), "rounds": [asdict(r) for r in reports],
                 "virtual_seconds": sum(r.virtual_seconds or 0 for r in reports),
                 "accepted_by_runtime": accepted_by_runtime(self.outcomes), "outcomes": self.outcomes}
 
-    def _drain(self, outcomes) -> None:
+    # --- one round, conducted ----------------------------------------------------------------
+
+    def _run_round(self, job: dict, number: int) -> None:
+        job_id, per_round = job["job_id"], job["devices_per_round"]
+        # 1. places, one device at a time in the seed's order for this round
+        order = list(self._names)
+        random.Random(f"pockettune-places/{self.spec.seed}/{number}").shuffle(order)
+        given: list[str] = []
+        for name in order:
+            if len(given) >= per_round:
+                break
+            while True:
+                self._command(name, "ask", name)
+                answer = self._reply("asked", job_id)[2]
+                task = answer["task"]
+                if task is not None:
+                    given.append(name)
+                    break
+                if not any(marker in answer["reason"] for marker in TRANSIENT_NO_TASK):
+                    break
+                if not self._round_open(job_id, number):
+                    break
+                self._check_time(job_id)
+                time.sleep(0.5)
+        # 2. training, in any order on the host; nothing is uploaded yet
+        by_worker: dict[int, list[str]] = {}
+        for name in given:
+            by_worker.setdefault(self._owner[name], []).append(name)
+        for worker, names in by_worker.items():
+            self._commands[worker].put(("train", names))
+        results = []
+        for _ in given:
+            _, name, outcome = self._reply("trained", job_id)
+            results.append(outcome)
+            if outcome["status"] != "trained":
+                self.outcomes.append(outcome)
+        plan, reason = planned_membership([o for o in results if o["job_id"] == job_id and o["round"] == number],
+                                          job["min_updates"], self.spec.virtual_deadline)
+        self.plans[number] = {"places": given, "accepted": plan, "close_reason": reason}
+        # 3. delivery in virtual finish order; past the virtual deadline only once the round is frozen
+        def upload(outcome: dict) -> dict:
+            self._command(outcome["device"], "upload", outcome["device"])
+            return self._reply("uploaded", job_id)[2]
+
+        self.outcomes.extend(deliver_in_virtual_order(results, upload, self.spec.virtual_deadline, self._close_now))
+
+    def _round_status(self, job_id: int, number: int) -> str | None:
+        job = self.job_state(job_id)
+        for entry in job.get("round_history", []):
+            if entry.get("round") == number:
+                return entry.get("status")
+        return None
+
+    def _round_open(self, job_id: int, number: int) -> bool:
+        return self._round_status(job_id, number) == "open"
+
+    def _close_now(self, job_id: int, number: int) -> None:
+        """Have the coordinator close round ``number`` now if it is still open (its virtual deadline
+        passed); a round it froze itself (``min_updates`` reached) is left as it is."""
+        if not self._round_open(job_id, number):
+            return
+        from fleet.transport import ProtocolError
+
+        try:
+            self.admin.json("POST", f"api/v1/jobs/{job_id}/rounds/{number}/close", {})
+        except ProtocolError as exc:
+            if exc.code != "round_closed":   # it froze meanwhile: nothing to do
+                raise
+
+    def _command(self, name: str, command: str, arg) -> None:
+        self._commands[self._owner[name]].put((command, arg))
+
+    def _reply(self, kind: str, job_id: int) -> tuple:
+        """The next reply from a worker, which must be of ``kind`` (an error or a dead worker raises)."""
         while True:
             try:
-                self.outcomes.append(outcomes.get_nowait())
+                reply = self._replies.get(timeout=1.0)
             except queue.Empty:
-                return
+                if any(not w.is_alive() for w in self._workers):
+                    raise RuntimeError(f"a device worker process died; see {self.workdir / 'devices.log'}") from None
+                self._check_time(job_id)
+                continue
+            if reply[0] == "error":
+                raise RuntimeError(f"device {reply[1]}: {reply[2]} (see {self.workdir / 'devices.log'})")
+            if reply[0] != kind:
+                raise RuntimeError(f"expected a {kind!r} reply from the workers, got {reply[:2]}")
+            return reply
+
+    def _check_time(self, job_id: int) -> None:
+        if time.monotonic() > self._deadline:
+            raise TimeoutError(f"job {job_id} did not finish in time")
 
     def _evaluated(self, job: dict) -> bool:
         """True once every closed round (and round 0) has an evaluation, or evaluation is off."""
@@ -308,7 +537,7 @@ class FleetSimulation:
         for entry in reversed(job.get("round_history", [])):
             evaluation = entry.get("evaluation")
             if evaluation and evaluation.get("value") is not None:
-                return f"{evaluation['metric']} {evaluation['value']:.3f} after round {entry['round']}"
+                return f"{evaluation['metric']} {score_text(evaluation)} after round {entry['round']}"
         return ""
 
     def download_adapter(self, job_id: int, dest: Path) -> Path:
@@ -333,25 +562,49 @@ def accepted_by_runtime(outcomes: list[dict]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def score_text(evaluation: dict) -> str:
+    """An evaluation's value, with its 95% interval when the coordinator gives one."""
+    value, interval, metric = evaluation.get("value"), evaluation.get("ci95"), evaluation.get("metric") or ""
+    if value is None:
+        return "-"
+    try:
+        from models.intervals import formatted
+    except ImportError:
+        formatted = None
+    if formatted is not None:
+        return formatted(value, interval, metric)
+    text = f"{value:.3f}"
+    return text if not interval else f"{text} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
 def format_report(report: dict) -> str:
-    """The per-round table people read at the end of a run."""
-    lines = [f"{'round':>5} {'real s':>8} {'virtual s':>10} {'closed by':>11} {'ok':>3} {'drop':>4} {'rej':>3} "
-             f"{'MB down':>8} {'MB up':>7} {'loss':>13} {'FLOP util':>9} {'eval':>16}"]
+    """The per-round table people read at the end of a run.
+
+    ``virtual s`` is the virtual clock; ``real s`` and ``FLOP util`` (the runtime's measured
+    utilization of this host) are measurements of this run on this machine.
+    """
+    lines = [f"{'round':>5} {'real s':>8} {'virtual s':>10} {'closed by':>11} {'ok':>3} {'cut':>3} {'drop':>4} "
+             f"{'rej':>3} {'MB down':>8} {'MB up':>7} {'loss':>13} {'FLOP util':>9}  eval"]
     initial = report.get("initial_evaluation")
-    if initial:
-        lines.append(f"{0:>5} {'':>8} {'':>10} {'(start)':>11} {'':>3} {'':>4} {'':>3} {'':>8} {'':>7} {'':>13} "
-                     f"{'':>9} {initial['metric'][:8]:>8} {initial['value']:>7.3f}")
+    if initial and initial.get("value") is not None:
+        lines.append(f"{0:>5} {'':>8} {'':>10} {'(start)':>11} {'':>3} {'':>3} {'':>4} {'':>3} {'':>8} {'':>7} "
+                     f"{'':>13} {'':>9}  {initial['metric']} {score_text(initial)}")
     for r in report["rounds"]:
         loss = (f"{r['mean_loss_before']:.3f}>{r['mean_loss_after']:.3f}"
                 if r["mean_loss_before"] is not None else "-")
-        value = f"{(r['metric'] or '')[:8]:>8} {r['value']:>7.3f}" if r["value"] is not None else f"{'-':>16}"
+        value = f"{r['metric']} {score_text(r)}" if r["value"] is not None else "-"
         util = f"{r['mean_flop_utilization']:.1%}" if r["mean_flop_utilization"] is not None else "-"
         lines.append(f"{r['round']:>5} {r['real_seconds'] or 0:>8.1f} {r['virtual_seconds'] or 0:>10.1f} "
-                     f"{r['close_reason'] or '-':>11} {r['accepted']:>3} {r['dropped']:>4} {r['rejected']:>3} "
-                     f"{r['bytes_down'] / 1e6:>8.2f} {r['bytes_up'] / 1e6:>7.2f} {loss:>13} {util:>9} {value}")
+                     f"{r['close_reason'] or '-':>11} {r['accepted']:>3} {r.get('cut', 0):>3} {r['dropped']:>4} "
+                     f"{r['rejected']:>3} {r['bytes_down'] / 1e6:>8.2f} {r['bytes_up'] / 1e6:>7.2f} {loss:>13} "
+                     f"{util:>9}  {value}")
     by_runtime = report.get("accepted_by_runtime") or {}
     if len(by_runtime) > 1:
         lines.append("accepted updates by runtime: " + ", ".join(f"{k} {v}" for k, v in by_runtime.items()))
+    disordered = [r["round"] for r in report["rounds"] if r.get("out_of_order")]
+    if disordered:
+        lines.append(f"rounds {disordered}: the coordinator's real deadline froze them before the results the "
+                     "virtual clock accepts arrived (raise --round-deadline)")
     return "\n".join(lines)
 
 

@@ -110,6 +110,17 @@ def get_round(job_id: int, number: int):
         return round_detail_payload(round_, adapter, evaluation, list(tasks), list(updates), devices)
 
 
+@bp.post("/jobs/<id:job_id>/rounds/<id:number>/close")
+@admin_required
+def close_round(job_id: int, number: int):
+    """Close open round ``number`` now with the results it has (409 ``round_closed`` if it is not open)."""
+    st = state()
+    with st.db.read() as session:
+        _job_or_404(session, job_id)
+    job_control.close_round_now(st, job_id, number)
+    return get_round(job_id, number)
+
+
 @bp.get("/jobs/<id:job_id>/adapter")
 @admin_required
 def get_adapter(job_id: int):

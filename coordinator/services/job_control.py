@@ -10,6 +10,7 @@ functions, so the two can never disagree on what a transition means.
 - **resume** (``paused`` -> ``running``): tasks are handed out again; if the job's last
   round closed while it was paused, the next one opens now (or the job completes, if that
   was its last round).
+- **close a round now** (an open round -> frozen, then aggregated as at its deadline).
 - **cancel** (``preparing``/``running``/``paused`` -> ``cancelled``): no more tasks or
   results; an open or aggregating round is cancelled, closed rounds and their adapters stay.
 
@@ -99,3 +100,26 @@ def resume_job(state, job_id: int) -> None:
         else:
             job.status = JobStatus.COMPLETED
         job.updated_at = now
+
+
+def close_round_now(state, job_id: int, number: int) -> None:
+    """Freeze open round ``number`` of ``job_id`` now (reason ``admin``) and aggregate what it has.
+
+    The round then closes exactly as at its deadline: the accepted updates are aggregated (or
+    the adapter carries over when there are none) and the next round opens. A simulator uses
+    this when its virtual deadline has passed long before the coordinator's real one.
+    """
+    from coordinator.models import CloseReason
+    from coordinator.services.rounds import freeze
+
+    db = state.db
+    with db.read() as session:
+        round_id = session.scalar(select(Round.id).where(Round.job_id == job_id, Round.number == number))
+    if round_id is None:
+        raise ApiError("not_found", f"job {job_id} has no round {number}")
+    with db.write() as session:
+        round_ = db.lock(session, Round, round_id)
+        if round_.status != RoundStatus.OPEN:
+            raise ApiError("round_closed", f"round {number} is {round_.status}; only an open round can be closed")
+        freeze(round_, CloseReason.ADMIN, utcnow())
+    state.close_round(round_id)

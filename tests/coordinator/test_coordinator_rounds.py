@@ -278,3 +278,25 @@ def test_pause_holds_new_tasks_and_rounds_until_resume(server, cleanup_jobs):
     assert_error(admin.post(f"/api/v1/jobs/{job_id}/resume"), 409, "job_not_running")
     assert_error(admin.post("/api/v1/jobs/999999/pause"), 404, "not_found")
     assert_error(devices[0].post(f"/api/v1/jobs/{job_id}/pause"), 403, "forbidden")
+
+
+def test_an_admin_can_close_an_open_round_now_with_what_it_has(server, cleanup_jobs):
+    admin = server.admin()
+    job = admin.running_job(rounds=2, devices_per_round=3, min_updates=3, round_deadline_s=300)
+    cleanup_jobs.append(job["job_id"])
+    devices = [register(server, name=f"close-now-{i}")[1] for i in range(2)]
+    tasks = [d.get("/api/v1/tasks/next").json() for d in devices]
+    start = start_adapter(admin, job["job_id"], 0)
+    update = FakeTrainer(manifest_of(devices[0], tasks[0])).update(start, seed=31)
+    assert upload(devices[0], tasks[0], update, meta(num_examples=12)).status_code == 201
+    url = f"/api/v1/jobs/{job['job_id']}/rounds/1/close"
+    assert_error(devices[0].post(url), 403, "forbidden")
+    closed = admin.post(url)
+    assert closed.status_code == 200, closed.text
+    body = closed.json()
+    assert body["status"] == "closed" and body["close_reason"] == "admin" and body["num_updates"] == 1
+    np.testing.assert_array_equal(start_adapter(admin, job["job_id"], 1)[sorted(update)[0]], update[sorted(update)[0]])
+    assert_error(admin.post(url), 409, "round_closed")
+    assert_error(upload(devices[1], tasks[1], update, meta()), 409, "round_closed")
+    assert admin.job(job["job_id"])["round_history"][1]["status"] == "open"
+    assert_error(admin.post(f"/api/v1/jobs/{job['job_id']}/rounds/7/close"), 404, "not_found")

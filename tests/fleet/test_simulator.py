@@ -42,7 +42,7 @@ def test_fleet_of_eight_with_dropout_completes_three_rounds(artifact_cache, tmp_
     # is mostly its fixed link latency, and that ratio says nothing about the profiles.
     by_round: dict[int, dict[str, list[float]]] = {}
     for o in report["outcomes"]:
-        if o["status"] == "accepted" or o["status"].startswith("rejected"):   # trained every step
+        if o["status"] in ("accepted", "cut") or o["status"].startswith("rejected"):   # trained every step
             by_round.setdefault(o["round"], {}).setdefault(o["profile"], []).append(o["virtual_seconds"])
     compared = [r for r in by_round.values() if {"budget", "flagship"} <= set(r)]
     assert compared, by_round
