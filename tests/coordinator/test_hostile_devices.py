@@ -37,6 +37,17 @@ def _task(device) -> dict:
     return response.json()
 
 
+def _one_device_job(server, cleanup_jobs, name: str, seed: int, **job_fields):
+    """A running job (cancelled after the test), one registered device, its task and a valid update."""
+    admin = server.admin()
+    job = admin.running_job(**job_fields)
+    cleanup_jobs.append(job["job_id"])
+    _, device = register(server, name=name)
+    task = _task(device)
+    update = FakeTrainer(manifest_of(device, task)).update(start_adapter(admin, job["job_id"], 0), seed=seed)
+    return admin, job, device, task, update
+
+
 def _when(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -105,12 +116,8 @@ def test_a_round_whose_aggregation_fails_is_failed_alone_and_other_jobs_close_on
 
 def test_a_rejected_row_leaves_no_blob_behind(server, cleanup_jobs):
     """If the database refuses the update's row, the update's bytes are not published either."""
-    admin = server.admin()
-    job = admin.running_job(rounds=1, devices_per_round=1, min_updates=1)
-    cleanup_jobs.append(job["job_id"])
-    _, device = register(server, name="refused-row")
-    task = _task(device)
-    update = FakeTrainer(manifest_of(device, task)).update(start_adapter(admin, job["job_id"], 0), seed=3)
+    _, _, device, task, update = _one_device_job(server, cleanup_jobs, "refused-row", 3, rounds=1,
+                                                 devices_per_round=1, min_updates=1)
     engine = server.database.engine()
     sqlite = server.database.backend == "sqlite"
     statements = ([f"CREATE TRIGGER refuse_{task['task_id']} BEFORE INSERT ON updates "
@@ -183,12 +190,8 @@ def test_claimed_examples_are_capped_by_the_task_and_outliers_are_clipped(server
 # --- 3. integers beyond 64 bits and numbers beyond any device ----------------------------------
 
 def test_numbers_out_of_range_are_refused_at_the_door_and_change_nothing(server, cleanup_jobs):
-    admin = server.admin()
-    job = admin.running_job(rounds=1, devices_per_round=2, min_updates=2, eval_examples=0)
-    cleanup_jobs.append(job["job_id"])
-    device_id, device = register(server, name="big-numbers")
-    task = _task(device)
-    update = FakeTrainer(manifest_of(device, task)).update(start_adapter(admin, job["job_id"], 0), seed=4)
+    admin, job, device, task, update = _one_device_job(server, cleanup_jobs, "big-numbers", 4, rounds=1,
+                                                       devices_per_round=2, min_updates=2, eval_examples=0)
     before = _snapshot(server)
     cases = [("num_examples", BIG), ("num_examples", BIG - 1), ("bytes_downloaded", BIG), ("bytes_uploaded", BIG),
              ("bytes_uploaded", 2**62), ("loss_before", 1e308), ("loss_after", 10**400),
@@ -217,17 +220,13 @@ def test_numbers_out_of_range_are_refused_at_the_door_and_change_nothing(server,
     assert upload(device, task, update, meta(bytes_uploaded=2**40, bytes_downloaded=2**40)).status_code == 201
     page = requests.get(f"{server.base_url}/jobs/{job['job_id']}", timeout=30)
     assert page.status_code == 200, page.text[:500]
-    assert device_id
 
 
 # --- 4. deeply nested JSON ---------------------------------------------------------------------
 
 def test_deeply_nested_json_is_a_400_on_every_json_endpoint(server, cleanup_jobs):
-    admin = server.admin()
-    job = admin.running_job(rounds=1, devices_per_round=2, min_updates=2)
-    cleanup_jobs.append(job["job_id"])
-    _, device = register(server, name="nested")
-    task = _task(device)
+    admin, job, device, task, update = _one_device_job(server, cleanup_jobs, "nested", 5, rounds=1,
+                                                       devices_per_round=2, min_updates=2)
     deep = "[" * 100_000
     headers = {"Content-Type": "application/json"}
     before = _snapshot(server)
@@ -237,7 +236,6 @@ def test_deeply_nested_json_is_a_400_on_every_json_endpoint(server, cleanup_jobs
     assert_error(admin.post("/api/v1/jobs", data=deep, headers=headers), 400, "invalid_json")
     assert_error(admin.post(f"/api/v1/jobs/{job['job_id']}/generate", data=deep, headers=headers), 400,
                  "invalid_json")
-    update = FakeTrainer(manifest_of(device, task)).update(start_adapter(admin, job["job_id"], 0), seed=5)
     assert_error(upload(device, task, update, deep), 400, "invalid_json")
     assert_error(upload(device, task, update, deep, meta_as_file=True), 400, "invalid_json")
     # Nesting within the limit still parses (and is then refused for what it says).
@@ -325,13 +323,9 @@ def test_an_update_made_for_another_round_is_refused(server, cleanup_jobs):
 
 
 def test_a_safetensors_header_with_a_duplicated_key_is_malformed(server, cleanup_jobs):
-    admin = server.admin()
-    job = admin.running_job(rounds=1, devices_per_round=1, min_updates=1)
-    cleanup_jobs.append(job["job_id"])
-    _, device = register(server, name="duplicator")
-    task = _task(device)
-    good = safetensors_bytes(FakeTrainer(manifest_of(device, task)).update(start_adapter(admin, job["job_id"], 0),
-                                                                           seed=8))
+    _, _, device, task, update = _one_device_job(server, cleanup_jobs, "duplicator", 8, rounds=1,
+                                                 devices_per_round=1, min_updates=1)
+    good = safetensors_bytes(update)
     (header_len,) = struct.unpack("<Q", good[:8])
     header = good[8:8 + header_len].decode()
     first_key = next(iter(json.loads(header)))
