@@ -13,6 +13,12 @@ are shared and noisy; only ratios are meant to be compared across runs):
    the last k layers: the whole program against the top program on cached prefix outputs
    (every epoch and round after a device has seen its examples once under one base model),
    and the first epoch, which also computes each example's prefix once.
+3. **Label-position head** (``pockettune export --loss-positions K``). On batches of the
+   ``bbcnews`` task (the topic word is the only label), each program against the same program
+   with the LM head at the first K labelled positions per row only: the whole program's step
+   (ExecuTorch XNNPACK, ONNX Runtime training, eager PyTorch) and the prefix-cached top
+   program's epoch at each k. K is the longest topic word in the model's tokens (SmolLM2: 1,
+   tiny's byte tokens: 14), so every batch fits.
 
 Every measurement runs in a fresh child process so its peak RSS is its own, and artifacts are
 exported in child processes too (Linux carries a parent's peak RSS into its children).
@@ -20,6 +26,8 @@ exported in child processes too (Linux carries a parent's peak RSS into its chil
     python bench/train_step.py                                   # tiny and smollm2-135m, 1 thread
     python bench/train_step.py --models tiny --steps 10
     python bench/train_step.py --models smollm2-135m --threads 2 --json out.json
+    python bench/train_step.py --models smollm2-135m --skip step,epoch --prepare-only   # export only
+    python bench/train_step.py --models smollm2-135m --skip step,epoch                 # label-position head
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import argparse
 import json
 import os
 import resource
+import platform
 import statistics
 import subprocess
 import sys
@@ -44,19 +53,52 @@ TIERS = {
 }
 #: LoRA depths k compared with and without prefix caching (tiny has 4 layers, SmolLM2 30).
 PREFIX_DEPTHS = {"tiny": (2,), "smollm2-135m": (4, 8)}
+#: Batches: ``text`` labels every token of an article (language modelling), ``bbcnews`` only the
+#: topic word after the article (the task the label-position head is for).
+DATA = ("text", "bbcnews")
+LABEL_TASK = "bbcnews"
 
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_batches(tokenizer, batch: int, seq: int, count: int):
-    """``count`` batches of distinct BBC News articles, tokenized and padded as devices do."""
+def cpu_model() -> str:
+    """The CPU's model name (as ``lscpu`` prints it) and the cores this process may use."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {len(os.sched_getaffinity(0))} cores"
+
+
+def bench_batches(tokenizer, batch: int, seq: int, count: int, data: str = "text"):
+    """``count`` batches of distinct BBC News articles, tokenized and padded as devices do:
+    every token labelled (``text``) or only the topic word (``bbcnews``, the task's own encoding)."""
+    if data == LABEL_TASK:
+        from models.tasks import get_task
+
+        task = get_task(LABEL_TASK)
+        return task.batches(tokenizer, task.examples("train")[: batch * count], batch, seq)
     from models.batching import make_batches
     from models.corpora import bbc_news
 
     texts = [d.text for d in bbc_news("train")[: batch * count]]
     return make_batches(tokenizer, texts, batch, seq)
+
+
+def label_loss_positions(model: str) -> int:
+    """K for the label-position arms: the longest topic word of the task in ``model``'s tokens."""
+    from models.registry import load_base_model
+    from models.tasks import get_task
+
+    tokenizer = load_base_model(model).tokenizer
+    return max(len(tokenizer(f" {label}", add_special_tokens=False)["input_ids"])
+               for label in get_task(LABEL_TASK).labels)
 
 
 # --- child processes --------------------------------------------------------------------------
@@ -98,8 +140,13 @@ def _runtime_trainer(artifact: Path, threads: int = 1):
     return trainer, tokenizer, manifest
 
 
-def measure_step(kind: str, model: str, artifact: Path, steps: int, threads: int) -> dict:
-    """Train ``steps`` (+1 warm-up) steps; step times and peak RSS (also "at start": loaded, untrained)."""
+def measure_step(kind: str, model: str, artifact: Path, steps: int, threads: int, data: str = "text",
+                 loss_positions: int | None = None) -> dict:
+    """Train ``steps`` (+1 warm-up) steps; step times and peak RSS (also "at start": loaded, untrained).
+
+    ``loss_positions`` applies to eager PyTorch (its label-position loss); an artifact's
+    comes from its manifest.
+    """
     import torch
 
     _set_threads(threads, executorch=kind in ("xnnpack", "portable"))
@@ -111,9 +158,9 @@ def measure_step(kind: str, model: str, artifact: Path, steps: int, threads: int
         from models.tier import Tier
 
         base = load_base_model(model)
-        batches = bench_batches(base.tokenizer, tier["batch"], tier["seq"], 4)
-        peft_model = build_training_model(base, Tier(**tier)).peft_model
-        module = LanguageModelLoss(peft_model)
+        batches = bench_batches(base.tokenizer, tier["batch"], tier["seq"], 4, data)
+        peft_model = build_training_model(base, Tier(**tier, loss_positions=loss_positions)).peft_model
+        module = LanguageModelLoss(peft_model, loss_positions)
         optimizer = torch.optim.SGD([p for p in peft_model.parameters() if p.requires_grad], lr=0.05)
 
         def step(ids, labels):
@@ -122,20 +169,22 @@ def measure_step(kind: str, model: str, artifact: Path, steps: int, threads: int
             loss.backward()
             optimizer.step()
     else:
-        trainer, tokenizer, _ = _runtime_trainer(artifact, threads)
-        batches = bench_batches(tokenizer, tier["batch"], tier["seq"], 4)
+        trainer, tokenizer, manifest = _runtime_trainer(artifact, threads)
+        batches = bench_batches(tokenizer, tier["batch"], tier["seq"], 4, data)
         step = trainer.step
+        loss_positions = manifest["program"].get("loss_positions")
     rss_loaded = peak_rss_mib()
     times = []
     for i in range(steps + 1):
         start = time.perf_counter()
         step(*batches[i % len(batches)])
         times.append(time.perf_counter() - start)
-    return {"kind": kind, "threads": threads, "first_step_s": times[0], "median_step_s": statistics.median(times[1:]),
+    return {"kind": kind, "threads": threads, "data": data, "loss_positions": loss_positions,
+            "first_step_s": times[0], "median_step_s": statistics.median(times[1:]),
             "peak_rss_mib": peak_rss_mib(), "rss_before_training_mib": rss_loaded}
 
 
-def measure_epoch(artifact: Path, examples: int, threads: int) -> dict:
+def measure_epoch(artifact: Path, examples: int, threads: int, data: str = "text") -> dict:
     """One epoch over ``examples`` examples, timed after a warm-up step on another example.
 
     For a prefix-cache artifact, first the device's once-per-example work, as a device does it
@@ -146,9 +195,10 @@ def measure_epoch(artifact: Path, examples: int, threads: int) -> dict:
     trainer, tokenizer, manifest = _runtime_trainer(artifact)
     batch, seq = manifest["tier"]["batch"], manifest["tier"]["seq"]
     count = max(1, examples // batch)
-    everything = bench_batches(tokenizer, batch, seq, count + 1)
+    everything = bench_batches(tokenizer, batch, seq, count + 1, data)
     batches, warmup = everything[:count], everything[count]     # the warm-up example is outside the epoch
-    result = {"examples": count * batch, "steps": count, "threads": threads}
+    result = {"examples": count * batch, "steps": count, "threads": threads, "data": data,
+              "loss_positions": manifest["program"].get("loss_positions")}
     if trainer.prefix is not None:
         start = time.perf_counter()
         trainer.prepare(everything)
@@ -172,20 +222,23 @@ def run_child(args: list[str], threads: int) -> dict:
 
 
 def ensure_artifact(model: str, workdir: Path, lora_layers: int, kernels: str, prefix_cache: bool,
-                    artifact_format: str = "executorch") -> Path:
+                    artifact_format: str = "executorch", loss_positions: int | None = None) -> Path:
     """Export a benchmark artifact once (reused across runs), in a child process."""
     from export.manifest import MANIFEST_FILE
 
     tier = TIERS[model]
     variant = kernels if artifact_format == "executorch" else artifact_format
-    name = f"{model}-k{lora_layers}-{variant}{'-prefix' if prefix_cache else ''}"
+    name = (f"{model}-k{lora_layers}-{variant}{'-prefix' if prefix_cache else ''}"
+            f"{f'-lp{loss_positions}' if loss_positions is not None else ''}")
     out = workdir / name
     if not (out / MANIFEST_FILE).is_file():
         print(f"[bench] exporting {name}", file=sys.stderr, flush=True)
         command = [sys.executable, "-m", "pockettune", "export", "--model", model, "--lora-rank", str(tier["lora_rank"]),
                    "--lora-layers", str(lora_layers), "--batch", str(tier["batch"]), "--seq", str(tier["seq"]),
                    "--kernels", kernels, "--format", artifact_format, "--out", str(out), "--force", "--no-progress"]
-        subprocess.run(command + (["--prefix-cache"] if prefix_cache else []), check=True, cwd=REPO)
+        command += ["--prefix-cache"] if prefix_cache else []
+        command += ["--loss-positions", str(loss_positions)] if loss_positions is not None else []
+        subprocess.run(command, check=True, cwd=REPO)
     return out
 
 
@@ -224,6 +277,70 @@ def epoch_table(results: list[dict], threads: int) -> str:
     return "\n".join(lines)
 
 
+def label_table(results: list[dict], threads: int, repeats: int) -> str:
+    best = f", best of {repeats}" if repeats > 1 else ""
+    lines = [f"Label-position head on {LABEL_TASK} batches: the same program with the LM head at every position "
+             f"(full) and at the first K labelled positions per row, {threads} thread(s){best}",
+             "| model | program | measured | K | full head s | label positions s | ratio | peak RSS MiB full / label |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        full, label, key = r["full"], r["label"], r["time_key"]
+        lines.append(f"| {r['model']} | {r['program']} | {r['measured']} | {r['loss_positions']} | {full[key]:.3f} "
+                     f"| {label[key]:.3f} | **{label[key] / full[key]:.2f}** "
+                     f"| {full['peak_rss_mib']:.0f} / {label['peak_rss_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def label_arms(model: str, args, skip: set[str], loss_positions: int) -> list[dict]:
+    """The label-position comparisons for ``model``: each a full-head and a label-position child."""
+    k = TIERS[model]["lora_layers"]
+    step = ["--models", model, "--steps", str(args.steps), "--data", LABEL_TASK]
+
+    def artifact(depth, prefix=False, artifact_format="executorch", label=False):
+        return ["--artifact", str(ensure_artifact(model, args.workdir, depth, "xnnpack", prefix, artifact_format,
+                                                  loss_positions if label else None))]
+
+    arms = [{"program": "ExecuTorch, XNNPACK", "measured": f"whole program (last {k}), median step",
+             "time_key": "median_step_s", "full": ["--child", "xnnpack", *step, *artifact(k)],
+             "label": ["--child", "xnnpack", *step, *artifact(k, label=True)]}]
+    if "onnxruntime" not in skip:
+        arms.append({"program": "ONNX Runtime training", "measured": f"whole program (last {k}), median step",
+                     "time_key": "median_step_s",
+                     "full": ["--child", "onnxruntime", *step, *artifact(k, artifact_format="onnxruntime")],
+                     "label": ["--child", "onnxruntime", *step,
+                               *artifact(k, artifact_format="onnxruntime", label=True)]})
+    if "eager" not in skip:
+        arms.append({"program": "eager PyTorch", "measured": f"whole model (last {k}), median step",
+                     "time_key": "median_step_s", "full": ["--child", "eager", *step],
+                     "label": ["--child", "eager", *step, "--loss-positions", str(loss_positions)]})
+    epoch = ["--child", "epoch", "--epoch-examples", str(args.epoch_examples), "--data", LABEL_TASK]
+    for depth in PREFIX_DEPTHS[model]:
+        arms.append({"program": "ExecuTorch, XNNPACK",
+                     "measured": f"prefix-cached top program (last {depth}), epoch of {args.epoch_examples}",
+                     "time_key": "epoch_s", "full": [*epoch, *artifact(depth, prefix=True)],
+                     "label": [*epoch, *artifact(depth, prefix=True, label=True)]})
+    return arms
+
+
+def prepare_artifacts(models: list[str], args, skip: set[str]) -> None:
+    """Export every artifact the selected parts measure (so that no export runs between two
+    measurements, and so that ``--prepare-only`` can do the slow part while the machine is busy)."""
+    for model in models:
+        k = TIERS[model]["lora_layers"]
+        if "step" not in skip:
+            ensure_artifact(model, args.workdir, k, "xnnpack", False)
+            if "portable" not in skip:
+                ensure_artifact(model, args.workdir, k, "portable", False)
+            if "onnxruntime" not in skip:
+                ensure_artifact(model, args.workdir, k, "xnnpack", False, "onnxruntime")
+        if "epoch" not in skip:
+            for depth in PREFIX_DEPTHS[model]:
+                ensure_artifact(model, args.workdir, depth, "xnnpack", False)
+                ensure_artifact(model, args.workdir, depth, "xnnpack", True)
+        if "label" not in skip:
+            label_arms(model, args, skip, run_child(["--child", "loss-positions", "--models", model], args.threads))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -232,22 +349,36 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for every side: torch's intra-op pool and the runtime's threadpool (default 1)")
     parser.add_argument("--epoch-examples", type=int, default=32, help="examples in the prefix-caching epoch (default 32)")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: step, portable, onnxruntime, epoch")
+    parser.add_argument("--skip", default="",
+                        help="comma list of parts to skip: step, portable, onnxruntime, epoch, label (the "
+                             "label-position table), eager (its eager arm)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="label-position table: measure each full/label pair this many times, alternating, "
+                             "and keep each side's best (default 1)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="export the artifacts the selected parts need, then stop (measure later, when the "
+                             "machine is quiet)")
     parser.add_argument("--workdir", type=Path, default=REPO / "artifacts" / "bench",
                         help="where artifacts are exported and reused (default artifacts/bench)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument("--child", choices=("xnnpack", "portable", "onnxruntime", "eager", "epoch"),
+    parser.add_argument("--child", choices=("xnnpack", "portable", "onnxruntime", "eager", "epoch", "loss-positions"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--artifact", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--data", choices=DATA, default="text", help=argparse.SUPPRESS)
+    parser.add_argument("--loss-positions", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.steps < 1 or args.threads < 1 or args.epoch_examples < 1:
-        parser.error("--steps, --threads and --epoch-examples must be >= 1")
+    if args.steps < 1 or args.threads < 1 or args.epoch_examples < 1 or args.repeats < 1:
+        parser.error("--steps, --threads, --epoch-examples and --repeats must be >= 1")
 
+    if args.child == "loss-positions":
+        print(json.dumps(label_loss_positions(args.models)))
+        return 0
     if args.child == "epoch":
-        print(json.dumps(measure_epoch(args.artifact, args.epoch_examples, args.threads)))
+        print(json.dumps(measure_epoch(args.artifact, args.epoch_examples, args.threads, args.data)))
         return 0
     if args.child:
-        print(json.dumps(measure_step(args.child, args.models, args.artifact, args.steps, args.threads)))
+        print(json.dumps(measure_step(args.child, args.models, args.artifact, args.steps, args.threads, args.data,
+                                      args.loss_positions)))
         return 0
 
     from pockettune.cli import quiet_library_chatter
@@ -258,7 +389,10 @@ def main() -> int:
     unknown = [m for m in models if m not in TIERS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(TIERS)}")
-    steps, epochs = [], []
+    prepare_artifacts(models, args, skip)
+    if args.prepare_only:
+        return 0
+    steps, epochs, labels = [], [], []
     for model in models:
         k = TIERS[model]["lora_layers"]
         child = ["--models", model, "--steps", str(args.steps)]
@@ -276,27 +410,43 @@ def main() -> int:
                                                                     "onnxruntime"))], args.threads)
             row["eager"] = run_child(["--child", "eager", *child], args.threads)
             steps.append(row)
-        if "epoch" in skip:
-            continue
-        from export.manifest import read_manifest
+        if "epoch" not in skip:
+            from export.manifest import read_manifest
 
-        for depth_k in PREFIX_DEPTHS[model]:
-            whole = ensure_artifact(model, args.workdir, depth_k, "xnnpack", False)
-            cached = ensure_artifact(model, args.workdir, depth_k, "xnnpack", True)
-            epoch = ["--child", "epoch", "--epoch-examples", str(args.epoch_examples)]
-            epochs.append({"model": model, "k": depth_k,
-                           "depth": read_manifest(whole).data["pruned_model"]["num_hidden_layers"],
-                           "whole": run_child([*epoch, "--artifact", str(whole)], args.threads),
-                           "cached": run_child([*epoch, "--artifact", str(cached)], args.threads)})
+            for depth_k in PREFIX_DEPTHS[model]:
+                whole = ensure_artifact(model, args.workdir, depth_k, "xnnpack", False)
+                cached = ensure_artifact(model, args.workdir, depth_k, "xnnpack", True)
+                epoch = ["--child", "epoch", "--epoch-examples", str(args.epoch_examples)]
+                epochs.append({"model": model, "k": depth_k,
+                               "depth": read_manifest(whole).data["pruned_model"]["num_hidden_layers"],
+                               "whole": run_child([*epoch, "--artifact", str(whole)], args.threads),
+                               "cached": run_child([*epoch, "--artifact", str(cached)], args.threads)})
+        if "label" not in skip:
+            loss_positions = run_child(["--child", "loss-positions", "--models", model], args.threads)
+            for arm in label_arms(model, args, skip, loss_positions):
+                best = {}
+                for _ in range(args.repeats):           # full, label, full, label, ...: drift hits both
+                    for side in ("full", "label"):
+                        measured = run_child(arm[side], args.threads)
+                        if side not in best or measured[arm["time_key"]] < best[side][arm["time_key"]]:
+                            best[side] = measured
+                labels.append({"model": model, "program": arm["program"], "measured": arm["measured"],
+                               "time_key": arm["time_key"], "loss_positions": loss_positions, **best})
 
+    print()
+    print(f"CPU: {cpu_model()}; {args.threads} thread(s) on every side")
     if steps:
         print()
         print(step_table(steps, args.threads, args.steps))
     if epochs:
         print()
         print(epoch_table(epochs, args.threads))
+    if labels:
+        print()
+        print(label_table(labels, args.threads, args.repeats))
     if args.json:
-        args.json.write_text(json.dumps({"threads": args.threads, "steps": steps, "epochs": epochs}, indent=2))
+        args.json.write_text(json.dumps({"threads": args.threads, "cpu": cpu_model(), "steps": steps, "epochs": epochs,
+                                         "labels": labels, "repeats": args.repeats}, indent=2))
     return 0
 
 

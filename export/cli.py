@@ -15,6 +15,9 @@ from models.pruning import PRUNING_METHODS as PRUNE_METHODS
 from models.tier import KERNELS, Tier, TrainingHyperparameters, parse_rank_pattern
 
 VERIFY_TEXT_SOURCE = "BBC News train split"
+#: What ``--verify`` trains on with ``--loss-positions``: labels on the topic word only (raw text
+#: labels every token, which a label-position program refuses).
+VERIFY_TASK_SOURCE = "bbcnews task, train split (topic word labelled)"
 
 
 def add_parser(subparsers) -> None:
@@ -45,6 +48,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prefix-cache", action="store_true",
                    help="also ship a prefix program for the layers below the LoRA layers, and train only "
                         "the top on cached prefix outputs (devices compute the prefix once per example)")
+    p.add_argument("--loss-positions", type=int, default=None, metavar="K",
+                   help="label-position head: compute the LM head (and the loss) only at the first K labelled "
+                        "positions of each row instead of at every position, for tasks whose loss covers a "
+                        "few tokens (bbcnews: K=1 on SmolLM2, whose topic words are single tokens). Same "
+                        "inputs and the same loss; trainers refuse a batch with a row labelled at more than "
+                        "K positions. In [1, seq-1]; default: every position")
     p.add_argument("--format", dest="artifact_format", choices=("executorch", "onnxruntime"), default="executorch",
                    help="executorch: .pte training program (default); onnxruntime: ONNX Runtime training "
                         "artifacts for onnxruntime-training 1.19.2 (no prefix program; --kernels does not apply)")
@@ -64,7 +73,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     p.add_argument("--verify", type=int, default=0, metavar="N",
                    help="after export, train N steps in the artifact's runtime and in eager PyTorch from the "
-                        f"same start on the {VERIFY_TEXT_SOURCE} and print JSON comparing them")
+                        f"same start on the {VERIFY_TEXT_SOURCE} (with --loss-positions: the bbcnews task's "
+                        "topic-word labels) and print JSON comparing them")
     p.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
     p.set_defaults(func=run)
 
@@ -78,7 +88,7 @@ def tier_from_args(args: argparse.Namespace) -> Tier:
                     rank_pattern=parse_rank_pattern(args.rank_pattern), lora_layers=args.lora_layers,
                     lora_targets=tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()),
                     quantize=args.quantize, batch=args.batch, seq=args.seq, kernels=args.kernels,
-                    prefix_cache=args.prefix_cache,
+                    prefix_cache=args.prefix_cache, loss_positions=args.loss_positions,
                     train=TrainingHyperparameters(optimizer=args.optimizer, lr=args.lr, local_steps=args.local_steps,
                                                   weight_decay=args.weight_decay))
         tier.validate()
@@ -122,21 +132,38 @@ def run(args: argparse.Namespace) -> int:
           f"{manifest['lora']['trainable_parameters']} trainable LoRA parameters, "
           f"{manifest['export']['total_seconds']:.1f} s)", file=sys.stderr)
     if args.verify:
-        print(json.dumps(verify_artifact(training, args.out, args.verify), indent=2))
+        try:
+            report = verify_artifact(training, args.out, args.verify)
+        except ValueError as exc:  # batches that do not fit the label-position head
+            raise UsageError(f"exported {args.out}, but could not verify it: {exc}") from None
+        print(json.dumps(report, indent=2))
     return 0
 
 
 def verify_artifact(training, out_dir: Path, steps: int) -> dict:
-    """Run :func:`export.verify.verify_against_eager` on real text batched as the manifest says."""
+    """Run :func:`export.verify.verify_against_eager` on real text batched as the manifest says.
+
+    A label-position artifact trains on the bbcnews task's batches (the topic word labelled),
+    any other on the articles' text (every token labelled).
+    """
     from export.verify import verify_against_eager
     from models.batching import make_batches
     from models.corpora import bbc_news
 
     tier = training.tier
-    texts = [doc.text for doc in bbc_news("train")[: tier.batch * min(steps, 8)]]
-    batches = make_batches(training.base.tokenizer, texts, tier.batch, tier.seq)
+    count = tier.batch * min(steps, 8)
+    if tier.loss_positions is not None:
+        from models.tasks import get_task
+
+        task = get_task("bbcnews")
+        batches = task.batches(training.base.tokenizer, task.examples("train")[:count], tier.batch, tier.seq)
+        source = VERIFY_TASK_SOURCE
+    else:
+        texts = [doc.text for doc in bbc_news("train")[:count]]
+        batches = make_batches(training.base.tokenizer, texts, tier.batch, tier.seq)
+        source = VERIFY_TEXT_SOURCE
     train = tier.train
     adamw = dict(betas=train.betas, eps=train.eps) if train.optimizer == "adamw" else {}
     result = verify_against_eager(training.peft_model, out_dir, batches, steps, lr=train.lr, momentum=train.momentum,
                                   weight_decay=train.weight_decay, optimizer=train.optimizer, **adamw)
-    return {"model": training.base.model_id, "tier": tier.to_dict(), "data": VERIFY_TEXT_SOURCE, **result}
+    return {"model": training.base.model_id, "tier": tier.to_dict(), "data": source, **result}

@@ -56,14 +56,33 @@ class LanguageModelLoss(torch.nn.Module):
 
     Shapes are fixed at export ([batch, seq]); devices pad with label -100, which the loss
     ignores, so short examples cost compute but never change the gradient.
+
+    With ``loss_positions`` K it is the eager label-position head: the LM head only on the
+    hidden states at labelled positions (an eager boolean index, as many rows as there are
+    labels), refusing a batch with a row labelled at more than K positions as the compiled
+    program's trainers do. The value is the full head's either way; verification keeps the
+    full head (``None``) as the reference the label-position programs are held to.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, loss_positions: int | None = None):
         super().__init__()
         setattr(self, _WRAPPER_ATTRIBUTE, model)
+        self.loss_positions = loss_positions
 
     def forward(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = getattr(self, _WRAPPER_ATTRIBUTE)(input_ids=ids, use_cache=False).logits
+        model = getattr(self, _WRAPPER_ATTRIBUTE)
+        if self.loss_positions is not None:
+            from export.program_modules import causal_lm_of
+            from models.batching import check_loss_positions
+
+            check_loss_positions(labels, self.loss_positions)
+            causal_lm = causal_lm_of(model)
+            hidden = causal_lm.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
+            targets = labels[:, 1:]
+            counted = targets != IGNORE_INDEX
+            logits = causal_lm.get_output_embeddings()(hidden[:, :-1][counted])
+            return F.cross_entropy(logits, targets[counted])
+        logits = model(input_ids=ids, use_cache=False).logits
         return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
                                ignore_index=IGNORE_INDEX)
 
@@ -162,12 +181,15 @@ def compile_program(module: torch.nn.Module, inputs: tuple, *, train: bool, kern
 
 def export_training_program(peft_model: torch.nn.Module, batch: int, seq: int, out_dir: Path, *,
                             kernels: str = "xnnpack", first_trained_layer: int | None = None,
+                            loss_positions: int | None = None,
                             on_stage: ExportStageCallback | None = None) -> dict:
     """Write ``model.pte`` and ``lora.ptd`` for ``peft_model`` into ``out_dir``.
 
     With ``first_trained_layer`` (frozen-prefix caching), ``model.pte`` trains from the hidden
     state entering that layer (``forward(hidden, labels)``) and ``prefix.pte`` computes that
     hidden state from token ids (``forward(ids) -> hidden``, inference only).
+    With ``loss_positions`` K the training program's LM head runs only at the first K labelled
+    positions of each row (:func:`export.program_modules.next_token_loss`); inputs are unchanged.
 
     Returns a report with the time of each stage and what the graph passes changed.
     ``on_stage`` is called with each stage's name before it starts (for progress displays).
@@ -177,15 +199,15 @@ def export_training_program(peft_model: torch.nn.Module, batch: int, seq: int, o
     ids, labels = example_inputs(batch, seq, peft_model.config.vocab_size)
     programs: dict[str, object] = {}
     if first_trained_layer is None:
-        programs[PROGRAM_FILE], report = compile_program(TrainingProgram(peft_model), (ids, labels), train=True,
-                                                         kernels=kernels, timed=timed)
+        programs[PROGRAM_FILE], report = compile_program(TrainingProgram(peft_model, loss_positions), (ids, labels),
+                                                         train=True, kernels=kernels, timed=timed)
     else:
         prefix = PrefixProgram(peft_model, first_trained_layer)
         with prefix.cut():
             programs[PREFIX_PROGRAM_FILE], prefix_report = compile_program(
                 prefix, (ids,), train=False, kernels=kernels, timed=timed, stage_prefix="prefix_")
             hidden = prefix(ids)
-        top = TopTrainingProgram(peft_model, first_trained_layer)
+        top = TopTrainingProgram(peft_model, first_trained_layer, loss_positions)
         with top.cut():
             programs[PROGRAM_FILE], report = compile_program(top, (hidden.detach(), labels), train=True,
                                                              kernels=kernels, timed=timed)

@@ -48,6 +48,23 @@ def program_batch_shape(data: dict) -> tuple[int, int]:
     return int(data["tier"]["batch"]), int(data["tier"]["seq"])
 
 
+def program_loss_positions(data: dict) -> int | None:
+    """The program's label-position head K (``program.loss_positions``), or ``None``: the head at
+    every position (also for manifests written before the field existed)."""
+    value = (data.get("program") or {}).get("loss_positions")
+    return None if value is None else int(value)
+
+
+def loss_output(loss_positions: int | None) -> dict:
+    """The manifest's description of a training program's ``loss`` output (both formats)."""
+    meaning = "mean next-token cross-entropy over labels != ignore_index"
+    if loss_positions is not None:
+        meaning += (f"; the LM head runs at the first {loss_positions} labelled positions of each row only, so a "
+                    f"batch with a row labelled at more than {loss_positions} positions must be refused "
+                    "before the step (the program cannot tell)")
+    return {"name": "loss", "shape": [], "dtype": "float32", "meaning": meaning}
+
+
 @dataclass
 class Manifest:
     """A parsed manifest; ``data`` is the JSON object, the properties are the parts code uses."""

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from export.executorch import example_inputs, program_key, trainable_adapter_tensors
-from export.program_modules import WRAPPED_MODEL_ATTRIBUTE, causal_lm_of
+from export.manifest import loss_output
+from export.program_modules import WRAPPED_MODEL_ATTRIBUTE, causal_lm_of, labelled_rows
 from models.batching import IGNORE_INDEX
 from models.tier import Tier, TrainingHyperparameters
 
@@ -68,17 +69,29 @@ class OnnxTrainingProgram(torch.nn.Module):
     (:func:`export.program_modules.next_token_loss`, the ExecuTorch form, uses ``logsumexp``,
     and ORT 1.19's gradient of ``ReduceLogSumExp`` emits an opset-11 ``Unsqueeze`` that opset 17
     graphs reject.) Both compute the same value; tests hold them to eager PyTorch.
+
+    ``loss_positions`` K: the head only on the hidden states of the first K labelled positions
+    per row, picked by the same one-hot matrix product as the ExecuTorch program
+    (:func:`export.program_modules.labelled_rows`: ``CumSum``, ``Equal``, ``And``, ``Cast`` and
+    a batched ``MatMul``, whose gradient ORT builds), padding picks given ``ignore_index`` so
+    that ``SoftmaxCrossEntropyLoss`` averages over the real ones only.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, loss_positions: int | None = None):
         super().__init__()
         setattr(self, WRAPPED_MODEL_ATTRIBUTE, model)
+        self.loss_positions = loss_positions
 
     def forward(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         causal_lm = causal_lm_of(getattr(self, WRAPPED_MODEL_ATTRIBUTE))
         hidden = causal_lm.get_decoder()(input_ids=ids, attention_mask=torch.ones_like(ids),
                                          use_cache=False).last_hidden_state
-        logits = causal_lm.get_output_embeddings()(hidden[:, :-1])
+        head = causal_lm.get_output_embeddings()
+        if self.loss_positions is not None:
+            rows, targets, valid = labelled_rows(hidden, labels, self.loss_positions)
+            return F.cross_entropy(head(rows), torch.where(valid, targets, torch.full_like(targets, IGNORE_INDEX)),
+                                   ignore_index=IGNORE_INDEX)
+        logits = head(hidden[:, :-1])
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
                                ignore_index=IGNORE_INDEX)
 
@@ -152,8 +165,8 @@ def export_onnxruntime_artifacts(peft_model: torch.nn.Module, tier: Tier, out_di
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about Python control flow on constant shapes
-            torch.onnx.export(OnnxTrainingProgram(peft_model), (ids, labels), str(traced_path), dynamo=False,
-                              opset_version=OPSET, do_constant_folding=False,
+            torch.onnx.export(OnnxTrainingProgram(peft_model, tier.loss_positions), (ids, labels), str(traced_path),
+                              dynamo=False, opset_version=OPSET, do_constant_folding=False,
                               training=torch.onnx.TrainingMode.TRAINING, input_names=["ids", "labels"],
                               output_names=["loss"])
         return onnx.load(str(traced_path))
@@ -253,8 +266,8 @@ def program_section(tier: Tier, report: dict) -> dict:
             {"name": "ids", "shape": [tier.batch, tier.seq], "dtype": "int64"},
             {"name": "labels", "shape": [tier.batch, tier.seq], "dtype": "int64", "ignore_index": IGNORE_INDEX},
         ],
-        "outputs": [{"name": "loss", "shape": [], "dtype": "float32",
-                     "meaning": "mean next-token cross-entropy over labels != ignore_index"}],
+        "outputs": [loss_output(tier.loss_positions)],
+        "loss_positions": tier.loss_positions,
         "trainable_names": "ONNX parameter model.<adapter key with .default before .weight>, as in the ExecuTorch program",
         "optimizer": report["optimizer"],
         "learning_rate": "set by the device from the task (Optimizer.set_learning_rate)",

@@ -22,7 +22,7 @@ import torch
 
 from export.executorch import (ADAPTER_DATA_FILE, PREFIX_PROGRAM_FILE, PROGRAM_FILE, export_training_program,
                                trainable_adapter_tensors)
-from export.manifest import describe_files, write_manifest
+from export.manifest import describe_files, loss_output, write_manifest
 from models.adapters import peft_config_dict, save_adapter
 from models.batching import IGNORE_INDEX, pad_token_id
 from models.lora import LoraLayout, apply_lora, resolve_layout
@@ -160,7 +160,8 @@ def export_artifact(model_name: str, tier: Tier, out_dir: Path, *, replace: bool
         if artifact_format == "executorch":
             first_trained_layer = training.layout.first_layer if tier.prefix_cache else None
             report = export_training_program(peft_model, tier.batch, tier.seq, staging, kernels=tier.kernels,
-                                             first_trained_layer=first_trained_layer, on_stage=notify)
+                                             first_trained_layer=first_trained_layer,
+                                             loss_positions=tier.loss_positions, on_stage=notify)
             device_files = DEVICE_FILES
         else:
             from export import onnxruntime as ort_export
@@ -212,8 +213,10 @@ def _executorch_sections(training: TrainingModel, report: dict) -> dict:
                 {"name": "labels", "shape": [tier.batch, tier.seq], "dtype": "int64",
                  "ignore_index": IGNORE_INDEX},
             ],
-            "outputs": [{"name": "loss", "shape": [], "dtype": "float32",
-                         "meaning": "mean next-token cross-entropy over labels != ignore_index"}],
+            "outputs": [loss_output(tier.loss_positions)],
+            # The label-position head (models.tier.Tier.loss_positions): trainers refuse batches
+            # with a row labelled at more positions (models.batching.check_loss_positions).
+            "loss_positions": tier.loss_positions,
             "trainable_data_file": ADAPTER_DATA_FILE,
         },
         "prefix": _prefix_section(training, hidden_size) if tier.prefix_cache else None,

@@ -18,7 +18,9 @@ position ids, rotary embeddings and causal mask, rather than a second copy of th
 
 The loss is written for compilation, not for eager speed (:func:`next_token_loss`): eager
 PyTorch keeps using ``F.cross_entropy`` (:class:`export.executorch.LanguageModelLoss`), and
-tests hold the two to the same values.
+tests hold the two to the same values. Training programs optionally compute it at the first
+``loss_positions`` labelled positions of each row only (:func:`labelled_rows`): same inputs,
+same value, a fraction of the LM head's work for tasks that label a few tokens.
 """
 
 from __future__ import annotations
@@ -39,7 +41,61 @@ def causal_lm_of(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def next_token_loss(causal_lm: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _checked_head(causal_lm: torch.nn.Module) -> torch.nn.Module:
+    """The LM head, refusing the head variants the exported losses do not implement."""
+    head = causal_lm.get_output_embeddings()
+    if getattr(head, "bias", None) is not None:
+        raise NotImplementedError("LM heads with a bias are not supported by the exported loss")
+    config = causal_lm.config
+    for unsupported in ("final_logit_softcapping", "logit_scale"):
+        if getattr(config, unsupported, None):
+            raise NotImplementedError(f"the exported loss does not implement {unsupported} ({type(causal_lm).__name__})")
+    return head
+
+
+def labelled_rows(hidden: torch.Tensor, labels: torch.Tensor, loss_positions: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The hidden states that predict the first ``loss_positions`` labelled tokens of each row.
+
+    Returns ``rows`` [batch * K, width], ``targets`` [batch * K] (int64) and ``valid``
+    [batch * K] (bool): pick ``k`` of row ``b`` is the hidden state at the ``k``-th position
+    ``p`` (in order) whose next-token label ``labels[b, p + 1]`` is not ``-100``, with that
+    label as its target. A row with fewer than K labelled positions fills the rest with
+    padding picks: a zero row, target 0, ``valid`` false, which the losses weight by zero.
+
+    Static shapes and only ops that every backend compiles *and differentiates*, which is why
+    this is a one-hot matrix product rather than ``topk``/``argsort`` + ``gather``:
+
+    - ``cumsum`` of the label mask numbers each row's labelled positions 1, 2, ...;
+    - ``eq`` against the constant ``1..K`` (broadcast) and ``&`` with the mask gives the
+      one-hot selection [batch, K, seq-1] (a position after the k-th labelled one has the
+      same count, hence the ``&``);
+    - the picks are ``selection @ hidden[:, :-1]``, a batched matmul: its backward is another
+      matmul (ExecuTorch's portable ``bmm``/XNNPACK, ONNX ``MatMul`` whose gradient ORT 1.19
+      builds natively), where a gather's backward would be a scatter-add (``index_put`` /
+      ``GatherElementsGrad``), and ``topk``/``argsort`` have no ties rule two runtimes agree
+      on. Multiplying by an exact 0/1 matrix copies each picked hidden state bit for bit, so
+      the head sees exactly the rows the full-head loss would;
+    - the targets are the same selection applied to the labels as integers (``mul`` and
+      ``sum`` on int64); the constant ``1..K`` and the cumulative count never need a gradient.
+
+    The selection costs ``2 * batch * K * seq * width`` FLOPs (4.7 MFLOP for SmolLM2 at K=8,
+    B4 S128) against the ``2 * batch * (seq - 1) * width * vocab`` of a full head (29 GFLOP).
+    """
+    batch, width = hidden.size(0), hidden.size(-1)
+    targets = labels[:, 1:]
+    counted = targets != IGNORE_INDEX                                         # [B, S-1]
+    ranks = counted.to(torch.int64).cumsum(dim=1)                             # 1, 2, ... at labelled positions
+    wanted = torch.arange(1, loss_positions + 1, dtype=torch.int64, device=labels.device)
+    selection = (ranks.unsqueeze(1) == wanted.view(1, -1, 1)) & counted.unsqueeze(1)   # [B, K, S-1]
+    rows = torch.matmul(selection.to(hidden.dtype), hidden[:, :-1]).reshape(batch * loss_positions, width)
+    picked_targets = (selection.to(torch.int64) * targets.unsqueeze(1)).sum(dim=-1).reshape(-1)
+    valid = (ranks[:, -1:] >= wanted.view(1, -1)).reshape(-1)                # row has a k-th labelled position
+    return rows, picked_targets, valid
+
+
+def next_token_loss(causal_lm: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
+                    loss_positions: int | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over ``labels != -100``, from the decoder's last hidden states.
 
     The same value as ``F.cross_entropy(lm_head(hidden)[:, :-1], labels[:, 1:])``, computed so
@@ -53,19 +109,25 @@ def next_token_loss(causal_lm: torch.nn.Module, hidden: torch.Tensor, labels: to
     - the target logit is ``hidden . W[target]`` (an embedding lookup of head rows) instead of a
       gather from the logits, whose backward would be another full-size scatter; only
       ``logsumexp`` touches the vocabulary axis, and its backward is ``softmax * grad``.
+
+    With ``loss_positions`` K (the tier's field of that name) the head runs only on the
+    hidden states of the first K labelled positions of each row (:func:`labelled_rows`):
+    ``batch * K`` rows instead of ``batch * (seq - 1)``. For a task whose loss covers a few
+    target positions (a topic word) that removes nearly all of the head's work, forward and
+    backward, and its vocabulary-sized activations. The value and gradients are the full
+    head's whenever no row has more than K labelled positions; the program cannot check that
+    (a compiled graph has no errors to raise), so the device-side trainers and eager
+    verification refuse such batches (:func:`models.batching.check_loss_positions`).
     """
-    head = causal_lm.get_output_embeddings()
-    if getattr(head, "bias", None) is not None:
-        raise NotImplementedError("LM heads with a bias are not supported by the exported loss")
-    config = causal_lm.config
-    for unsupported in ("final_logit_softcapping", "logit_scale"):
-        if getattr(config, unsupported, None):
-            raise NotImplementedError(f"the exported loss does not implement {unsupported} ({type(causal_lm).__name__})")
-    width = hidden.size(-1)
-    rows = hidden[:, :-1].reshape(-1, width)
-    targets = labels[:, 1:].reshape(-1)
-    counted = targets != IGNORE_INDEX
-    safe_targets = torch.where(counted, targets, torch.zeros_like(targets))
+    head = _checked_head(causal_lm)
+    if loss_positions is None:
+        width = hidden.size(-1)
+        rows = hidden[:, :-1].reshape(-1, width)
+        targets = labels[:, 1:].reshape(-1)
+        counted = targets != IGNORE_INDEX
+        safe_targets = torch.where(counted, targets, torch.zeros_like(targets))
+    else:
+        rows, safe_targets, counted = labelled_rows(hidden, labels, loss_positions)
     log_normalizer = torch.logsumexp(head(rows), dim=-1)
     target_logits = (rows * F.embedding(safe_targets, head.weight)).sum(-1)
     weights = counted.to(rows.dtype)
@@ -99,16 +161,20 @@ def computing_only(causal_lm: torch.nn.Module, layers: range, final_norm: bool):
 
 
 class TrainingProgram(torch.nn.Module):
-    """``forward(ids, labels) -> loss`` through the whole model (exported with its backward)."""
+    """``forward(ids, labels) -> loss`` through the whole model (exported with its backward).
 
-    def __init__(self, model: torch.nn.Module):
+    ``loss_positions``: the head only at the first K labelled positions per row (:func:`next_token_loss`).
+    """
+
+    def __init__(self, model: torch.nn.Module, loss_positions: int | None = None):
         super().__init__()
         setattr(self, WRAPPED_MODEL_ATTRIBUTE, model)
+        self.loss_positions = loss_positions
 
     def forward(self, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         causal_lm = causal_lm_of(getattr(self, WRAPPED_MODEL_ATTRIBUTE))
         hidden = causal_lm.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
-        return next_token_loss(causal_lm, hidden, labels)
+        return next_token_loss(causal_lm, hidden, labels, self.loss_positions)
 
 
 class _SplitProgram(torch.nn.Module):
@@ -121,10 +187,11 @@ class _SplitProgram(torch.nn.Module):
     parameter the module tree holds, and the other side's weights must not ride along.
     """
 
-    def __init__(self, model: torch.nn.Module, first_trained_layer: int):
+    def __init__(self, model: torch.nn.Module, first_trained_layer: int, loss_positions: int | None = None):
         super().__init__()
         setattr(self, WRAPPED_MODEL_ATTRIBUTE, model)
         self.first_trained_layer = first_trained_layer
+        self.loss_positions = loss_positions  # used by the top program's loss only
         self._cut_active = False
 
     @property
@@ -163,11 +230,12 @@ class PrefixProgram(_SplitProgram):
 class TopTrainingProgram(_SplitProgram):
     """``forward(hidden, labels) -> loss`` from a prefix output through the LoRA layers and the head.
 
-    ``hidden`` enters the decoder where the token embeddings would.
+    ``hidden`` enters the decoder where the token embeddings would. ``loss_positions`` as in
+    :class:`TrainingProgram`.
     """
 
     def _kept_layers(self) -> tuple[range, bool]:
         return range(self.first_trained_layer, len(self.causal_lm.get_decoder().layers)), True
 
     def forward(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return next_token_loss(self.causal_lm, self._decoder_output(inputs_embeds=hidden), labels)
+        return next_token_loss(self.causal_lm, self._decoder_output(inputs_embeds=hidden), labels, self.loss_positions)

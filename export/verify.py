@@ -5,6 +5,11 @@ artifact's runtime (ExecuTorch loading the ``.pte``/``.ptd``, or ONNX Runtime lo
 training and optimizer models, by the manifest's format) and (b) the in-memory PyTorch
 model the artifact was compiled from. Matching loss curves and LoRA weights prove that the
 program computes the right gradients, which no amount of "the loss went down" can.
+
+The eager side always computes the loss with the LM head at every position: a label-position
+program (``program.loss_positions`` K) is held to the full head, on batches whose rows are
+labelled at K positions at most. Batches with more are refused before either side trains
+(the program would compute another loss, and the comparison would blame the wrong thing).
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from pathlib import Path
 import torch
 
 from export.executorch import ADAPTER_DATA_FILE, LanguageModelLoss, trainable_adapter_tensors
-from export.manifest import read_manifest
+from export.manifest import program_loss_positions, read_manifest
 from fleet.runtime_executorch import ExecuTorchTrainer
+from models.batching import check_loss_positions
 from models.tier import TrainingHyperparameters
 
 ADAMW_DEFAULTS = {"betas": TrainingHyperparameters.betas, "eps": TrainingHyperparameters.eps}
@@ -63,6 +69,7 @@ def train_runtime(artifact_dir: Path, batches, steps: int, lr: float, momentum: 
     """
     artifact_dir = Path(artifact_dir)
     manifest = read_manifest(artifact_dir).data
+    check_batches_fit(artifact_dir, batches[:steps])
     if manifest["format"] == "onnxruntime":
         from fleet.runtime_onnxruntime import OnnxRuntimeTrainer, read_start_adapter
 
@@ -79,6 +86,17 @@ def train_runtime(artifact_dir: Path, batches, steps: int, lr: float, momentum: 
     return losses, trainer.adapter_tensors()
 
 
+def check_batches_fit(artifact_dir: Path, batches) -> None:
+    """``ValueError`` naming the first batch with a row labelled at more positions than the
+    artifact's label-position head computes (nothing to check for a full-head artifact)."""
+    loss_positions = program_loss_positions(read_manifest(artifact_dir).data)
+    for index, (_, labels) in enumerate(batches):
+        try:
+            check_loss_positions(labels, loss_positions)
+        except ValueError as exc:
+            raise ValueError(f"cannot verify on batch {index}: {exc}") from None
+
+
 def max_abs_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     """Largest elementwise |a - b| over identically keyed tensor dicts."""
     if set(a) != set(b):
@@ -92,6 +110,7 @@ def verify_against_eager(peft_model: torch.nn.Module, artifact_dir: Path, batche
     """Train ``steps`` steps both ways from the same start; report both curves and the max LoRA gap."""
     if steps <= 0:
         raise ValueError("verification needs at least one step")
+    check_batches_fit(artifact_dir, batches[:steps])
     settings = dict(momentum=momentum, weight_decay=weight_decay, optimizer=optimizer, **adamw)
     runtime_losses, runtime_adapter = train_runtime(artifact_dir, batches, steps, lr, **settings)
     initial = trainable_adapter_tensors(peft_model)

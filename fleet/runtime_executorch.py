@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 
 from export.executorch import peft_key
+from export.manifest import program_loss_positions
 from fleet.prefix_cache import PrefixCache
+from models.batching import check_loss_positions
 
 
 def set_runtime_threads(threads: int) -> None:
@@ -40,11 +42,16 @@ class ExecuTorchTrainer:
     With a :class:`~fleet.prefix_cache.PrefixCache` the program is a top program
     (``forward(hidden, labels)``): token ids go through the cache, which runs the frozen prefix
     only for examples it has not seen under this base model.
+
+    ``loss_positions`` is the program's label-position head (the manifest's
+    ``program.loss_positions``; :meth:`for_artifact` reads it): :meth:`step` and :meth:`loss`
+    refuse, before running anything, a batch with a row labelled at more positions, which the
+    program would silently train on only in part.
     """
 
     def __init__(self, program_path: Path, adapter_path: Path, lr: float, momentum: float = 0.0,
                  weight_decay: float = 0.0, prefix: PrefixCache | None = None, optimizer: str = "sgd",
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, loss_positions: int | None = None):
         self._program_path, self._adapter_path = Path(program_path), Path(adapter_path)
         for path in (self._program_path, self._adapter_path):
             if not path.is_file():
@@ -56,6 +63,7 @@ class ExecuTorchTrainer:
         self._loaded = None
         self._optimizer = None
         self.prefix = prefix
+        self.loss_positions = loss_positions
 
     @property
     def _module(self):
@@ -82,7 +90,8 @@ class ExecuTorchTrainer:
         if manifest.get("prefix"):
             prefix = PrefixCache.for_artifact(artifact_dir, manifest, cache_dir, cache_memory_bytes)
         return cls(artifact_dir / manifest["program"]["file"], adapter_path, lr=lr, momentum=momentum,
-                   weight_decay=weight_decay, prefix=prefix, optimizer=optimizer, betas=betas, eps=eps)
+                   weight_decay=weight_decay, prefix=prefix, optimizer=optimizer, betas=betas, eps=eps,
+                   loss_positions=program_loss_positions(manifest))
 
     def prepare(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Fill the prefix cache for these batches now, then free the prefix program.
@@ -95,6 +104,7 @@ class ExecuTorchTrainer:
             self.prefix.release_program()
 
     def _inputs(self, ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_loss_positions(labels, self.loss_positions)   # before the prefix or the program runs
         return (self.prefix.hidden(ids) if self.prefix is not None else ids), labels
 
     def step(self, ids: torch.Tensor, labels: torch.Tensor) -> float:

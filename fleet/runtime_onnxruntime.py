@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from export.executorch import peft_key
+from export.manifest import program_loss_positions
+from models.batching import check_loss_positions
 
 #: ORT's own logging at WARNING and above only (its INFO lines describe every graph pass).
 _LOG_SEVERITY_WARNING = 2
@@ -51,6 +53,8 @@ class OnnxRuntimeTrainer:
     ``start_adapter`` (PEFT keys -> tensors) replaces the checkpoint's LoRA values; every
     trainable parameter must be given, with the manifest's shape, so a device never trains
     from a half-loaded adapter. ``lr`` is set on the compiled optimizer (it is not compiled in).
+    A label-position artifact (``program.loss_positions`` K) has :meth:`step` and :meth:`loss`
+    refuse, before running, a batch with a row labelled at more than K positions.
     """
 
     def __init__(self, artifact_dir: Path, manifest: Mapping, start_adapter: Mapping[str, torch.Tensor | np.ndarray],
@@ -60,6 +64,7 @@ class OnnxRuntimeTrainer:
 
         onnxruntime.set_default_logger_severity(_LOG_SEVERITY_WARNING)
         program = manifest["program"]
+        self.loss_positions = program_loss_positions(manifest)
         artifact_dir = Path(artifact_dir)
         paths = {part: artifact_dir / program[part] for part in ("training_model", "optimizer_model", "checkpoint")}
         for path in paths.values():
@@ -96,8 +101,8 @@ class OnnxRuntimeTrainer:
                                  f"{tuple(parameter.data.shape)}")
             parameter.data = np.ascontiguousarray(array, dtype=np.float32)
 
-    @staticmethod
-    def _feed(ids: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _feed(self, ids: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        check_loss_positions(labels, self.loss_positions)
         return (np.ascontiguousarray(ids.numpy(), dtype=np.int64),
                 np.ascontiguousarray(labels.numpy(), dtype=np.int64))
 

@@ -13,6 +13,34 @@ import torch
 IGNORE_INDEX = -100
 
 
+def labelled_positions_per_row(labels: torch.Tensor) -> torch.Tensor:
+    """How many next-token targets each row of a [batch, seq] ``labels`` has (``labels[:, 1:] != -100``).
+
+    Position 0's label never counts: nothing predicts the first token.
+    """
+    labels = torch.as_tensor(labels)
+    return (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
+
+
+def check_loss_positions(labels: torch.Tensor, loss_positions: int | None) -> None:
+    """``ValueError`` if a row has more labelled positions than a label-position program computes.
+
+    A program compiled with ``loss_positions`` K (``models.tier.Tier``) runs the LM head on
+    the first K labelled positions of each row only; it cannot see, let alone report, a row
+    with more, and would silently train on part of its loss. Trainers call this before every
+    step. ``None`` (the head at every position) accepts everything.
+    """
+    if loss_positions is None:
+        return
+    counts = labelled_positions_per_row(labels)
+    if counts.numel() and int(counts.max()) > loss_positions:
+        row = int(counts.argmax())
+        raise ValueError(f"batch row {row} has {int(counts[row])} labelled positions, but this program computes "
+                         f"the loss at only the first {loss_positions} per row (loss_positions={loss_positions}); "
+                         "train it on a task whose targets fit, or use an artifact exported with more (or "
+                         "without) --loss-positions")
+
+
 def pad_token_id(tokenizer) -> int:
     """The id used for padding: the tokenizer's pad token, else its end-of-sequence token."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):

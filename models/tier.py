@@ -114,6 +114,12 @@ class Tier:
     #: Frozen-prefix caching: ship a prefix inference program and train only the layers from the
     #: lowest LoRA layer up on cached prefix outputs (worth it when LoRA sits in the last few layers).
     prefix_cache: bool = False
+    #: Label-position head: the compiled loss runs the LM head only on the hidden states of the
+    #: first ``loss_positions`` labelled positions of each row; ``None`` runs it at every position.
+    #: Worth it for tasks whose loss covers a few tokens (a topic word: 1 SmolLM2 token), where
+    #: the head is about half of a step's work. Trainers refuse batches with a row labelled at
+    #: more positions (``models.batching.check_loss_positions``): the program cannot see them.
+    loss_positions: int | None = None
 
     @property
     def pruning(self) -> PruningConfig:
@@ -147,13 +153,20 @@ class Tier:
             raise ValueError(f"unknown kernels {self.kernels!r}; use one of {', '.join(KERNELS)}")
         if not isinstance(self.prefix_cache, bool):
             raise ValueError(f"prefix_cache must be true or false, got {self.prefix_cache!r}")
+        if self.loss_positions is not None:
+            check_int("loss positions", self.loss_positions, 1, self.seq - 1)
         if self.prefix_cache and num_hidden_layers is not None and self.lora_layers >= num_hidden_layers:
             raise ValueError("prefix caching needs a frozen prefix: LoRA is in every layer "
                              f"({self.lora_layers} of {num_hidden_layers}); use fewer LoRA layers or no prefix cache")
         self.train.validate()
 
     def to_dict(self) -> dict:
+        """The tier as JSON. ``loss_positions`` appears only when set: a tier without it keeps
+        exactly the dict (hence the artifact key, the protocol's tier objects and the stored
+        jobs' tiers) it had before the field existed."""
         d = asdict(self)
+        if d["loss_positions"] is None:
+            del d["loss_positions"]
         d["lora_targets"] = list(self.lora_targets)
         d["train"]["betas"] = list(self.train.betas)
         if not isinstance(self.rank_pattern, str):

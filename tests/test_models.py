@@ -85,6 +85,11 @@ def test_lora_initialization_is_reproducible():
     (dict(batch=0), "batch"),
     (dict(seq=1), "sequence length"),
     (dict(lora_targets=("qkv",)), "target modules"),
+    (dict(loss_positions=0), r"loss positions must be an integer in \[1, 127\]"),
+    (dict(loss_positions=128), r"loss positions must be an integer in \[1, 127\]"),
+    (dict(seq=16, loss_positions=16), r"\[1, 15\]"),
+    (dict(loss_positions=True), "loss positions"),
+    (dict(loss_positions=2.0), "loss positions"),
 ])
 def test_tier_validation(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -94,6 +99,10 @@ def test_tier_validation(fields, message):
 def test_tier_round_trips_through_dict():
     tier = Tier(prune_ratio=0.25, rank_pattern=parse_rank_pattern("2,4"), lora_layers=2, quantize="int8")
     assert Tier.from_dict(tier.to_dict()) == tier
+    label = Tier(loss_positions=127)
+    label.validate()
+    assert label.to_dict()["loss_positions"] == 127 and Tier.from_dict(label.to_dict()) == label
+    assert "loss_positions" not in tier.to_dict()        # unset: the dict (and artifact key) of older tiers
 
 
 def test_int8_quantizes_only_frozen_base_linears_and_stays_close():
