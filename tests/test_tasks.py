@@ -194,3 +194,26 @@ def test_text_file_task(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(ValueError, match="no text"):
         TextFileTask(tmp_path / "empty.txt")
+
+
+def test_bbcnews_states_its_labelled_positions_and_its_examples_keep_to_them(tiny, tmp_path):
+    """``max_labelled_positions`` is what the coordinator checks a label-position tier against
+    (``tier.loss_positions``): it must bound every encoded example as trainers count labels."""
+    from models.batching import labelled_positions_per_row
+    from models.tasks import TextFileTask, get_task
+
+    task = get_task("bbcnews")
+    examples = task.examples("train")
+    assert {e.target for e in examples} == set(task.targets)      # the stated targets are the real ones
+    longest = task.max_labelled_positions(tiny.tokenizer, 32)
+    assert longest == len(" entertainment")                        # byte tokens; one SmolLM2 token each
+    mixed = [e for label in task.labels for e in examples if e.label == label][::25]
+    assert {e.label for e in mixed} == set(task.labels)
+    counts = labelled_positions_per_row(torch.stack([task.encode(tiny.tokenizer, e, 32)[1] for e in mixed]))
+    assert int(counts.max()) == longest                             # a tight bound, not merely a safe one
+    assert task.max_labelled_positions(tiny.tokenizer, 8) == 7     # no row labels more than seq - 1
+
+    # Free-text tasks have no bound short of the whole row.
+    assert get_task("chatterbot").max_labelled_positions(tiny.tokenizer, 32) is None
+    (tmp_path / "notes.txt").write_text("a note")
+    assert TextFileTask(tmp_path / "notes.txt").max_labelled_positions(tiny.tokenizer, 32) is None

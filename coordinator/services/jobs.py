@@ -5,7 +5,9 @@ registry, ``models.tasks``: the dataset devices train on and the held-out split 
 adapter is evaluated on), and how rounds run. Its ``lr`` and ``local_steps`` become the
 tier's training hyper-parameters; they are not compiled into the artifact, so they go to
 devices in each task's ``train`` section. Every problem is a 422 ``invalid_field`` naming
-the field, and unknown fields are refused (a typo must not silently become a default).
+the field, and unknown fields are refused (a typo must not silently become a default). A tier
+with a label-position head (``loss_positions`` K) is refused for a task whose examples carry
+more than K labelled positions under the model's tokenizer (devices would refuse every batch).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from coordinator import fields, strict_json
 from coordinator.errors import ApiError
 from coordinator.services.heavy_imports import ensure_heavy_imports
+from coordinator.services.label_positions import check_task_fits
 from coordinator.services.norm_clipping import DEFAULT_FACTOR as DEFAULT_NORM_CLIP_FACTOR
 from coordinator.strategies import strategy_names
 
@@ -137,6 +140,10 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
         raise _bad("tier", str(exc)) from None
     configurator, options, prepare_tiers = _configurator_fields(body)
     name = _string(body, "name", f"{model} / {task}")
+    # Last, as it may load the model's tokenizer: a label-position head refuses rows labelled at
+    # more than K positions, so the task must fit it (every tier the configurator derives keeps
+    # the job's K; see services/label_positions.py).
+    check_task_fits(task, model, tier.seq, tier.loss_positions)
     return JobSpec(configurator=configurator, configurator_options=options, prepare_tiers=prepare_tiers,
                    name=name, model=model, task=task, tier=tier.to_dict(), rounds=rounds,
                    devices_per_round=devices_per_round, min_updates=min_updates,

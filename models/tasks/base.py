@@ -57,6 +57,10 @@ class Task(ABC):
     #: "accuracy" (higher is better) or "perplexity" (lower is better).
     metric: ClassVar[str]
     description: ClassVar[str] = ""
+    #: True when :meth:`evaluate` reaches the model only through :func:`causal_lm_parts`
+    #: (a decoder called with ``input_ids=`` and an LM head): the coordinator may then hand it
+    #: a :class:`models.frozen_prefix.FrozenPrefixModel`, which runs the frozen bottom once.
+    scores_through_decoder: ClassVar[bool] = False
 
     @abstractmethod
     def examples(self, split: str) -> list[Example]:
@@ -99,6 +103,33 @@ class Task(ABC):
     #: generative tasks end the target with the tokenizer's end-of-sequence token, so a tuned
     #: model learns where an answer stops; a class label needs no stop.
     appends_eos: ClassVar[bool] = False
+
+    #: Every target an example can have, when targets come from a fixed set (a classifier's
+    #: label words); ``None`` for free text. It is what lets :meth:`max_labelled_positions`
+    #: bound a task's labels from a handful of strings instead of tokenizing its whole dataset.
+    targets: ClassVar[tuple[str, ...] | None] = None
+
+    def max_labelled_positions(self, tokenizer, seq: int) -> int | None:
+        """The most labelled positions any example has once encoded (:meth:`encode`) for ``seq``
+        with ``tokenizer``, counted as ``models.batching.labelled_positions_per_row`` counts them (a
+        label at position 0 predicts nothing and does not count); ``None``: no bound short of a
+        whole row (free-text targets).
+
+        Why: a program compiled with ``Tier.loss_positions`` K computes the loss at the first K
+        labelled positions of a row only and trainers refuse a batch with more, so a job must not
+        pair such a tier with a task whose examples exceed K (the coordinator checks this when
+        the job is created). The default reads :attr:`targets`: the longest target's tokens (and
+        the end-of-sequence token when :attr:`appends_eos`), at most ``seq - 1`` (the most any
+        row can have). It is an upper bound: a target that ``encode`` cuts to fit a long cue has
+        fewer. A task whose targets are neither free text nor a fixed set overrides this.
+        """
+        if self.targets is None:
+            return None
+        if not self.targets:
+            raise ValueError(f"task {self.name!r} declares an empty set of targets")
+        eos = 1 if self.appends_eos and tokenizer.eos_token_id is not None else 0
+        longest = max(len(_token_ids(tokenizer, target)) + eos for target in self.targets)
+        return min(longest, seq - 1)
 
     def encode(self, tokenizer, example: Example, seq: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids, labels) of length ``seq``: labels are the target tokens, -100 everywhere else."""

@@ -27,17 +27,27 @@ from models.batching import pad_token_id
 PROMPT = "\nTopic:"
 
 
+def _target(topic: str) -> str:
+    """An example's target: its topic word after a space (one place, so ``targets`` and the
+    examples cannot drift apart)."""
+    return f" {topic}"
+
+
 @register
 class BBCNewsTopics(Task):
     name = "bbcnews"
     metric = "accuracy"
     description = "BBC News topic classification (5 classes), label-word likelihood"
     labels = BBC_TOPICS
+    scores_through_decoder = True
+    #: The topic word after a space, as it follows the cue: one SmolLM2 token each, 5-14 tokens
+    #: on the tiny byte-level model (``max_labelled_positions`` reads these).
+    targets = tuple(_target(topic) for topic in BBC_TOPICS)
 
     def examples(self, split: str) -> list[Example]:
         if split not in ("train", "heldout"):
             raise ValueError(f"unknown split {split!r}; use train or heldout")
-        return [Example(example_id=doc.doc_id, context=doc.text, prompt=PROMPT, target=f" {doc.topic}",
+        return [Example(example_id=doc.doc_id, context=doc.text, prompt=PROMPT, target=_target(doc.topic),
                         label=doc.topic) for doc in bbc_news(split)]
 
     def duplicates_dropped(self, split: str) -> int:

@@ -22,6 +22,7 @@ from models.tasks.base import Example, Task, causal_lm_parts
 class GenerativeTask(Task):
     metric = "perplexity"
     appends_eos = True
+    scores_through_decoder = True
 
     @torch.inference_mode()
     def evaluate(self, model, tokenizer, examples: Sequence[Example], seq: int, batch: int = 16) -> dict:

@@ -68,6 +68,13 @@ public final class Manifest {
     public final String prefixFile;
     public final String prefixMethod;
     public final int ignoreIndex;
+    /**
+     * The program's label-position head K ({@code program.loss_positions}): its loss runs the LM
+     * head at the first K labelled positions of each row only, so a batch with a row labelled at
+     * more must be refused before a step ({@code LossPositions.check}); the program cannot tell.
+     * Null: the head at every position (also for manifests written before the field existed).
+     */
+    public final Integer lossPositions;
     public final TokenizerSection tokenizer;
     public final List<TensorSpec> loraTensors;
 
@@ -88,6 +95,7 @@ public final class Manifest {
         programMethod = program.requireString("method");
         trainableDataFile = program.requireString("trainable_data_file");
         ignoreIndex = labelsIgnoreIndex(program.requireArray("inputs"));
+        lossPositions = lossPositions(program.optLong("loss_positions"), seq);
         JSONObject prefix = root.optObject("prefix");
         if (prefix != null) {
             JsonFields p = JsonFields.of(prefix, "manifest.prefix");
@@ -126,6 +134,18 @@ public final class Manifest {
             }
         }
         throw new ProtocolFormatException("manifest.program.inputs has no 'labels' input with an ignore_index");
+    }
+
+    /** K in [1, seq - 1] (what the exporter accepts), or null; anything else is a broken manifest. */
+    private static Integer lossPositions(Long value, int seq) {
+        if (value == null) {
+            return null;
+        }
+        if (value < 1 || value > seq - 1) {
+            throw new ProtocolFormatException("manifest.program.loss_positions must be in [1, " + (seq - 1)
+                    + "] (seq " + seq + "), got " + value);
+        }
+        return Math.toIntExact(value);
     }
 
     private static TensorSpec tensorSpec(JSONObject object, String path) {

@@ -15,6 +15,7 @@ import dev.pockettune.core.protocol.DeviceMetrics;
 import dev.pockettune.core.protocol.ResultMeta;
 import dev.pockettune.core.protocol.Task;
 import dev.pockettune.core.tokenizer.HfTokenizer;
+import dev.pockettune.core.training.LossPositions;
 import dev.pockettune.core.training.NamedTensor;
 import dev.pockettune.core.training.SafetensorsWriter;
 import dev.pockettune.core.training.TextBatcher;
@@ -36,7 +37,8 @@ import java.util.Map;
 /**
  * One task, start to finish, exactly as the Python device does it ({@code DeviceAgent.do_task}):
  * fetch and verify the artifact and the round's start adapter; check that the task, the manifest
- * and the adapter agree; tokenize the local text as the manifest says; train through the
+ * and the adapter agree; tokenize the local text as the manifest says (refusing batches a
+ * label-position program cannot train: {@link LossPositions}); train through the
  * {@link Trainer}; check the update as the coordinator will; upload it with its metrics.
  *
  * <p>Shared by the app's worker and the JVM integration test, so the test exercises the phone's
@@ -107,6 +109,9 @@ public final class TaskRunner {
                     + manifest.batch);
         }
         List<TrainingBatch> stepBatches = TextBatcher.forRound(batches, task.round, steps);
+        // A label-position program cannot see labels past its first K per row: refuse such a batch
+        // here, before any step, as the Python trainers do (the trainer never gets to run it).
+        LossPositions.check(stepBatches, manifest.lossPositions, manifest.ignoreIndex);
 
         listener.onPhase(TaskListener.Phase.TRAINING, steps + " steps");
         long trainStarted = System.nanoTime();

@@ -24,4 +24,22 @@ public final class TrainingBatch {
     public long[] shape() {
         return new long[] {batch, seq};
     }
+
+    /**
+     * How many next-token targets each row has: labels at positions 1..seq-1 other than
+     * {@code ignoreIndex}. Position 0's label never counts, since nothing predicts the first token
+     * (the count of {@code models/batching.py}'s {@code labelled_positions_per_row}, which a
+     * label-position program's K is compared with).
+     */
+    public int[] labelledPositionsPerRow(long ignoreIndex) {
+        int[] counts = new int[batch];
+        for (int row = 0; row < batch; row++) {
+            for (int position = 1; position < seq; position++) {
+                if (labels[row * seq + position] != ignoreIndex) {
+                    counts[row]++;
+                }
+            }
+        }
+        return counts;
+    }
 }

@@ -71,6 +71,25 @@ public class ArtifactFormatTest {
     }
 
     @Test
+    public void theLabelPositionHeadIsReadFromTheProgramSection() throws Exception {
+        JSONObject raw = Json.parseObject(Files.readAllBytes(ARTIFACT.resolve("manifest.json")), "m");
+        assertNull("a manifest from before the field: the full head", Manifest.parse(raw).lossPositions);
+        raw.getJSONObject("program").put("loss_positions", JSONObject.NULL);
+        assertNull(Manifest.parse(raw).lossPositions);
+        raw.getJSONObject("program").put("loss_positions", 14);
+        assertEquals(Integer.valueOf(14), Manifest.parse(raw).lossPositions);
+        for (Object bad : new Object[] {0, 32, "14", 1.5}) {
+            raw.getJSONObject("program").put("loss_positions", bad);
+            try {
+                Manifest.parse(raw);
+                fail("loss_positions " + bad + " must be refused for seq 32");
+            } catch (ProtocolFormatException expected) {
+                assertTrue(expected.getMessage(), expected.getMessage().contains("loss_positions"));
+            }
+        }
+    }
+
+    @Test
     public void anUnknownManifestVersionIsRefused() throws Exception {
         JSONObject raw = Json.parseObject(Files.readAllBytes(ARTIFACT.resolve("manifest.json")), "m");
         raw.put("schema_version", 2);

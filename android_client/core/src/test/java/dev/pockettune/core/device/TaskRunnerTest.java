@@ -24,6 +24,7 @@ import dev.pockettune.core.testing.Paths2;
 import dev.pockettune.core.testing.SafetensorsReader;
 import dev.pockettune.core.testing.TestServer;
 import dev.pockettune.core.training.NamedTensor;
+import dev.pockettune.core.training.TrainingException;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -55,6 +56,7 @@ public class TaskRunnerTest {
     private TestServer server;
     private Path dir;
     private JSONObject task;
+    private JSONObject manifest;
 
     private String blob(byte[] data) {
         String sha = Sha256.of(data);
@@ -78,8 +80,6 @@ public class TaskRunnerTest {
         JSONObject manifest = Json.parseObject(Files.readAllBytes(ARTIFACT.resolve("manifest.json")), "manifest");
         JSONObject programEntry = manifest.getJSONObject("files").getJSONObject("model.pte");
         programEntry.put("sha256", Sha256.of(program)).put("size", program.length);
-        byte[] manifestBytes = JsonWriter.pretty(manifest, 2).getBytes(StandardCharsets.UTF_8);
-        String manifestSha = blob(manifestBytes);
         JSONArray files = new JSONArray()
                 .put(fileRef("lora.ptd", ptd)).put(fileRef("model.pte", program))
                 .put(fileRef("tokenizer/tokenizer.json", tokenizer))
@@ -88,8 +88,8 @@ public class TaskRunnerTest {
         task = Json.parseObject(new String(Files.readAllBytes(Paths2.protocolDir().resolve("task_response.json")),
                 StandardCharsets.UTF_8), "task");
         task.put("task_id", 7).put("round", 3);
-        task.getJSONObject("artifact").put("sha256", manifestSha).put("size", manifestBytes.length)
-                .put("url", "/api/v1/blobs/" + manifestSha).put("files", files);
+        task.getJSONObject("artifact").put("files", files);
+        serve(manifest);
         task.getJSONObject("adapter").put("sha256", adapterSha).put("size", ptd.length)
                 .put("url", "/api/v1/blobs/" + adapterSha);
         task.getJSONObject("train").put("steps", 3);
@@ -104,6 +104,15 @@ public class TaskRunnerTest {
                     data == null ? new byte[0] : data);
         });
         server.handle("/api/v1/tasks/7/result", this::acceptResult);
+    }
+
+    /** Serves {@code manifest} as the task's artifact manifest (tests change it before running). */
+    private void serve(JSONObject manifest) throws Exception {
+        this.manifest = manifest;
+        byte[] manifestBytes = JsonWriter.pretty(manifest, 2).getBytes(StandardCharsets.UTF_8);
+        String manifestSha = blob(manifestBytes);
+        task.getJSONObject("artifact").put("sha256", manifestSha).put("size", manifestBytes.length)
+                .put("url", "/api/v1/blobs/" + manifestSha);
     }
 
     /** Parses the multipart upload the way Werkzeug would and answers 201. */
@@ -252,5 +261,36 @@ public class TaskRunnerTest {
             assertTrue(expected.getMessage().contains("one batch needs 2"));
         }
         assertEquals(null, receivedUpdate.get());
+    }
+
+    @Test
+    public void aLabelPositionProgramRefusesLocalTextBeforeAnyStep() throws Exception {
+        // "First paragraph of my notes." is 28 byte tokens: 27 labelled positions (not position 0).
+        manifest.getJSONObject("program").put("loss_positions", 3);
+        serve(manifest);
+        FakeTrainerForTests trainer = new FakeTrainerForTests(4, 0.01);
+        try {
+            runner(trainer, "First paragraph of my notes.\n\nSecond one.\n\nThird, a little longer one.")
+                    .run(Task.fromJson(task));
+            fail("rows labelled at more than program.loss_positions must be refused");
+        } catch (TrainingException expected) {
+            assertTrue(expected.getMessage(), expected.getMessage().startsWith("batch 0 row 0 has 27 labelled positions, "
+                    + "but this program computes the loss at only the first 3 per row (manifest "
+                    + "program.loss_positions=3)"));
+            assertTrue(expected.getMessage(), expected.getMessage().contains("without --loss-positions"));
+        }
+        assertEquals("no step ran", 0, trainer.batchesSeen);
+        assertEquals(null, receivedUpdate.get());
+    }
+
+    @Test
+    public void aLabelPositionProgramWhoseKHoldsEveryRowTrains() throws Exception {
+        manifest.getJSONObject("program").put("loss_positions", 31);   // seq - 1: every row fits
+        serve(manifest);
+        FakeTrainerForTests trainer = new FakeTrainerForTests(4, 0.01);
+        TaskReport report = runner(trainer, "First paragraph of my notes.\n\nSecond one.\n\nThird, a little longer one.")
+                .run(Task.fromJson(task));
+        assertEquals("accepted", report.status);
+        assertEquals(3, trainer.batchesSeen);
     }
 }

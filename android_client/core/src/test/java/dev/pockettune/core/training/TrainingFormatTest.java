@@ -67,6 +67,23 @@ public class TrainingFormatTest {
     }
 
     @Test
+    public void labelledPositionsAreCountedAsThePythonTrainersCountThem() throws Exception {
+        // Row 0: labels everywhere (position 0 predicts nothing: 3 of 4); row 1: one label at 2.
+        TrainingBatch batch = new TrainingBatch(2, 4, new long[8],
+                new long[] {5, 6, 7, 8, -100, -100, 9, -100});
+        assertArrayEquals(new int[] {3, 1}, batch.labelledPositionsPerRow(-100));
+        LossPositions.check(List.of(batch), null, -100);   // the full head takes anything
+        LossPositions.check(List.of(batch), 3, -100);
+        try {
+            LossPositions.check(List.of(batch, batch), 2, -100);
+            fail("a row with 3 labels must be refused by a K=2 program");
+        } catch (TrainingException expected) {
+            assertTrue(expected.getMessage(), expected.getMessage().startsWith(
+                    "batch 0 row 0 has 3 labelled positions, but this program computes the loss at only the first 2"));
+        }
+    }
+
+    @Test
     public void roundsTakeConsecutiveBatchesFromAMovingOffset() {
         List<TrainingBatch> batches = new java.util.ArrayList<>();
         for (int i = 0; i < 5; i++) {
