@@ -66,6 +66,8 @@ class Settings:
     DASHBOARD_POLL_S: float = 3.0
     #: torch threads of the background evaluator (held-out scoring); the rest stay with devices.
     EVALUATION_THREADS: int = 1
+    #: score through the frozen prefix (layers below the lowest LoRA layer once per held-out row)
+    EVALUATION_FROZEN_PREFIX: bool = True
 
     @classmethod
     def resolve(cls, config: Mapping | None, default_instance: str) -> "Settings":

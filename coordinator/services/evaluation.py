@@ -12,7 +12,10 @@ What is scored is exactly the eager model the artifact's program was compiled fr
 round only swaps the LoRA tensors in. The examples are the task's held-out split (by default
 all of it; ``Task.eval_examples(limit=job.eval_examples)`` for a fixed subset), the same for
 every round, so rounds compare; each score comes with its 95% interval over those examples.
-``eval_examples`` 0 turns evaluation off for a job. The evaluator runs torch on
+``eval_examples`` 0 turns evaluation off for a job. When LoRA sits in the last layers only,
+the model is scored through its frozen prefix (:mod:`models.frozen_prefix`): the layers below
+the lowest LoRA layer run once per held-out row and artifact, later rounds run only the top
+(``EVALUATION_FROZEN_PREFIX``, on by default). The evaluator runs torch on
 ``EVALUATION_THREADS`` threads (default 1), so that on a small host it leaves the other cores
 to the devices it serves.
 
@@ -74,6 +77,7 @@ class EvaluationWorker:
         self._queued_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._model = None            # (artifact id, export.server_model.ArtifactModel)
+        self._prefix = None           # (artifact id, FrozenPrefixModel or None)
         self._examples: dict[tuple[str, int], list] = {}
 
     # --- queue ---------------------------------------------------------------------------------
@@ -162,9 +166,35 @@ class EvaluationWorker:
         set_adapter_tensors(model.peft_model, self.state.adapters.tensors(adapter.weights_sha256))
         task = get_task(job.task)
         examples = self._eval_examples(task, job.task, job.eval_examples)
+        scorer = self._scorer(artifact.id, model) if task.scores_through_decoder else model.peft_model
         with torch.no_grad():
-            result = task.evaluate(model.peft_model, model.tokenizer, examples, seq=int(job.tier["seq"]))
+            result = task.evaluate(scorer, model.tokenizer, examples, seq=int(job.tier["seq"]))
+        if scorer is not model.peft_model:
+            log.info("job %s round %s: frozen prefix of %d held-out rows computed, %d reused", job.id,
+                     adapter.round, scorer.stats.computed, scorer.stats.hits)
         return checked_result(result)
+
+    def _scorer(self, artifact_id: int, model):
+        """What the task scores: the eager model seen through its frozen prefix when LoRA leaves
+        a bottom untouched (:class:`models.frozen_prefix.FrozenPrefixModel`: every round scores
+        the same rows, so their bottom is computed once per artifact), else the model itself."""
+        if self._prefix is not None and self._prefix[0] == artifact_id:
+            return self._prefix[1] or model.peft_model
+        import torch
+
+        from models.frozen_prefix import FrozenPrefixModel, first_trained_layer
+
+        scorer = None
+        if self.state.settings.EVALUATION_FROZEN_PREFIX and (first_trained_layer(model.peft_model) or 0) > 0:
+            try:
+                candidate = FrozenPrefixModel(model.peft_model)
+                vocab = model.peft_model.get_input_embeddings().weight.shape[0]
+                candidate.check(torch.arange(2 * 24).reshape(2, 24) * 7919 % vocab)
+                scorer = candidate
+            except ValueError as exc:
+                log.warning("artifact %s: scoring whole passes: %s", artifact_id, exc)
+        self._prefix = (artifact_id, scorer)
+        return scorer or model.peft_model
 
     def _eval_examples(self, task, name: str, limit: int) -> list:
         key = (name, limit)
