@@ -30,6 +30,12 @@ capabilities it registers (``gflops``: the profile's peak) and the times and rat
 results are the profile's, so the coordinator's decisions do not depend on the host's load
 either. Whether and after which step it drops out is a draw from its seed and the round
 (:func:`dropout_step`), not from the order it happened to be served in.
+
+**The frozen-prefix cache lives as long as the device** (one per prefix program, by sha256),
+not per task, so a device computes an example's prefix once across rounds. Simulated devices
+may share one cache directory (``DeviceConfig.shared_prefix_cache``); then the host computes an
+example once for all of them, but each device's virtual clock is still charged the prefix
+passes a real phone would run: every example it had not had before (``prefix_charged``).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import resource
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from export.manifest import program_batch_shape
 from fleet.data import LocalData, round_examples
@@ -49,6 +56,9 @@ from fleet.hardware import measure_matmul_gflops, task_flops, training_flops, ut
 from fleet.profiles import PROFILES, DeviceProfile
 from fleet.transport import CoordinatorClient, IntegrityError, ProtocolError, RetryPolicy
 from fleet.virtual_clock import program_kind, task_cost
+
+if TYPE_CHECKING:
+    from fleet.prefix_cache import PrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +116,15 @@ class TaskOutcome:
     achieved_gflops: float = 0.0
     peak_gflops: float = 0.0
     flop_utilization: float = 0.0
-    #: examples whose frozen-prefix output was computed for this task (not found in the cache)
+    #: measured on the host: examples whose frozen-prefix output was computed for this task (not
+    #: found in the cache). With a shared cache it may be smaller than ``prefix_charged``: another
+    #: simulated device computed them
     prefix_computed: int = 0
+    #: virtual clock: examples of this task whose prefix THIS device had not had before, i.e.
+    #: the prefix passes a real phone with its own cache would run now (what ``task_flops``
+    #: counts); it depends on the device's own task history only, never on what the host's
+    #: caches happen to hold
+    prefix_charged: int = 0
     #: the configurator's label for this task's tier (None: the job's own tier)
     arm: str | None = None
     #: the part of ``bytes_down`` that was the artifact (program, data, tokenizer): paid once per
@@ -168,6 +185,10 @@ class DeviceConfig:
     #: intra-op threads for the ONNX Runtime session (0: one per core); ExecuTorch's threadpool
     #: is process-wide and set with ``fleet.runtime_executorch.set_runtime_threads``
     threads: int = 0
+    #: a frozen-prefix cache directory shared with other (simulated) devices on this host:
+    #: write-through, one cache object per process (``fleet.prefix_cache.shared_prefix_cache``).
+    #: None: the device's own cache, under ``<state_dir>/prefix_cache`` (a real phone's way)
+    shared_prefix_cache: Path | None = None
 
     def __post_init__(self):
         unknown = [runtime for runtime in self.runtimes if runtime not in RUNTIMES]
@@ -191,6 +212,8 @@ class DeviceAgent:
         self._finished: set[int] = set()
         self._previous_upload_seconds: float | None = None
         self._tokenizers: dict[str, object] = {}
+        self._prefix_caches: dict[str, PrefixCache] = {}    # by prefix version: kept across tasks
+        self._prefix_seen: dict[str, set[str]] = {}         # example keys this device has had, by version
         self._load_state()
 
     # --- identity ------------------------------------------------------------------------
@@ -341,10 +364,12 @@ class DeviceAgent:
         compute, losses = 0.0, []
         if getattr(trainer, "prefix", None) is not None:
             # The frozen prefix of this round's examples, computed once (cached across rounds).
+            computed_before = trainer.prefix.stats.computed     # the cache outlives this task
             t0 = time.perf_counter()
             trainer.prepare(batches)
             compute += time.perf_counter() - t0
-            outcome.prefix_computed = trainer.prefix.stats.computed
+            outcome.prefix_computed = trainer.prefix.stats.computed - computed_before
+            outcome.prefix_charged = self._charge_prefix(trainer.prefix.version, batches)
         for step, (ids, labels) in enumerate(batches):
             if drop_at is not None and step == drop_at:
                 self._abandoned.add(task["task_id"])
@@ -406,13 +431,44 @@ class DeviceAgent:
 
     def _cost(self, outcome: TaskOutcome, manifest: dict) -> None:
         """Put ``outcome`` on the profile's virtual clock: counted FLOPs and bytes, no host time."""
-        outcome.task_flops = task_flops(manifest, outcome.steps, outcome.prefix_computed)
+        outcome.task_flops = task_flops(manifest, outcome.steps, outcome.prefix_charged)
         cost = task_cost(self.config.profile, outcome.program_kind, outcome.task_flops, outcome.bytes_down,
                          outcome.files_fetched, outcome.bytes_up)
         outcome.virtual_download_seconds = cost.download_seconds
         outcome.virtual_compute_seconds = cost.compute_seconds
         outcome.virtual_upload_seconds = cost.upload_seconds
         outcome.virtual_seconds = cost.total
+
+    def _charge_prefix(self, version: str, batches) -> int:
+        """How many of these batches' distinct examples this device has not had under ``version``.
+
+        What a real phone with its own cache would run the prefix program for now: the count
+        the virtual clock charges, whoever on the host actually computed them.
+        """
+        from fleet.prefix_cache import PrefixCache
+
+        keys = {PrefixCache.example_key(row) for ids, _ in batches for row in ids}
+        seen = self._prefix_seen.setdefault(version, set())
+        new = keys - seen
+        seen |= new
+        return len(new)
+
+    def prefix_cache(self, artifact_dir: Path, manifest: dict) -> "PrefixCache | None":
+        """This device's frozen-prefix cache for the artifact's prefix program (None: it has none).
+
+        Kept across tasks, one per version; the shared one is the process's for that directory.
+        """
+        if not manifest.get("prefix"):
+            return None
+        from fleet.prefix_cache import PrefixCache, shared_prefix_cache
+
+        version = PrefixCache.version_of(manifest)
+        if version not in self._prefix_caches:
+            shared = self.config.shared_prefix_cache
+            self._prefix_caches[version] = (
+                shared_prefix_cache(artifact_dir, manifest, Path(shared)) if shared is not None
+                else PrefixCache.for_artifact(artifact_dir, manifest, self.state_dir / "prefix_cache"))
+        return self._prefix_caches[version]
 
     def _trainer(self, artifact_dir: Path, manifest: dict, adapter_path: Path, train: dict):
         """The runtime the artifact's format calls for, loaded with the task's start adapter."""
@@ -433,7 +489,8 @@ class DeviceAgent:
                                               cache_dir=self.state_dir / "prefix_cache",
                                               optimizer=train.get("optimizer", "sgd"),
                                               betas=tuple(train.get("betas", (0.9, 0.999))),
-                                              eps=train.get("eps", 1e-8))
+                                              eps=train.get("eps", 1e-8),
+                                              prefix_cache=self.prefix_cache(artifact_dir, manifest))
 
     def _metrics(self, outcome: TaskOutcome) -> dict:
         """``meta.metrics``: a simulated device reports its profile's clock and rates, a real one

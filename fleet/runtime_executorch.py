@@ -83,12 +83,20 @@ class ExecuTorchTrainer:
     def for_artifact(cls, artifact_dir: Path, manifest: dict, adapter_path: Path, lr: float, momentum: float = 0.0,
                      weight_decay: float = 0.0, cache_dir: Path | None = None,
                      cache_memory_bytes: int = PrefixCache.DEFAULT_MEMORY_BYTES, optimizer: str = "sgd",
-                     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> "ExecuTorchTrainer":
-        """The trainer an artifact's manifest calls for (with a prefix cache when it ships a prefix program)."""
+                     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                     prefix_cache: PrefixCache | None = None) -> "ExecuTorchTrainer":
+        """The trainer an artifact's manifest calls for (with a prefix cache when it ships a prefix program).
+
+        ``prefix_cache`` is a cache the caller keeps beyond this trainer (a device keeps one per
+        base model, so what it computed last round is still there); it is used when it holds
+        this artifact's prefix program's outputs (same sha256), else a new one is made in
+        ``cache_dir``.
+        """
         artifact_dir = Path(artifact_dir)
         prefix = None
         if manifest.get("prefix"):
-            prefix = PrefixCache.for_artifact(artifact_dir, manifest, cache_dir, cache_memory_bytes)
+            prefix = (prefix_cache if prefix_cache is not None and prefix_cache.matches(manifest)
+                      else PrefixCache.for_artifact(artifact_dir, manifest, cache_dir, cache_memory_bytes))
         return cls(artifact_dir / manifest["program"]["file"], adapter_path, lr=lr, momentum=momentum,
                    weight_decay=weight_decay, prefix=prefix, optimizer=optimizer, betas=betas, eps=eps,
                    loss_positions=program_loss_positions(manifest))

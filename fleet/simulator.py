@@ -38,6 +38,15 @@ devices' measured times (compute, FLOP utilization on this host) are reported be
 never mixed in. The real deadline (``round_deadline_s``) must exceed the host's wall time for
 a round: if the coordinator freezes a round before the results the virtual clock accepts have
 arrived, the round is reported ``out_of_order`` (and a warning logged).
+
+**A shared frozen-prefix cache** (``FleetSpec.shared_prefix_cache``, a directory): devices
+training the same base program run the same prefix program on the same token ids, so the host
+need compute an example's prefix once for the whole fleet. Devices served by one worker share
+one cache object (its memory budget is per process); workers share through the directory
+(every entry is written through to disk). Each task's ``prefix_computed`` is what the host
+computed for it and may be 0 when another device got there first; its ``prefix_charged``, the
+examples this device had not had before, is what its virtual clock pays for, as a phone with
+its own cache would, so sharing moves host time only, never virtual time.
 """
 
 from __future__ import annotations
@@ -84,6 +93,9 @@ class FleetSpec:
     job: dict = field(default_factory=dict)  # model, tier, local_steps, lr, strategy, eval_examples ...
     #: how many devices run ONNX Runtime instead of ExecuTorch (chosen by seed across profiles)
     onnxruntime_devices: int = 0
+    #: a frozen-prefix cache directory every simulated device shares (host time only; each device
+    #: is still charged its own prefix passes on the virtual clock). None: one cache per device
+    shared_prefix_cache: str | None = None
 
     def places(self) -> tuple[int, int]:
         per_round = self.devices_per_round or self.devices
@@ -171,7 +183,8 @@ def _worker(base_url: str, enrollment_key: str, device_specs: list[dict], fleet_
             seed=spec["seed"], retry=RetryPolicy(give_up_after_s=120.0), peak_gflops=peak_gflops,
             runtimes=tuple(spec.get("runtimes", ["executorch"])),
             platform=default_platform(spec.get("runtimes", ["executorch"])[0]),
-            threads=runtime_threads))
+            threads=runtime_threads,
+            shared_prefix_cache=Path(spec["shared_prefix_cache"]) if spec.get("shared_prefix_cache") else None))
     held: dict[str, dict] = {}         # tasks given, not trained yet
     trained: dict = {}                 # TrainedTask by device, not uploaded yet
     replies.put(("ready", None, sorted(agents)))
@@ -345,7 +358,8 @@ class FleetSimulation:
         return [{"name": f"sim-{i + 1:03d}-{p.name}" + ("-ort" if i in onnxruntime else ""), "profile": p.to_dict(),
                  "shard": i, "num_shards": self.spec.devices, "task": self.spec.task, "partition": self.spec.partition,
                  "state_dir": str(self.workdir / "devices" / f"sim-{i + 1:03d}"), "seed": self.spec.seed * 1000 + i,
-                 "runtimes": ["onnxruntime"] if i in onnxruntime else ["executorch"]} for i, p in enumerate(profiles)]
+                 "runtimes": ["onnxruntime"] if i in onnxruntime else ["executorch"],
+                 "shared_prefix_cache": self.spec.shared_prefix_cache} for i, p in enumerate(profiles)]
 
     def run(self, timeout_s: float = 3600.0) -> dict:
         from tqdm import tqdm
