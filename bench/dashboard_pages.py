@@ -42,6 +42,17 @@ REJECTION_CODES = (("late", 409, "round 7 reached its deadline; the result came 
                                           "the job's bound 100"))
 
 
+def evaluation_row(job_id: int, number: int, correct: int, loss: float, created_at, examples: int = 100) -> dict:
+    """An evaluation as the coordinator writes one: accuracy over ``examples`` held-out articles
+    with its 95% Wilson interval, so the pages render (and are timed with) the interval too."""
+    from models.intervals import accuracy_interval
+
+    low, high = accuracy_interval(correct, examples)
+    return {"job_id": job_id, "round": number, "metric": "accuracy", "value": correct / examples,
+            "ci_low": low, "ci_high": high, "loss": loss, "num_examples": examples, "seconds": 30.0,
+            "created_at": created_at}
+
+
 def seed(db, devices: int, rounds: int, per_round: int, seed_value: int = 0) -> dict:
     """Insert a fleet and a finished ``rounds``-round job (plus one running job) in bulk."""
     from sqlalchemy import insert
@@ -73,8 +84,7 @@ def seed(db, devices: int, rounds: int, per_round: int, seed_value: int = 0) -> 
         round_rows, task_rows, update_rows, rejection_rows, evaluation_rows = [], [], [], [], []
         round_id = task_id = 0
         for job_id, job_rounds in ((1, rounds), (2, 3)):
-            evaluation_rows.append({"job_id": job_id, "round": 0, "metric": "accuracy", "value": 0.25, "loss": 3.1,
-                                    "num_examples": 100, "seconds": 30.0, "created_at": start})
+            evaluation_rows.append(evaluation_row(job_id, 0, correct=25, loss=3.1, created_at=start))
             for number in range(1, job_rounds + 1):
                 round_id += 1
                 opened = start + timedelta(minutes=20 * (number - 1) + 600 * (job_id - 1))
@@ -86,10 +96,10 @@ def seed(db, devices: int, rounds: int, per_round: int, seed_value: int = 0) -> 
                                    "closed_at": None if last else opened + timedelta(minutes=15),
                                    "close_reason": None if last else "min_updates", "num_updates": per_round - 5})
                 if not last:
-                    evaluation_rows.append({"job_id": job_id, "round": number, "metric": "accuracy",
-                                            "value": min(0.9, 0.25 + 0.6 * number / rounds + rng.uniform(-.02, .02)),
-                                            "loss": 3.0 - 2 * number / rounds, "num_examples": 100,
-                                            "seconds": 30.0, "created_at": opened + timedelta(minutes=16)})
+                    accuracy = min(0.9, 0.25 + 0.6 * number / rounds + rng.uniform(-.02, .02))
+                    evaluation_rows.append(evaluation_row(job_id, number, correct=round(accuracy * 100),
+                                                          loss=3.0 - 2 * number / rounds,
+                                                          created_at=opened + timedelta(minutes=16)))
                 for device_id in rng.sample(range(1, devices + 1), per_round):
                     task_id += 1
                     arm = rng.choice(ARMS)

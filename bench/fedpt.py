@@ -24,7 +24,8 @@ Three parts, each resumable (results accumulate in ``<out>/fedpt.json``):
     L zero-shot (fp32), S zero-shot, S tuned, L proxy-tuned
     (``logits_L + alpha * (logits_S_tuned - logits_S_base)``, ``models/proxy.py``) and L tuned
     directly; alpha is fixed in advance (1.0, the formula's own scale), never chosen on the
-    held-out set.
+    held-out set. Every score comes with its 95% interval over the held-out examples (``ci95``:
+    Wilson for accuracy, bootstrap for perplexity; ``models/intervals.py``).
 
     python bench/fedpt.py --out docs/fedpt                       # everything (about 60 min on 2 cores)
     python bench/fedpt.py --out docs/fedpt --only proxy          # rescore from the saved adapters
@@ -185,6 +186,19 @@ def device_costs(args, results: dict) -> dict:
 
 # --- proxy scoring ---------------------------------------------------------------------------
 
+def score_line(label: str, evaluation: dict) -> str:
+    """``label: accuracy 0.690 [0.594, 0.772] (loss 1.234, 12 s)``: a task's ``evaluate`` result
+    with its 95% interval over the held-out examples (Wilson for accuracy, bootstrap for perplexity)."""
+    from models.intervals import formatted
+
+    metric = evaluation["metric"]
+    extras = [f"loss {evaluation['loss']:.3f}" if evaluation.get("loss") is not None else "",
+              f"{evaluation['seconds']:.0f} s" if evaluation.get("seconds") is not None else ""]
+    extras = ", ".join(e for e in extras if e)
+    return (f"{label}: {metric} {formatted(evaluation['value'], evaluation.get('ci95'), metric)}"
+            + (f" ({extras})" if extras else ""))
+
+
 def proxy_scores(args, results: dict) -> dict:
     import torch
 
@@ -210,8 +224,8 @@ def proxy_scores(args, results: dict) -> dict:
         def timed(label, fn):
             started = time.perf_counter()
             with torch.inference_mode():
-                row[label] = {**fn(), "seconds": time.perf_counter() - started}
-            print(f"{task_name}: {label}: {row[label]}", flush=True)
+                row[label] = {**fn(), "seconds": time.perf_counter() - started}     # with the task's ci95
+            print(score_line(f"{task_name}: {label}", row[label]), flush=True)
 
         timed("L zero-shot (fp32)", lambda: task.evaluate(large.model, large.tokenizer, examples, seq))
         small = load_artifact_model(Path(fed[f"{task_name}-S"]["artifact_dir"]))
@@ -246,6 +260,7 @@ def bbc_predictions(args, results) -> dict:
 
     from export.server_model import load_artifact_model, set_adapter_tensors
     from models.adapters import load_adapter
+    from models.intervals import accuracy_interval
     from models.proxy import ProxyTunedLM
     from models.registry import load_base_model
     from models.tasks import get_task
@@ -269,10 +284,11 @@ def bbc_predictions(args, results) -> dict:
         with torch.inference_mode():
             scores = BBCNewsTopics._label_log_likelihoods(model, tokenizer, rows, label_ids, 16)
         predicted = scores.argmax(1).tolist()
+        correct = sum(p == t for p, t in zip(predicted, true))
         out[name] = {"predicted": {label: predicted.count(i) for i, label in enumerate(task.labels)},
-                     "accuracy": sum(p == t for p, t in zip(predicted, true)) / len(true),
+                     "accuracy": correct / len(true), "ci95": list(accuracy_interval(correct, len(true))),
                      "mean_log_prob_by_label": [round(float(v), 2) for v in scores.mean(0)]}
-        print(f"{name}: {out[name]}", flush=True)
+        print(prediction_line(name, out[name]), flush=True)
 
     count(large.model, "L")
     with small.peft_model.disable_adapter():
@@ -282,6 +298,18 @@ def bbc_predictions(args, results) -> dict:
           "proxy_alpha_1")
     (args.out / "bbcnews_predictions.json").write_text(json.dumps(out, indent=1))
     return out
+
+
+def prediction_line(name: str, counts: dict) -> str:
+    """One model's line of :func:`bbc_predictions`: accuracy with its 95% Wilson interval, then
+    how many articles it put under each topic."""
+    from models.intervals import formatted
+
+    predicted = ", ".join(f"{label} {n}" for label, n in counts["predicted"].items())
+    line = f"{name}: accuracy {formatted(counts['accuracy'], counts.get('ci95'), 'accuracy')}; predicted {predicted}"
+    if counts.get("mean_log_prob_by_label"):
+        line += f"; mean log p by label {counts['mean_log_prob_by_label']}"
+    return line
 
 
 def main(argv=None) -> int:

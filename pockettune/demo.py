@@ -41,8 +41,18 @@ def add_parser(subparsers) -> None:
                    virtual_deadline=900.0)
 
 
-def _score(value: float, interval) -> str:
-    return f"{value:.1%}" + (f" [{interval[0]:.1%}, {interval[1]:.1%}]" if interval else "")
+def held_out_lines(report: dict) -> list[str]:
+    """Zero-shot against federated held-out accuracy, each with its 95% interval over the articles
+    (``score_text``, the per-round table's format); none when either is missing."""
+    from fleet.simulator import score_text
+
+    initial, rounds = report["initial_evaluation"], report["rounds"]
+    final = rounds[-1] if rounds else None
+    if not (initial and final and final["value"] is not None):
+        return []
+    return [f"held-out accuracy on {initial.get('num_examples')} articles, with its 95% interval (Wilson):",
+            f"  zero-shot (round 0, the untrained adapter): {score_text(initial)}",
+            f"  federated, after round {final['round']}:{' ' * 19}{score_text(final)}"]
 
 
 def run_demo(args) -> int:
@@ -66,14 +76,8 @@ def run_demo(args) -> int:
     try:
         adapter = sim.download_adapter(report["job_id"], workdir / "final_adapter")
         save_report(report, workdir / "report.json")
-        lines = [format_report(report), ""]
-        initial, rounds = report["initial_evaluation"], report["rounds"]
-        final = rounds[-1] if rounds else None
-        if initial and final and final["value"] is not None:
-            held_out = initial.get("num_examples")
-            lines.append(f"held-out accuracy on {held_out} articles, with its 95% interval (Wilson):")
-            lines.append(f"  zero-shot (round 0, the untrained adapter): {_score(initial['value'], initial.get('ci95'))}")
-            lines.append(f"  federated, after round {final['round']}:{' ' * 19}{_score(final['value'], final.get('ci95'))}")
+        lines = [format_report(report), "", *held_out_lines(report)]
+        rounds = report["rounds"]
         moved_down = sum(r["bytes_down"] for r in rounds)
         moved_up = sum(r["bytes_up"] for r in rounds)
         lines.append(f"bytes moved: {moved_down / 1e6:.1f} MB down (artifacts once per device, then adapters), "
