@@ -1,27 +1,43 @@
-"""Federated accuracy against its bounds: zero-shot (lower) and centralized LoRA (upper).
+"""Federated accuracy against a tuned centralized reference, over several seeds, in one invocation.
 
-Runs, in one go and on the same model, tier, data and example budget:
+Every arm trains the same tier of the same model on the same content-disjoint BBC News split
+and is scored on the *whole* held-out split (every held-out article) with a 95% interval:
 
-- **federated, IID** and **federated, Dirichlet(alpha)**: a simulated fleet (``fleet.simulator``)
-  training the real ExecuTorch program against a real coordinator, which evaluates every
-  global adapter on the fixed held-out subset (round 0 = zero-shot);
-- **centralized**: the same LoRA trained by SGD on the union of the devices' data, seeing as
-  many examples as the whole federation aggregated (rounds x updates per round x local
-  steps x batch), with the same learning rate and momentum, in eager PyTorch: the exported program computes the same gradients (tests check
-  1e-5), and eager is 3x faster here, which keeps this bound affordable. It is evaluated
-  after each round's worth of examples.
+- **federated, IID** and **federated, Dirichlet(alpha)**, one run per seed: a simulated
+  heterogeneous fleet (``fleet.simulator``) of real devices training the real ExecuTorch
+  program against one real coordinator (one job per run), whose evaluator scores every global
+  adapter (round 0 = zero-shot). Virtual time comes from the cost model, so the host's load
+  moves no result, only the wall time of this script.
+- **centralized**: the same LoRA trained on the pooled training split in eager PyTorch, from
+  the same frozen-prefix hidden states, with its learning rate *tuned* (a sweep scored on a
+  validation slice carved out of the training split, never on held-out data), then trained
+  once per seed on the whole training split and scored on the held-out split by the same
+  task code the coordinator runs. It is the reference the federated arms are measured against.
 
-Writes ``<out>/results.json`` and PNG plots (accuracy against round and against the virtual
-clock); ``docs/results.md`` quotes them with this command line.
+The tier (``EXPERIMENT_TIER``) is chosen so that the whole comparison (3 seeds x 2 federated
+arms x enough rounds to plateau, plus the centralized sweep and seeds) fits 90 minutes on a
+2-core machine: LoRA in the last 4 layers with a frozen-prefix cache (devices compute the
+26 frozen layers once per example; simulated devices on one host share that cache, still
+charging each device's virtual clock for its own), the label-position head (the loss covers
+one topic word, so the LM head runs at one position per row), fp32 frozen weights (XNNPACK
+delegates fp32 matmuls; int8 ones still run on portable kernels).
 
-    python bench/federated_accuracy.py --model smollm2-135m --devices 10 --rounds 5 --out docs/results
+Writes ``<out>/results.json`` (everything), ``<out>/summary.json`` (the headline per arm:
+mean over seeds, interval, per-seed values) and PNG plots with confidence bands;
+``docs/results.md`` quotes them with this command line::
+
+    python bench/federated_accuracy.py --out docs/results
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import platform
 import random
+import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,63 +45,290 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+#: The tier every arm trains (see the module docstring for why each choice).
+EXPERIMENT_TIER = {"prune_ratio": 0.0, "lora_rank": 8, "lora_layers": 4, "lora_targets": ["q_proj", "v_proj"],
+                   "quantize": "none", "batch": 4, "seq": 128, "prefix_cache": True, "loss_positions": 1,
+                   "train": {"optimizer": "adamw", "weight_decay": 0.0}}
 
-def federated(args, partition: str, workdir: Path, cache: Path) -> dict:
-    from fleet.local_coordinator import LocalCoordinator
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# --- federated arms -----------------------------------------------------------------------------
+
+def federated_run(args, coordinator, partition: str, seed: int, workdir: Path) -> dict:
     from fleet.simulator import FleetSimulation, FleetSpec, format_report
-    from pockettune.demo import DEMO_JOB
 
-    job = {**DEMO_JOB, "model": args.model, "local_steps": args.local_steps, "lr": args.lr}
+    job = {"model": args.model, "tier": EXPERIMENT_TIER, "local_steps": args.local_steps, "lr": args.lr}
     if args.eval_examples is not None:
         job["eval_examples"] = args.eval_examples
-    job.pop("task")
     spec = FleetSpec(devices=args.devices, fleet=args.profile, rounds=args.rounds, task="bbcnews",
-                     partition=partition, seed=args.seed, dropout=args.dropout, workers=args.workers,
+                     partition=partition, seed=seed, dropout=args.dropout, workers=args.workers,
                      devices_per_round=args.devices_per_round, min_updates=args.min_updates,
-                     round_deadline_s=args.round_deadline, job=job)
-    with LocalCoordinator(workdir, artifact_cache=cache, extra_args=["--tick", "0.5"]) as coordinator:
-        sim = FleetSimulation(spec, coordinator.base_url, coordinator.admin_token, coordinator.enrollment_key,
-                              workdir, progress=True)
-        report = sim.run(timeout_s=3 * 3600)
-    print(f"\nfederated, {partition}:\n{format_report(report)}\n", flush=True)
+                     round_deadline_s=args.round_deadline, virtual_deadline_s=args.virtual_deadline, job=job,
+                     shared_prefix_cache=str(args.run_root / "prefix-cache"))
+    sim = FleetSimulation(spec, coordinator.base_url, coordinator.admin_token, coordinator.enrollment_key,
+                          workdir, progress=True)
+    report = sim.run(timeout_s=3 * 3600)
+    # What scoring cost the host (one torch thread beside the devices' two workers), per adapter.
+    from fleet.simulator import evaluation_of
+
+    report["evaluation_seconds"] = [(evaluation_of(sim.job, r) or {}).get("seconds")
+                                    for r in range(0, len(report["rounds"]) + 1)]
+    print(f"\nfederated, {partition}, seed {seed}:\n{format_report(report)}\n", flush=True)
+    shutil.rmtree(workdir / "devices", ignore_errors=True)   # 20 copies of the program: GBs
+    report.pop("outcomes", None)
     return report
 
 
-def centralized(args, budget_per_round: int) -> list[dict]:
-    """Eager SGD on the pooled training data, evaluated after each round's worth of examples."""
-    import torch
+# --- centralized reference ----------------------------------------------------------------------
 
-    from export.pipeline import build_training_model
-    from export.verify import train_eager
-    from models.registry import load_base_model
-    from models.intervals import formatted
-    from models.tasks import get_task
-    from models.tier import Tier
-    from pockettune.demo import DEMO_JOB
+class Centralized:
+    """Eager LoRA training of the tier's top layers on the pooled training split.
 
-    torch.manual_seed(args.seed)
-    task = get_task("bbcnews")
-    tier_fields = {**Tier().to_dict(), **DEMO_JOB["tier"]}
-    tier = Tier.from_dict(tier_fields)
-    base = load_base_model(args.model)
-    model = build_training_model(base, tier).peft_model
-    examples = task.examples("train")
-    random.Random(args.seed).shuffle(examples)
-    evaluation = task.eval_examples(args.eval_examples)
-    points = [{"round": 0, **task.evaluate(model, base.tokenizer, evaluation, tier.seq)}]
-    per_step = tier.batch
-    for round_number in range(1, args.rounds + 1):
-        start = (round_number - 1) * budget_per_round
-        chunk = [examples[(start + i) % len(examples)] for i in range(budget_per_round)]
-        batches = task.batches(base.tokenizer, chunk, tier.batch, tier.seq)
-        started = time.perf_counter()
-        train_eager(model, batches, len(batches), args.lr, momentum=tier.train.momentum)
-        points.append({"round": round_number, "train_seconds": time.perf_counter() - started,
-                       **task.evaluate(model, base.tokenizer, evaluation, tier.seq)})
-        print(f"centralized after {round_number * budget_per_round // per_step} steps: accuracy "
-              f"{formatted(points[-1]['value'], points[-1].get('ci95'), 'accuracy')} "
-              f"on {points[-1]['num_examples']} held-out articles", flush=True)
-    return points
+    The frozen prefix of every training example is computed once (eager, the layers below the
+    lowest LoRA layer) and shared by the learning-rate sweep and every seed; only the top
+    layers train, exactly what the devices' top program trains.
+    """
+
+    def __init__(self, args, device_prefix=None):
+        import torch
+
+        from export.pipeline import build_training_model
+        from models.registry import load_base_model
+        from models.tasks import get_task
+        from models.tier import Tier
+
+        self.args = args
+        self.task = get_task("bbcnews")
+        self.tier = Tier.from_dict({**Tier().to_dict(), **EXPERIMENT_TIER})
+        torch.manual_seed(0)
+        self.base = load_base_model(args.model)
+        self.tokenizer = self.base.tokenizer
+        self.model = build_training_model(self.base, self.tier).peft_model
+        self.initial = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        train = self.task.examples("train")
+        # Validation: a fixed tenth of the training split (by id hash), for the sweep only.
+        self.validation = [e for e in train if _bucket(e.example_id) < 10]
+        self.fit = [e for e in train if _bucket(e.example_id) >= 10]
+        self.train = train
+        self.heldout = self.task.eval_examples(args.eval_examples)
+        self._hidden: dict[str, "torch.Tensor"] = {}
+        #: the devices' shared frozen-prefix cache (same program, same keys), when the federated
+        #: arms ran first: their hidden states are reused and the misses computed by the same
+        #: ExecuTorch prefix program, so the reference trains on exactly what devices train on
+        self.device_prefix = device_prefix
+        self.label_ids = [self.tokenizer(f" {label}", add_special_tokens=False)["input_ids"][0]
+                          for label in self.task.labels]
+
+    def _encoded(self, examples):
+        """(ids, labels, hidden) per example, the frozen prefix computed once per example."""
+        import torch
+
+        from models.frozen_prefix import FrozenPrefixModel
+
+        scorer = FrozenPrefixModel(self.model)
+        todo = [e for e in examples if e.example_id not in self._hidden]
+        step = self.tier.batch   # the prefix program is compiled for the tier's batch
+        for start in _progress(range(0, len(todo) - len(todo) % step, step), "centralized: frozen prefix"):
+            chunk = todo[start:start + step]
+            ids = torch.stack([self.task.encode(self.tokenizer, e, self.tier.seq)[0] for e in chunk])
+            hidden = scorer._compute_bottom(ids) if self.device_prefix is None else self.device_prefix.hidden(ids)
+            for e, h in zip(chunk, hidden):
+                self._hidden[e.example_id] = h.clone()
+        for e in todo[len(todo) - len(todo) % step:]:     # a short tail: eager
+            ids = self.task.encode(self.tokenizer, e, self.tier.seq)[0].unsqueeze(0)
+            self._hidden[e.example_id] = scorer._compute_bottom(ids)[0].clone()
+        return [(*self.task.encode(self.tokenizer, e, self.tier.seq), self._hidden[e.example_id]) for e in examples]
+
+    def reset(self, seed: int) -> None:
+        """A fresh adapter for ``seed``: LoRA A drawn from the seed, LoRA B zero (PEFT's init)."""
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, parameter in self.model.named_parameters():
+                if not parameter.requires_grad:
+                    continue
+                if "lora_A" in name:
+                    bound = 1 / math.sqrt(parameter.shape[1])
+                    parameter.copy_(torch.rand(parameter.shape, generator=generator) * 2 * bound - bound)
+                else:
+                    parameter.copy_(self.initial[name])
+
+    def train_steps(self, encoded, lr: float, steps: int, seed: int, on_checkpoint=None, every: int = 0):
+        import torch
+
+        from export.program_modules import TopTrainingProgram
+        from models.frozen_prefix import first_trained_layer
+
+        self.reset(seed)
+        self.model.train()
+        top = TopTrainingProgram(self.model, first_trained_layer(self.model), self.tier.loss_positions)
+        parameters = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+        order, rng, batch = [], random.Random(seed), self.args.central_batch
+        losses = []
+        with top.cut():
+            for step in _progress(range(1, steps + 1), f"centralized lr {lr:g} seed {seed}"):
+                if len(order) < batch:
+                    fresh = list(range(len(encoded)))
+                    rng.shuffle(fresh)
+                    order += fresh
+                picked, order = order[:batch], order[batch:]
+                hidden = torch.stack([encoded[i][2] for i in picked])
+                labels = torch.stack([encoded[i][1] for i in picked])
+                loss = top(hidden, labels)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                if on_checkpoint is not None and every and step % every == 0 and step < steps:
+                    self.model.eval()
+                    on_checkpoint(step)
+                    self.model.train()
+        self.model.eval()
+        return losses
+
+    def validation_accuracy(self, encoded) -> float:
+        """Accuracy on the validation slice from its training-format rows (the label word is one
+        token here: the argmax over the five label tokens at the labelled position)."""
+        import torch
+
+        from export.program_modules import labelled_rows
+        from models.frozen_prefix import FrozenPrefixModel
+
+        scorer = FrozenPrefixModel(self.model)
+        correct = 0
+        head = self.model.get_output_embeddings()
+        with torch.no_grad():
+            for start in range(0, len(encoded), 32):
+                chunk = encoded[start:start + 32]
+                hidden = scorer.top(torch.stack([h for _, _, h in chunk]))
+                labels = torch.stack([l for _, l, _ in chunk])
+                rows, targets, _ = labelled_rows(hidden, labels, 1)
+                scores = head(rows)[:, self.label_ids]
+                truth = torch.tensor([self.label_ids.index(int(t)) for t in targets])
+                correct += int((scores.argmax(dim=1) == truth).sum())
+        return correct / len(encoded)
+
+    def heldout_score(self) -> dict:
+        """The coordinator's scoring (task.evaluate over the whole held-out split, frozen prefix)."""
+        from models.frozen_prefix import FrozenPrefixModel
+
+        if getattr(self, "_scorer", None) is None:
+            self._scorer = FrozenPrefixModel(self.model)
+        return self.task.evaluate(self._scorer, self.tokenizer, self.heldout, self.tier.seq)
+
+    def run(self, seeds: list[int]) -> dict:
+        from models.intervals import formatted
+
+        lrs, steps = self.args.central_lrs, self.args.central_steps
+        if len(self.label_ids) != len(set(self.label_ids)):
+            raise SystemExit("the label words must be single, distinct tokens of this tokenizer")
+        fit, validation = self._encoded(self.fit), self._encoded(self.validation)
+        sweep = []
+        for lr in lrs:
+            self.train_steps(fit, lr, self.args.central_sweep_steps, seeds[0])
+            accuracy = self.validation_accuracy(validation)
+            sweep.append({"lr": lr, "validation_accuracy": accuracy, "validation_examples": len(validation)})
+            print(f"centralized sweep: lr {lr:g}, {self.args.central_sweep_steps} steps of {self.args.central_batch}: validation accuracy "
+                  f"{accuracy:.3f} on {len(validation)} articles", flush=True)
+        best = max(sweep, key=lambda s: (s["validation_accuracy"], -s["lr"]))["lr"]
+        everything = fit + validation
+        per_seed = []
+        for seed in seeds:
+            curve = []
+
+            def checkpoint(step, curve=curve):
+                curve.append({"step": step, **self.heldout_score()})
+
+            started = time.perf_counter()
+            self.train_steps(everything, best, steps, seed, on_checkpoint=checkpoint, every=self.args.central_eval_every)
+            train_seconds = time.perf_counter() - started
+            final = self.heldout_score()
+            curve.append({"step": steps, **final})
+            per_seed.append({"seed": seed, "train_seconds": train_seconds, "curve": curve, **final})
+            print(f"centralized seed {seed}: lr {best:g}, {steps} steps: held-out accuracy "
+                  f"{formatted(final['value'], final['ci95'], 'accuracy')} on {final['num_examples']} articles",
+                  flush=True)
+        zero = self._zero_shot()
+        return {"sweep": sweep, "sweep_steps": self.args.central_sweep_steps, "lr": best, "steps": steps, "batch": self.args.central_batch,
+                "train_examples": len(everything), "zero_shot": zero, "per_seed": per_seed}
+
+    def _zero_shot(self) -> dict:
+        self.reset(0)
+        return self.heldout_score()
+
+
+def device_prefix_cache(args):
+    """The devices' shared prefix cache for the experiment's artifact (None before any federated run)."""
+    from fleet.prefix_cache import PrefixCache
+
+    for manifest_path in sorted((args.run_root / "artifact-cache").glob("*/manifest.json")):
+        manifest = json.loads(manifest_path.read_text())
+        tier = manifest.get("tier", {})
+        if manifest.get("prefix") and manifest.get("format") == "executorch" and all(
+                tier.get(k) == v for k, v in EXPERIMENT_TIER.items() if k != "train"):
+            return PrefixCache.for_artifact(manifest_path.parent, manifest, args.run_root / "prefix-cache")
+    return None
+
+
+def _bucket(example_id: str) -> int:
+    import hashlib
+
+    return int(hashlib.sha256(f"validation:{example_id}".encode()).hexdigest()[:8], 16) % 100
+
+
+def _progress(iterable, description: str):
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=description, leave=False, disable=not sys.stderr.isatty())
+
+
+# --- summary and plots --------------------------------------------------------------------------
+
+def arm_summary(values: list[float], intervals: list[list[float]], seeds: list[int]) -> dict:
+    """Mean over seeds, its interval (Student t over seeds), and each seed's value with its own
+    interval over held-out examples (Wilson)."""
+    from models.intervals import mean_interval
+
+    mean = statistics.fmean(values)
+    interval = list(mean_interval(values)) if len(values) > 1 else list(intervals[0])
+    return {"accuracy": mean, "ci95": interval, "per_seed": values,
+            "per_seed_ci95": intervals, "seeds": seeds,
+            "heldout_ci95_of_mean": None if not intervals else
+            [statistics.fmean(i[0] for i in intervals), statistics.fmean(i[1] for i in intervals)]}
+
+
+def summarize(results: dict) -> dict:
+    seeds = results["settings"]["seeds"]
+    arms = {}
+    central = results.get("centralized")
+    if central:
+        arms["centralized"] = arm_summary([s["value"] for s in central["per_seed"]],
+                                          [s["ci95"] for s in central["per_seed"]], seeds)
+    for label, runs in results.get("federated", {}).items():
+        finals = [run["rounds"][-1] for run in runs]
+        arms["iid" if label == "iid" else "dirichlet"] = {
+            **arm_summary([r["value"] for r in finals], [r["ci95"] for r in finals], seeds), "partition": label}
+    summary = {"task": "bbcnews", "model": results["settings"]["model"],
+               "heldout_examples": (central or {}).get("per_seed", [{}])[0].get("num_examples")
+               or results["federated"][next(iter(results["federated"]))][0]["rounds"][-1].get("num_examples"),
+               "seeds": seeds, "arms": arms, "tier": EXPERIMENT_TIER, "cpu": results["cpu"],
+               "wall_seconds": results.get("wall_seconds")}
+    if "centralized" in arms:
+        reference = arms["centralized"]["accuracy"]
+        summary["relative_to_centralized"] = {k: v["accuracy"] / reference for k, v in arms.items()
+                                              if k != "centralized"}
+    return summary
 
 
 def plot(results: dict, out: Path) -> list[Path]:
@@ -93,31 +336,46 @@ def plot(results: dict, out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
+
+    from models.intervals import mean_interval
 
     paths = []
-    zero = results["centralized"][0]["value"]
-    central = results["centralized"]
+    central = results.get("centralized")
     for xkey, xlabel, name in (("round", "round", "accuracy_by_round.png"),
-                               ("virtual", "virtual time (s, simulated device hardware)", "accuracy_by_virtual_time.png")):
-        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-        for label, report in results["federated"].items():
-            xs, ys, clock = [0.0], [report["initial_evaluation"]["value"]], 0.0
-            for r in report["rounds"]:
-                clock += r["virtual_seconds"] or 0.0
-                xs.append(r["round"] if xkey == "round" else clock)
-                ys.append(r["value"])
-            ax.plot(xs, ys, marker="o", label=f"federated, {label}")
-        if xkey == "round":
-            ax.plot([p["round"] for p in central], [p["value"] for p in central], marker="s", linestyle="--",
-                    label="centralized LoRA (same examples)")
-        else:
-            ax.axhline(central[-1]["value"], linestyle="--", color="gray", label="centralized LoRA, final")
-        ax.axhline(zero, linestyle=":", color="black", label="zero-shot")
+                               ("virtual", "virtual time (h, simulated device hardware)",
+                                "accuracy_by_virtual_time.png")):
+        fig, ax = plt.subplots(figsize=(7.0, 4.4), dpi=120)
+        for label, runs in results.get("federated", {}).items():
+            curves = []
+            for run in runs:
+                xs, ys, clock = [0.0], [run["initial_evaluation"]["value"]], 0.0
+                for r in run["rounds"]:
+                    clock += (r["virtual_seconds"] or 0.0) / 3600
+                    xs.append(r["round"] if xkey == "round" else clock)
+                    ys.append(r["value"])
+                curves.append((np.array(xs), np.array(ys)))
+            width = min(len(c[1]) for c in curves)
+            ys = np.array([c[1][:width] for c in curves])
+            xs = np.mean([c[0][:width] for c in curves], axis=0)
+            mean = ys.mean(axis=0)
+            line, = ax.plot(xs, mean, marker="o", markersize=3, label=f"federated, {label} (mean of {len(runs)} seeds)")
+            if len(runs) > 1:
+                bands = np.array([mean_interval(ys[:, i]) for i in range(width)])
+                ax.fill_between(xs, bands[:, 0], bands[:, 1], color=line.get_color(), alpha=0.2)
+        if central:
+            finals = [s["value"] for s in central["per_seed"]]
+            low, high = mean_interval(finals) if len(finals) > 1 else central["per_seed"][0]["ci95"]
+            ax.axhline(statistics.fmean(finals), linestyle="--", color="gray",
+                       label=f"centralized reference (tuned, mean of {len(finals)} seeds)")
+            ax.axhspan(low, high, color="gray", alpha=0.15)
+            ax.axhline(central["zero_shot"]["value"], linestyle=":", color="black", label="zero-shot")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out accuracy (BBC News, 5 topics)")
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0.5, 1.0)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
+        ax.set_title("bands: 95% interval of the mean over seeds", fontsize=8)
         fig.tight_layout()
         path = out / name
         fig.savefig(path)
@@ -126,64 +384,83 @@ def plot(results: dict, out: Path) -> list[Path]:
     return paths
 
 
-def main(argv=None) -> int:
+# --- the command --------------------------------------------------------------------------------
+
+def parse_args(argv=None):
     from fleet.cli import FLEETS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--devices", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--local-steps", type=int, default=None, help="default: the demo's")
-    parser.add_argument("--lr", type=float, default=None, help="default: the demo's")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (each arm runs once per seed)")
+    parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--devices-per-round", type=int, default=6)
+    parser.add_argument("--min-updates", type=int, default=5)
+    parser.add_argument("--local-steps", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=2e-3, help="the devices' AdamW learning rate")
     parser.add_argument("--profile", choices=sorted(FLEETS), default="mixed")
     parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the non-IID run")
-    parser.add_argument("--devices-per-round", type=int, default=5)
-    parser.add_argument("--min-updates", type=int, default=4)
-    parser.add_argument("--round-deadline", type=float, default=900.0)
+    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the non-IID arm")
+    parser.add_argument("--virtual-deadline", type=float, default=900.0, help="a round's deadline on the virtual clock (s)")
+    parser.add_argument("--round-deadline", type=float, default=1800.0, help="the coordinator's real deadline (s)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--eval-examples", type=int, default=None,
                         help="held-out articles scored per adapter (default: the whole held-out split)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--central-lrs", default="5e-4,1e-3,2e-3", help="the centralized arm's AdamW sweep")
+    parser.add_argument("--central-steps", type=int, default=150)
+    parser.add_argument("--central-sweep-steps", type=int, default=80, help="steps of each sweep run")
+    parser.add_argument("--central-batch", type=int, default=8)
+    parser.add_argument("--central-eval-every", type=int, default=75, help="held-out checkpoints of the centralized curve")
     parser.add_argument("--only", choices=("iid", "dirichlet", "centralized"), action="append",
-                        help="run only these parts (repeatable; default all)")
+                        help="run only these arms (repeatable; default all)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results")
+    parser.add_argument("--run-root", type=Path, default=Path("runs") / "federated_accuracy")
     args = parser.parse_args(argv)
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.central_lrs = [float(s) for s in args.central_lrs.split(",") if s.strip()]
+    if not args.seeds or args.devices < 1 or args.rounds < 1 or args.local_steps < 1 or args.lr <= 0:
+        parser.error("need at least one seed, device, round and local step, and a positive --lr")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from fleet.local_coordinator import LocalCoordinator
     from pockettune.cli import quiet_library_chatter
-    from pockettune.demo import DEMO_JOB
 
     quiet_library_chatter()
-    args.local_steps = args.local_steps or DEMO_JOB["local_steps"]
-    args.lr = args.lr or DEMO_JOB["lr"]
+    started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
+    args.run_root.mkdir(parents=True, exist_ok=True)
     parts = args.only or ["iid", "dirichlet", "centralized"]
-    results_path = args.out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results.setdefault("federated", {})
-    results["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    run_root = Path("runs") / "federated_accuracy"
-    cache = run_root / "artifact-cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    # The federation aggregates min_updates updates a round (at most devices_per_round).
-    per_round = args.min_updates or args.devices_per_round or args.devices
-    if "iid" in parts:
-        results["federated"]["iid"] = federated(args, "iid", run_root / "iid", cache)
-    if "dirichlet" in parts:
-        label = f"dirichlet:{args.alpha:g}"
-        results["federated"][label] = federated(args, label, run_root / "dirichlet", cache)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    results = {"settings": settings, "cpu": cpu_model(), "cores": __import__("os").cpu_count(),
+               "tier": EXPERIMENT_TIER, "federated": {}}
+    print(f"CPU: {results['cpu']} ({results['cores']} cores); seeds {args.seeds}", flush=True)
+    partitions = [p for p, name in (("iid", "iid"), (f"dirichlet:{args.alpha:g}", "dirichlet")) if name in parts]
+    if partitions:
+        with LocalCoordinator(args.run_root / "coordinator", artifact_cache=args.run_root / "artifact-cache",
+                              extra_args=["--tick", "0.5"]) as coordinator:
+            for seed in args.seeds:
+                for partition in partitions:
+                    report = federated_run(args, coordinator, partition, seed,
+                                           args.run_root / f"{partition.replace(':', '')}-seed{seed}")
+                    results["federated"].setdefault(partition, []).append(report)
+                    (args.out / "results.json").write_text(json.dumps(results, indent=2))
     if "centralized" in parts:
-        budget = per_round * args.local_steps * DEMO_JOB["tier"]["batch"]
-        results["centralized"] = centralized(args, budget)
-    for report in results["federated"].values():
-        report.pop("outcomes", None)    # per-task detail stays in the run folders
-    results_path.write_text(json.dumps(results, indent=2))
-    if results.get("centralized") and results["federated"]:
+        prefix = device_prefix_cache(args)
+        results["centralized"] = Centralized(args, prefix).run(args.seeds)
+        if prefix is not None:
+            results["centralized"]["prefix_from_devices"] = {"reused": prefix.stats.hits, "computed": prefix.stats.computed}
+    results["wall_seconds"] = time.monotonic() - started
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    summary = summarize(results)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if results["federated"] and results.get("centralized"):
         for path in plot(results, args.out):
             print(f"plot: {path}")
-    summary = {"zero-shot": results.get("centralized", [{}])[0].get("value"),
-               "centralized": (results.get("centralized") or [{}])[-1].get("value"),
-               **{f"federated {k}": v["rounds"][-1]["value"] for k, v in results["federated"].items()}}
     print(json.dumps(summary, indent=2))
+    print(f"whole comparison: {results['wall_seconds'] / 60:.1f} min on {results['cpu']}")
     return 0
 
 
