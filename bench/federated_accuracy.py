@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import random
 import shutil
 import statistics
@@ -52,13 +51,9 @@ EXPERIMENT_TIER = {"prune_ratio": 0.0, "lora_rank": 8, "lora_layers": 4, "lora_t
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from fleet.calibrate import _cpu_model
+
+    return _cpu_model()
 
 
 # --- federated arms -----------------------------------------------------------------------------
