@@ -122,6 +122,10 @@ class Centralized:
         self.device_prefix = device_prefix
         self.label_ids = [self.tokenizer(f" {label}", add_special_tokens=False)["input_ids"][0]
                           for label in self.task.labels]
+        #: eager prefix hidden states kept across invocations (when no device cache is at hand)
+        self.eager_cache = Path(args.run_root) / "eager-prefix.pt"
+        if device_prefix is None and self.eager_cache.exists():
+            self._hidden = torch.load(self.eager_cache)
 
     def _encoded(self, examples):
         """(ids, labels, hidden) per example, the frozen prefix computed once per example."""
@@ -141,6 +145,9 @@ class Centralized:
         for e in todo[len(todo) - len(todo) % step:]:     # a short tail: eager
             ids = self.task.encode(self.tokenizer, e, self.tier.seq)[0].unsqueeze(0)
             self._hidden[e.example_id] = scorer._compute_bottom(ids)[0].clone()
+        if todo and self.device_prefix is None:
+            self.eager_cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(self._hidden, self.eager_cache)
         return [(*self.task.encode(self.tokenizer, e, self.tier.seq), self._hidden[e.example_id]) for e in examples]
 
     def reset(self, seed: int) -> None:
@@ -171,24 +178,24 @@ class Centralized:
         optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
         order, rng, batch = [], random.Random(seed), self.args.central_batch
         losses = []
-        with top.cut():
-            for step in _progress(range(1, steps + 1), f"centralized lr {lr:g} seed {seed}"):
-                if len(order) < batch:
-                    fresh = list(range(len(encoded)))
-                    rng.shuffle(fresh)
-                    order += fresh
-                picked, order = order[:batch], order[batch:]
-                hidden = torch.stack([encoded[i][2] for i in picked])
-                labels = torch.stack([encoded[i][1] for i in picked])
+        for step in _progress(range(1, steps + 1), f"centralized lr {lr:g} seed {seed}"):
+            if len(order) < batch:
+                fresh = list(range(len(encoded)))
+                rng.shuffle(fresh)
+                order += fresh
+            picked, order = order[:batch], order[batch:]
+            hidden = torch.stack([encoded[i][2] for i in picked])
+            labels = torch.stack([encoded[i][1] for i in picked])
+            with top.cut():           # only around the step: scoring needs the whole decoder
                 loss = top(hidden, labels)
                 optimizer.zero_grad()
                 loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-                if on_checkpoint is not None and every and step % every == 0 and step < steps:
-                    self.model.eval()
-                    on_checkpoint(step)
-                    self.model.train()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if on_checkpoint is not None and every and step % every == 0 and step < steps:
+                self.model.eval()
+                on_checkpoint(step)
+                self.model.train()
         self.model.eval()
         return losses
 

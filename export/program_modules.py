@@ -150,6 +150,11 @@ def computing_only(causal_lm: torch.nn.Module, layers: range, final_norm: bool):
     """
     decoder = causal_lm.get_decoder()
     original_layers, original_norm = decoder.layers, decoder.norm
+    if any(isinstance(original_layers[index], _PassThroughLayer) for index in layers) or (
+            final_norm and isinstance(original_norm, _PassThroughLayer)):
+        # Inside another cut, the layers asked for are already pass-throughs: the result would
+        # be silently wrong (the embeddings, not the layers' output), so refuse.
+        raise RuntimeError("computing_only inside another cut that removed the layers it needs")
     decoder.layers = torch.nn.ModuleList(
         layer if index in layers else _PassThroughLayer() for index, layer in enumerate(original_layers))
     if not final_norm:

@@ -156,18 +156,17 @@ def _worker(base_url: str, enrollment_key: str, device_specs: list[dict], fleet_
     ``register``/``ask``/``upload`` name one device; ``train`` names the devices to train, in
     order. Every command is answered on ``replies`` (``train``: once per device).
     """
-    from fleet.runtime_executorch import set_runtime_threads
-    from pockettune.cli import quiet_library_chatter
-
-    # The workers share the machine's cores: each runtime's threadpool gets its share, not all of them.
-    set_runtime_threads(runtime_threads)
-
-    # The devices' logs (and the runtime's own stderr chatter) go to the run folder, not the
-    # terminal that shows the fleet's progress.
+    # The devices' logs (and the runtime's own stderr chatter, the runtime's import included)
+    # go to the run folder, not the terminal that shows the fleet's progress.
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
+    from fleet.runtime_executorch import set_runtime_threads
+    from pockettune.cli import quiet_library_chatter
+
     quiet_library_chatter()
+    # The workers share the machine's cores: each runtime's threadpool gets its share, not all of them.
+    set_runtime_threads(runtime_threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     from fleet.data import LocalData
     from fleet.device import DeviceAgent, DeviceConfig, TaskOutcome, default_platform

@@ -61,3 +61,18 @@ def test_check_measures_the_cut_and_a_trainable_bottom_is_refused():
     next(layers[0].parameters()).requires_grad_(True)
     with pytest.raises(ValueError, match="not frozen"):
         FrozenPrefixModel(model)
+
+
+def test_scoring_inside_a_training_cut_is_refused_not_silently_wrong():
+    """Inside TopTrainingProgram.cut() the prefix layers are pass-throughs: a scorer computing its
+    bottom there would cache the embeddings as if they were the prefix's output."""
+    from export.program_modules import TopTrainingProgram
+    from models.frozen_prefix import FrozenPrefixModel, first_trained_layer
+
+    model, _ = _tiny_peft(lora_layers=1)
+    scorer = FrozenPrefixModel(model)
+    top = TopTrainingProgram(model, first_trained_layer(model), None)
+    ids = torch.arange(3, 19).reshape(2, 8)
+    with top.cut(), pytest.raises(RuntimeError, match="inside another cut"):
+        scorer.bottom(ids)
+    assert scorer.stats.computed == 0 and scorer.check(ids) == 0.0

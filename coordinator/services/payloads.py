@@ -54,6 +54,7 @@ def adapter_payload(job_id: int, adapter: GlobalAdapter) -> dict:
         "num_updates": adapter.num_updates,
         "num_examples": adapter.num_examples,
         "num_clipped": adapter.num_clipped,
+        "strategy": adapter.strategy,
         "ptd": blob_ref(adapter.ptd_sha256, adapter.ptd_size),
         "peft_zip_url": url_for("jobs.get_adapter", job_id=job_id, round=adapter.round),
     }

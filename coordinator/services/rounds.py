@@ -128,6 +128,8 @@ class RoundCloser:
             job = session.get(Job, round_.job_id)
             start = session.scalars(select(GlobalAdapter).where(
                 GlobalAdapter.job_id == job.id, GlobalAdapter.round == round_.number - 1)).one()
+            before_start = session.scalars(select(GlobalAdapter).where(
+                GlobalAdapter.job_id == job.id, GlobalAdapter.round == round_.number - 2)).one_or_none()
             updates = session.scalars(select(Update).where(Update.round_id == round_id).order_by(Update.id)).all()
             task_starts = {task_id: (artifact_id, start_sha) for task_id, artifact_id, start_sha in session.execute(
                 select(Task.id, Task.artifact_id, Task.start_weights_sha256).where(Task.round_id == round_id)).all()}
@@ -140,7 +142,10 @@ class RoundCloser:
             client_updates = [_client_update(state, job, current, start.weights_sha256, u, scale,
                                              *task_starts.get(u.task_id, (None, None)))
                               for u, scale in zip(updates, scales)]
-            aggregated = strategy.aggregate_train(current, client_updates)
+            previous = None
+            if strategy.uses_previous_adapter and before_start is not None:
+                previous = state.adapters.tensors(before_start.weights_sha256)
+            aggregated = strategy.aggregate_train(current, client_updates, previous=previous)
             weights_ref, ptd_ref = state.adapters.store(aggregated)
         except Exception as exc:  # noqa: BLE001 - recorded as the round's failure, never retried
             log.exception("job %s round %s: aggregation failed; the round and the job are marked failed",

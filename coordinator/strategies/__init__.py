@@ -7,6 +7,7 @@ Adding one: write ``coordinator/strategies/<name>.py`` with a ``@register``-ed s
 from coordinator.strategies.base import (ClientUpdate, Strategy, TrainedPart, get_strategy, register,
                                          strategy_names)
 from coordinator.strategies import fedavg  # noqa: F401  (registers "fedavg")
+from coordinator.strategies import fedavgm  # noqa: F401  (registers "fedavgm")
 from coordinator.strategies import flexlora  # noqa: F401  (registers "flexlora")
 from coordinator.strategies import zero_padding  # noqa: F401  (registers "hetlora")
 

@@ -154,17 +154,24 @@ class Strategy(ABC):
 
     #: The name jobs use (``"strategy": "fedavg"``).
     name: ClassVar[str]
+    #: Whether :meth:`aggregate_train` needs ``previous``, the global adapter the round before
+    #: started from. A server optimizer with momentum keeps no state of its own: its last step
+    #: is ``current - previous``, stored by the coordinator anyway, so a restart loses nothing.
+    uses_previous_adapter: ClassVar[bool] = False
 
     def configure_train(self, round_number: int, train: dict) -> dict:
         """The ``train`` section devices get for ``round_number`` (add algorithm settings here)."""
         return dict(train)
 
     @abstractmethod
-    def aggregate_train(self, current: Tensors, updates: Sequence[ClientUpdate]) -> dict[str, np.ndarray]:
+    def aggregate_train(self, current: Tensors, updates: Sequence[ClientUpdate], *,
+                        previous: Tensors | None = None) -> dict[str, np.ndarray]:
         """The next global adapter from the round's start adapter ``current`` and its ``updates``.
 
         ``updates`` may be empty (a round that reached its deadline with no result); every
         returned tensor must have the key, shape and dtype (float32) of ``current``.
+        ``previous`` is the adapter the round before started from, given only to strategies
+        that set :attr:`uses_previous_adapter` (``None`` in a job's first round).
         """
 
 

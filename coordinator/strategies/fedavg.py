@@ -84,7 +84,8 @@ class FedAvg(Strategy):
                             where=covered_weight > 0)
         return np.where(covering == len(values), total, partial)
 
-    def aggregate_train(self, current: Tensors, updates: Sequence[ClientUpdate]) -> dict[str, np.ndarray]:
+    def aggregate_train(self, current: Tensors, updates: Sequence[ClientUpdate], *,
+                        previous: Tensors | None = None) -> dict[str, np.ndarray]:
         if not updates:
             return {key: np.array(value, dtype=np.float32, copy=True) for key, value in current.items()}
         weights = self.weights(updates)

@@ -54,7 +54,8 @@ class FlexLoRA(FedAvg):
 
     name = "flexlora"
 
-    def aggregate_train(self, current: Tensors, updates: Sequence[ClientUpdate]) -> dict[str, np.ndarray]:
+    def aggregate_train(self, current: Tensors, updates: Sequence[ClientUpdate], *,
+                        previous: Tensors | None = None) -> dict[str, np.ndarray]:
         if not updates:
             return super().aggregate_train(current, updates)
         weights = self.weights(updates)
