@@ -16,11 +16,10 @@ the two last global adapters, which the coordinator stores anyway (``previous``)
 coordinator, a paused job or a round that failed lose nothing, and the strategy stays a pure
 function of its inputs. In a job's first round ``m_0 = 0`` and this is FedAvg.
 
-``beta = 0`` (or ``eta = 1`` with ``beta = 0``) is FedAvg to the bit. The defaults (``beta``
-0.5, ``eta`` 1) were chosen on validation data by ``bench/federated_tuning.py`` for BBC News
-under Dirichlet(0.5) label skew (docs/results.md); heterogeneous updates are averaged exactly
-as FedAvg averages them (element by element over the devices covering it) before the
-momentum is applied.
+``beta = 0`` with ``eta = 1`` is FedAvg to the bit. The defaults (``beta`` 0.5, ``eta`` 1)
+are a moderate starting point, not yet a tuned value: ``bench/federated_tuning.py`` compares
+settings on validation data. Heterogeneous updates are averaged exactly as FedAvg averages
+them (element by element over the devices covering it) before the momentum is applied.
 """
 
 from __future__ import annotations
