@@ -50,6 +50,14 @@ EXPERIMENT_TIER = {"prune_ratio": 0.0, "lora_rank": 8, "lora_layers": 4, "lora_t
                    "train": {"optimizer": "adamw", "weight_decay": 0.0}}
 
 
+def experiment_tier(args) -> dict:
+    """``EXPERIMENT_TIER`` with the devices' optimizer chosen on the command line (the
+    centralized reference always uses AdamW, tuned on its own)."""
+    train = ({"optimizer": "sgd", "momentum": args.momentum} if args.optimizer == "sgd"
+             else {"optimizer": "adamw", "weight_decay": 0.0})
+    return {**EXPERIMENT_TIER, "train": train}
+
+
 def cpu_model() -> str:
     from fleet.calibrate import _cpu_model
 
@@ -61,7 +69,8 @@ def cpu_model() -> str:
 def federated_run(args, coordinator, partition: str, seed: int, workdir: Path) -> dict:
     from fleet.simulator import FleetSimulation, FleetSpec, format_report
 
-    job = {"model": args.model, "tier": EXPERIMENT_TIER, "local_steps": args.local_steps, "lr": args.lr}
+    job = {"model": args.model, "tier": experiment_tier(args), "local_steps": args.local_steps, "lr": args.lr,
+           "strategy": args.strategy}
     if args.eval_examples is not None:
         job["eval_examples"] = args.eval_examples
     spec = FleetSpec(devices=args.devices, fleet=args.profile, rounds=args.rounds, task="bbcnews",
@@ -324,7 +333,8 @@ def summarize(results: dict) -> dict:
     summary = {"task": "bbcnews", "model": results["settings"]["model"],
                "heldout_examples": (central or {}).get("per_seed", [{}])[0].get("num_examples")
                or results["federated"][next(iter(results["federated"]))][0]["rounds"][-1].get("num_examples"),
-               "seeds": seeds, "arms": arms, "tier": EXPERIMENT_TIER, "cpu": results["cpu"],
+               "seeds": seeds, "arms": arms, "tier": results["tier"], "cpu": results["cpu"],
+               "strategy": results["settings"].get("strategy"),
                "wall_seconds": results.get("wall_seconds")}
     if "centralized" in arms:
         reference = arms["centralized"]["accuracy"]
@@ -399,7 +409,10 @@ def parse_args(argv=None):
     parser.add_argument("--devices-per-round", type=int, default=6)
     parser.add_argument("--min-updates", type=int, default=5)
     parser.add_argument("--local-steps", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3, help="the devices' AdamW learning rate")
+    parser.add_argument("--lr", type=float, default=2e-3, help="the devices' learning rate")
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw", help="the devices' optimizer")
+    parser.add_argument("--momentum", type=float, default=0.0, help="the devices' SGD momentum")
+    parser.add_argument("--strategy", default="fedavg", help="the job's aggregation strategy (fedavg, fedavgm, ...)")
     parser.add_argument("--profile", choices=sorted(FLEETS), default="mixed")
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the non-IID arm")
@@ -437,7 +450,7 @@ def main(argv=None) -> int:
     parts = args.only or ["iid", "dirichlet", "centralized"]
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     results = {"settings": settings, "cpu": cpu_model(), "cores": __import__("os").cpu_count(),
-               "tier": EXPERIMENT_TIER, "federated": {}}
+               "tier": experiment_tier(args), "federated": {}}
     print(f"CPU: {results['cpu']} ({results['cores']} cores); seeds {args.seeds}", flush=True)
     partitions = [p for p, name in (("iid", "iid"), (f"dirichlet:{args.alpha:g}", "dirichlet")) if name in parts]
     if partitions:

@@ -4,7 +4,7 @@
 coordinator and the real ExecuTorch programs: about ten minutes per run, too slow to try
 settings with. This script simulates the same rounds in eager PyTorch on the same frozen-prefix
 hidden states (same tier, same partitioner, same per-round example walk, same AdamW on the
-device (or plain SGD with ``sgd=1``), same example-weighted FedAvg), so a setting costs a few minutes, and scores every
+device (or SGD with ``sgd=1``, ``momentum=M``), same example-weighted FedAvg), so a setting costs a few minutes, and scores every
 candidate on the *validation* tenth of the training split, which the simulated devices never
 train on. The held-out split is never touched here: whatever this script picks is then run
 once, for real, by ``federated_accuracy.py``.
@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from federated_accuracy import Centralized  # noqa: E402  (the shared model, data and scoring)
 
-DEFAULTS = {"lr": 2e-3, "steps": 8, "per_round": 6, "accept": 5, "beta": 0.0, "eta": 1.0, "sgd": 0}
+DEFAULTS = {"lr": 2e-3, "steps": 8, "per_round": 6, "accept": 5, "beta": 0.0, "eta": 1.0, "sgd": 0,
+            "momentum": 0.0}
 
 
 def parse_config(text: str) -> dict:
@@ -82,7 +83,8 @@ class FederatedSimulation:
                 parameter.copy_(start[name])
         examples = round_examples(shard, round_number, steps, batch)
         if self.config["sgd"]:
-            optimizer = torch.optim.SGD(list(parameters.values()), lr=self.config["lr"])
+            optimizer = torch.optim.SGD(list(parameters.values()), lr=self.config["lr"],
+                                        momentum=self.config["momentum"])
         else:
             optimizer = torch.optim.AdamW(list(parameters.values()), lr=self.config["lr"], weight_decay=0.0)
         top = TopTrainingProgram(central.model, first_trained_layer(central.model), central.tier.loss_positions)
