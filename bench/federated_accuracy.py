@@ -333,7 +333,7 @@ def summarize(results: dict) -> dict:
     summary = {"task": "bbcnews", "model": results["settings"]["model"],
                "heldout_examples": (central or {}).get("per_seed", [{}])[0].get("num_examples")
                or results["federated"][next(iter(results["federated"]))][0]["rounds"][-1].get("num_examples"),
-               "seeds": seeds, "arms": arms, "tier": results["tier"], "cpu": results["cpu"],
+               "seeds": seeds, "arms": arms, "tier": results.get("tier", EXPERIMENT_TIER), "cpu": results["cpu"],
                "strategy": results["settings"].get("strategy"),
                "wall_seconds": results.get("wall_seconds")}
     if "centralized" in arms:
