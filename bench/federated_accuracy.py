@@ -185,6 +185,10 @@ class Centralized:
         top = TopTrainingProgram(self.model, first_trained_layer(self.model), self.tier.loss_positions)
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+        # cosine: decay to zero over the run, so the reference ends at a settled point rather
+        # than wherever its last constant-rate batch left it
+        schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+                    if self.args.central_schedule == "cosine" else None)
         order, rng, batch = [], random.Random(seed), self.args.central_batch
         losses = []
         for step in _progress(range(1, steps + 1), f"centralized lr {lr:g} seed {seed}"):
@@ -200,6 +204,8 @@ class Centralized:
                 optimizer.zero_grad()
                 loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
             losses.append(float(loss.detach()))
             if on_checkpoint is not None and every and step % every == 0 and step < steps:
                 self.model.eval()
@@ -250,7 +256,8 @@ class Centralized:
             self.train_steps(fit, lr, self.args.central_sweep_steps, seeds[0])
             accuracy = self.validation_accuracy(validation)
             sweep.append({"lr": lr, "validation_accuracy": accuracy, "validation_examples": len(validation)})
-            print(f"centralized sweep: lr {lr:g}, {self.args.central_sweep_steps} steps of {self.args.central_batch}: validation accuracy "
+            print(f"centralized sweep: lr {lr:g} ({self.args.central_schedule}), {self.args.central_sweep_steps} steps of "
+                  f"{self.args.central_batch}: validation accuracy "
                   f"{accuracy:.3f} on {len(validation)} articles", flush=True)
         best = max(sweep, key=lambda s: (s["validation_accuracy"], -s["lr"]))["lr"]
         everything = fit + validation
@@ -271,7 +278,8 @@ class Centralized:
                   f"{formatted(final['value'], final['ci95'], 'accuracy')} on {final['num_examples']} articles",
                   flush=True)
         zero = self._zero_shot()
-        return {"sweep": sweep, "sweep_steps": self.args.central_sweep_steps, "lr": best, "steps": steps, "batch": self.args.central_batch,
+        return {"sweep": sweep, "sweep_steps": self.args.central_sweep_steps, "lr": best, "steps": steps,
+                "schedule": self.args.central_schedule, "batch": self.args.central_batch,
                 "train_examples": len(everything), "zero_shot": zero, "per_seed": per_seed}
 
     def _zero_shot(self) -> dict:
@@ -425,6 +433,9 @@ def parse_args(argv=None):
     parser.add_argument("--central-steps", type=int, default=150)
     parser.add_argument("--central-sweep-steps", type=int, default=80, help="steps of each sweep run")
     parser.add_argument("--central-batch", type=int, default=8)
+    parser.add_argument("--central-schedule", choices=("constant", "cosine"), default="constant",
+                        help="the centralized arm's learning-rate schedule (cosine decays to zero over each "
+                             "run: give --central-sweep-steps the same value as --central-steps)")
     parser.add_argument("--central-eval-every", type=int, default=75, help="held-out checkpoints of the centralized curve")
     parser.add_argument("--only", choices=("iid", "dirichlet", "centralized"), action="append",
                         help="run only these arms (repeatable; default all)")
