@@ -429,11 +429,11 @@ def parse_args(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--eval-examples", type=int, default=None,
                         help="held-out articles scored per adapter (default: the whole held-out split)")
-    parser.add_argument("--central-lrs", default="5e-4,1e-3,2e-3", help="the centralized arm's AdamW sweep")
+    parser.add_argument("--central-lrs", default="1e-3,2e-3,4e-3", help="the centralized arm's AdamW sweep")
     parser.add_argument("--central-steps", type=int, default=150)
-    parser.add_argument("--central-sweep-steps", type=int, default=80, help="steps of each sweep run")
+    parser.add_argument("--central-sweep-steps", type=int, default=150, help="steps of each sweep run")
     parser.add_argument("--central-batch", type=int, default=8)
-    parser.add_argument("--central-schedule", choices=("constant", "cosine"), default="constant",
+    parser.add_argument("--central-schedule", choices=("constant", "cosine"), default="cosine",
                         help="the centralized arm's learning-rate schedule (cosine decays to zero over each "
                              "run: give --central-sweep-steps the same value as --central-steps)")
     parser.add_argument("--central-eval-every", type=int, default=75, help="held-out checkpoints of the centralized curve")
