@@ -128,8 +128,6 @@ class RoundCloser:
             job = session.get(Job, round_.job_id)
             start = session.scalars(select(GlobalAdapter).where(
                 GlobalAdapter.job_id == job.id, GlobalAdapter.round == round_.number - 1)).one()
-            before_start = session.scalars(select(GlobalAdapter).where(
-                GlobalAdapter.job_id == job.id, GlobalAdapter.round == round_.number - 2)).one_or_none()
             updates = session.scalars(select(Update).where(Update.round_id == round_id).order_by(Update.id)).all()
             task_starts = {task_id: (artifact_id, start_sha) for task_id, artifact_id, start_sha in session.execute(
                 select(Task.id, Task.artifact_id, Task.start_weights_sha256).where(Task.round_id == round_id)).all()}
@@ -143,8 +141,12 @@ class RoundCloser:
                                              *task_starts.get(u.task_id, (None, None)))
                               for u, scale in zip(updates, scales)]
             previous = None
-            if strategy.uses_previous_adapter and before_start is not None:
-                previous = state.adapters.tensors(before_start.weights_sha256)
+            if strategy.uses_previous_adapter:   # only such strategies pay for the lookup
+                with db.read() as session:
+                    before_start = session.scalar(select(GlobalAdapter.weights_sha256).where(
+                        GlobalAdapter.job_id == job.id, GlobalAdapter.round == round_.number - 2))
+                if before_start is not None:
+                    previous = state.adapters.tensors(before_start)
             aggregated = strategy.aggregate_train(current, client_updates, previous=previous)
             weights_ref, ptd_ref = state.adapters.store(aggregated)
         except Exception as exc:  # noqa: BLE001 - recorded as the round's failure, never retried
