@@ -55,6 +55,8 @@ def experiment_tier(args) -> dict:
     centralized reference always uses AdamW, tuned on its own)."""
     train = ({"optimizer": "sgd", "momentum": args.momentum} if args.optimizer == "sgd"
              else {"optimizer": "adamw", "weight_decay": 0.0})
+    if args.lr_schedule != "constant":
+        train.update(lr_schedule=args.lr_schedule, lr_min=args.lr_min)
     return {**EXPERIMENT_TIER, "train": train}
 
 
@@ -413,13 +415,17 @@ def parse_args(argv=None):
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (each arm runs once per seed)")
     parser.add_argument("--devices", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--devices-per-round", type=int, default=6)
     parser.add_argument("--min-updates", type=int, default=5)
     parser.add_argument("--local-steps", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3, help="the devices' learning rate")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw", help="the devices' optimizer")
     parser.add_argument("--momentum", type=float, default=0.0, help="the devices' SGD momentum")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine",
+                        help="the job's learning rate across rounds (cosine: from --lr in round 1 towards "
+                             "--lr-min x --lr after the last; see models/lr_schedule.py)")
+    parser.add_argument("--lr-min", type=float, default=0.0, help="the cosine schedule's floor, a fraction of --lr")
     parser.add_argument("--strategy", default="fedavg", help="the job's aggregation strategy (fedavg, fedavgm, ...)")
     parser.add_argument("--profile", choices=sorted(FLEETS), default="mixed")
     parser.add_argument("--dropout", type=float, default=0.1)

@@ -20,6 +20,10 @@ label skew): with the example-weighted mean device change ``d`` of a round,
 - ``fedavg``: ``x += d``;
 - ``fedavgm``: ``m = beta * m + d``, ``x += eta * m``.
 
+``cosine=1`` decays the devices' learning rate across rounds as a job with
+``tier.train.lr_schedule = "cosine"`` does (:meth:`models.tier.TrainingHyperparameters.lr_for_round`),
+from ``lr`` in round 1 towards ``lr_min`` (a fraction of ``lr``) after the last.
+
 Run: ``python bench/federated_tuning.py --configs "fedavg:lr=2e-3;fedavgm:lr=1e-3,beta=0.7,eta=1"``.
 """
 
@@ -40,7 +44,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from federated_accuracy import Centralized  # noqa: E402  (the shared model, data and scoring)
 
 DEFAULTS = {"lr": 2e-3, "steps": 8, "per_round": 6, "accept": 5, "beta": 0.0, "eta": 1.0, "sgd": 0,
-            "momentum": 0.0}
+            "momentum": 0.0, "cosine": 0, "lr_min": 0.0}
 
 
 def parse_config(text: str) -> dict:
@@ -67,13 +71,14 @@ class FederatedSimulation:
     def _lora(self):
         return {n: p for n, p in self.central.model.named_parameters() if p.requires_grad}
 
-    def _local(self, start: dict, shard: list, round_number: int) -> dict:
+    def _local(self, start: dict, shard: list, round_number: int, rounds: int) -> dict:
         """One device's new adapter after ``steps`` AdamW steps on its round's examples."""
         import torch
 
         from export.program_modules import TopTrainingProgram
         from fleet.data import round_examples
         from models.frozen_prefix import first_trained_layer
+        from models.tier import TrainingHyperparameters
 
         central = self.central
         batch, steps = central.tier.batch, self.config["steps"]
@@ -82,11 +87,13 @@ class FederatedSimulation:
             for name, parameter in parameters.items():
                 parameter.copy_(start[name])
         examples = round_examples(shard, round_number, steps, batch)
+        schedule = TrainingHyperparameters(lr=self.config["lr"], lr_schedule="cosine" if self.config["cosine"]
+                                           else "constant", lr_min=self.config["lr_min"])
+        lr = schedule.lr_for_round(round_number, rounds)
         if self.config["sgd"]:
-            optimizer = torch.optim.SGD(list(parameters.values()), lr=self.config["lr"],
-                                        momentum=self.config["momentum"])
+            optimizer = torch.optim.SGD(list(parameters.values()), lr=lr, momentum=self.config["momentum"])
         else:
-            optimizer = torch.optim.AdamW(list(parameters.values()), lr=self.config["lr"], weight_decay=0.0)
+            optimizer = torch.optim.AdamW(list(parameters.values()), lr=lr, weight_decay=0.0)
         top = TopTrainingProgram(central.model, first_trained_layer(central.model), central.tier.loss_positions)
         central.model.train()
         with top.cut():
@@ -113,7 +120,7 @@ class FederatedSimulation:
             change = {n: torch.zeros_like(v) for n, v in state.items()}
             weights = [min(len(self.shards[d]), self.config["steps"] * self.central.tier.batch) for d in accepted]
             for device, weight in zip(accepted, weights):
-                new = self._local(state, self.shards[device], round_number)
+                new = self._local(state, self.shards[device], round_number, rounds)
                 for n in state:
                     change[n] += (new[n] - state[n]) * (weight / sum(weights))
             for n in state:

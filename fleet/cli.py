@@ -153,6 +153,10 @@ def _add_simulate(subparsers) -> None:
     p.add_argument("--task", default="bbcnews", help="task (bbcnews, chatterbot)")
     p.add_argument("--local-steps", type=int, default=5)
     p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="the learning rate across rounds (cosine: from --lr in round 1 down towards "
+                        "--lr-min x --lr after the last)")
+    p.add_argument("--lr-min", type=float, default=0.0, help="the cosine schedule's floor, a fraction of --lr")
     p.add_argument("--prune", type=float, default=0.0)
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-layers", type=int, default=2)
@@ -265,6 +269,8 @@ def run_simulate(args) -> int:
 
     tier = {"prune_ratio": args.prune, "lora_rank": args.lora_rank, "lora_layers": args.lora_layers,
             "quantize": args.quantize, "batch": args.batch, "seq": args.seq}
+    if args.lr_schedule != "constant":
+        tier["train"] = {"lr_schedule": args.lr_schedule, "lr_min": args.lr_min}
     try:
         Tier.from_dict({**Tier().to_dict(), **tier}).validate()
     except (TypeError, ValueError) as exc:

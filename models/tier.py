@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from models.lora import DEFAULT_TARGETS, RANK_PATTERNS, check_targets, rank_schedule
+from models.lr_schedule import LR_SCHEDULES, lr_for_round
 from models.pruning import PruningConfig
 from models.quantize import QUANTIZATIONS
 
@@ -66,6 +67,8 @@ class TrainingHyperparameters:
     """How a device trains the artifact: the optimizer and its settings, a learning rate, local steps.
 
     ``betas`` and ``eps`` matter only for ``adamw``; ``momentum`` only for ``sgd``.
+    ``lr_schedule`` and ``lr_min`` (a fraction of ``lr``) say how a job's rate moves across its
+    rounds (:mod:`models.lr_schedule`); a device is always told one plain rate for its round.
     """
 
     optimizer: str = "sgd"
@@ -75,6 +78,12 @@ class TrainingHyperparameters:
     local_steps: int = 20
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
+
+    def lr_for_round(self, round_number: int, rounds: int) -> float:
+        """The learning rate of round ``round_number`` (1-based) of a ``rounds``-round job."""
+        return lr_for_round(self.lr, self.lr_schedule, self.lr_min, round_number, rounds)
 
     def validate(self) -> None:
         if not isinstance(self.optimizer, str) or self.optimizer not in OPTIMIZERS:
@@ -94,6 +103,9 @@ class TrainingHyperparameters:
         check_number("adamw eps", self.eps, 0.0, 1.0, exclusive_minimum=True)
         if self.optimizer == "adamw" and self.momentum:
             raise ValueError("momentum applies to sgd only; adamw's first moment is betas[0]")
+        if not isinstance(self.lr_schedule, str) or self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown learning-rate schedule {_shown(self.lr_schedule)}; use one of {LR_SCHEDULES}")
+        check_number("lr_min (a fraction of lr)", self.lr_min, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -161,12 +173,15 @@ class Tier:
         self.train.validate()
 
     def to_dict(self) -> dict:
-        """The tier as JSON. ``loss_positions`` appears only when set: a tier without it keeps
+        """The tier as JSON. ``loss_positions`` (and a learning-rate schedule) appears only when set: a tier without it keeps
         exactly the dict (hence the artifact key, the protocol's tier objects and the stored
         jobs' tiers) it had before the field existed."""
         d = asdict(self)
         if d["loss_positions"] is None:
             del d["loss_positions"]
+        for key, default in (("lr_schedule", "constant"), ("lr_min", 0.0)):
+            if d["train"][key] == default:    # likewise for a job that keeps a constant rate
+                del d["train"][key]
         d["lora_targets"] = list(self.lora_targets)
         d["train"]["betas"] = list(self.train.betas)
         if not isinstance(self.rank_pattern, str):

@@ -9,7 +9,7 @@ from models.batching import IGNORE_INDEX, encode_example, make_batches
 from models.lora import apply_lora, rank_schedule, resolve_layout
 from models.quantize import quantize_frozen_base
 from models.registry import UnknownModelError, load_base_model, state_dict_sha256
-from models.tier import Tier, parse_rank_pattern
+from models.tier import Tier, TrainingHyperparameters, parse_rank_pattern
 
 
 def test_tiny_is_seeded_small_and_tokenizes_bytes():
@@ -103,6 +103,24 @@ def test_tier_round_trips_through_dict():
     label.validate()
     assert label.to_dict()["loss_positions"] == 127 and Tier.from_dict(label.to_dict()) == label
     assert "loss_positions" not in tier.to_dict()        # unset: the dict (and artifact key) of older tiers
+    assert not {"lr_schedule", "lr_min"} & set(tier.to_dict()["train"])   # likewise a constant rate
+    cosine = Tier(train=TrainingHyperparameters(lr=0.1, lr_schedule="cosine", lr_min=0.2))
+    cosine.validate()
+    assert cosine.to_dict()["train"]["lr_schedule"] == "cosine" and Tier.from_dict(cosine.to_dict()) == cosine
+
+
+def test_learning_rate_schedules_across_rounds():
+    constant = TrainingHyperparameters(lr=0.1)
+    assert [constant.lr_for_round(r, 5) for r in range(1, 6)] == [0.1] * 5
+    cosine = TrainingHyperparameters(lr=0.1, lr_schedule="cosine", lr_min=0.0)
+    rates = [cosine.lr_for_round(r, 4) for r in range(1, 5)]
+    # round 1 at the full rate, half-way at half of it, the last still above the floor
+    assert rates[0] == 0.1 and rates[2] == pytest.approx(0.05) and 0 < rates[3] < rates[2] < rates[1] < 0.1
+    assert cosine.lr_for_round(1, 1) == 0.1                  # a one-round job trains at lr
+    for bad, message in (({"lr_schedule": "step"}, "learning-rate schedule"), ({"lr_min": 2.0}, "lr_min"),
+                         ({"lr_min": float("nan")}, "lr_min"), ({"lr_schedule": None}, "learning-rate schedule")):
+        with pytest.raises(ValueError, match=message):
+            TrainingHyperparameters(**{"lr_schedule": "cosine", **bad}).validate()
 
 
 def test_int8_quantizes_only_frozen_base_linears_and_stays_close():

@@ -24,6 +24,7 @@ from coordinator.services.payloads import task_payload
 from coordinator.services.rounds import freeze
 from coordinator.services.tiers import Placement, place_device, place_on_job_tier
 from coordinator.strategies import get_strategy
+from models.lr_schedule import lr_for_round
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,11 @@ def task_offer(state, task_id: int) -> dict:
     info = state.artifact_info(task.artifact_id or job.artifact_id)
     tier = task.tier or job.tier
     tier_train = tier.get("train", {})
-    train = {"steps": task.local_steps or job.local_steps, "lr": job.lr, "batch": tier["batch"], "seq": tier["seq"],
+    # The schedule is the job's (a configurator's per-device tier never changes it).
+    job_train = job.tier.get("train", {})
+    lr = lr_for_round(job.lr, job_train.get("lr_schedule", "constant"), job_train.get("lr_min", 0.0),
+                      round_.number, job.rounds)
+    train = {"steps": task.local_steps or job.local_steps, "lr": lr, "batch": tier["batch"], "seq": tier["seq"],
              "optimizer": tier_train.get("optimizer", "sgd"), "momentum": tier_train.get("momentum", 0.0),
              "weight_decay": tier_train.get("weight_decay", 0.0)}
     if train["optimizer"] == "adamw":

@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 
 from coordinator_harness import (  # noqa: F401 (fixtures are used by name)
-    CAPABILITIES, FakeTrainer, artifact_cache, assert_error, backend,
+    CAPABILITIES, JOB_TIER, FakeTrainer, artifact_cache, assert_error, backend,
     cleanup_jobs, fedavg_by_hand, manifest_of, meta, query, register,
     server, start_adapter, upload)
 
@@ -300,3 +300,37 @@ def test_an_admin_can_close_an_open_round_now_with_what_it_has(server, cleanup_j
     assert_error(upload(devices[1], tasks[1], update, meta()), 409, "round_closed")
     assert admin.job(job["job_id"])["round_history"][1]["status"] == "open"
     assert_error(admin.post(f"/api/v1/jobs/{job['job_id']}/rounds/7/close"), 404, "not_found")
+
+
+def test_a_cosine_schedule_offers_each_round_its_own_rate_and_bad_schedules_are_refused(server, cleanup_jobs):
+    from models.lr_schedule import lr_for_round
+
+    admin = server.admin()
+    rounds = 3
+    job = admin.running_job(rounds=rounds, devices_per_round=1, min_updates=1, lr=0.4,
+                            tier={**JOB_TIER, "train": {"lr_schedule": "cosine", "lr_min": 0.1}})
+    cleanup_jobs.append(job["job_id"])
+    assert job["tier"]["train"]["lr_schedule"] == "cosine" and job["tier"]["train"]["lr_min"] == 0.1
+    device = register(server, name="cosine")[1]
+    offered = []
+    for round_number in range(1, rounds + 1):
+        task = device.get("/api/v1/tasks/next").json()
+        assert task["round"] == round_number
+        offered.append(task["train"]["lr"])
+        start = start_adapter(admin, job["job_id"], round_number - 1)
+        update = FakeTrainer(manifest_of(device, task)).update(start, seed=round_number)
+        assert upload(device, task, update, meta(num_examples=8)).status_code == 201
+    # round 1 at the full rate, then down the half cosine towards 0.04, never reaching it
+    expected = [0.04 + 0.36 * (1 + np.cos(np.pi * (r - 1) / rounds)) / 2 for r in range(1, rounds + 1)]
+    np.testing.assert_allclose(offered, expected, rtol=1e-12)
+    assert offered == [lr_for_round(0.4, "cosine", 0.1, r, rounds) for r in range(1, rounds + 1)]
+    assert offered[0] == 0.4 and offered[0] > offered[1] > offered[2] > 0.04
+    for train, says in (({"lr_schedule": "linear"}, "learning-rate schedule"),
+                        ({"lr_schedule": "cosine", "lr_min": 1.5}, "lr_min"),
+                        ({"lr_schedule": "cosine", "lr_min": -0.1}, "lr_min")):
+        before = query(server.database, "SELECT COUNT(*) FROM jobs")
+        response = admin.post("/api/v1/jobs", json={"model": "tiny", "task": "bbcnews", "rounds": 2,
+                                                    "tier": {**JOB_TIER, "train": train}})
+        body = assert_error(response, 422, "invalid_field")
+        assert body["error"]["message"].startswith("tier: ") and says in body["error"]["message"], body
+        assert query(server.database, "SELECT COUNT(*) FROM jobs") == before
