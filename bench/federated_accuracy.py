@@ -291,12 +291,13 @@ class Centralized:
 
 def device_prefix_cache(args):
     """The devices' shared prefix cache for the experiment's artifact (None before any federated run)."""
+    from export.formats import DEFAULT_FORMAT   # the format the federated arms' jobs export
     from fleet.prefix_cache import PrefixCache
 
     for manifest_path in sorted((args.run_root / "artifact-cache").glob("*/manifest.json")):
         manifest = json.loads(manifest_path.read_text())
         tier = manifest.get("tier", {})
-        if manifest.get("prefix") and manifest.get("format") == "executorch" and all(
+        if manifest.get("prefix") and manifest.get("format") == DEFAULT_FORMAT and all(
                 tier.get(k) == v for k, v in EXPERIMENT_TIER.items() if k != "train"):
             return PrefixCache.for_artifact(manifest_path.parent, manifest, args.run_root / "prefix-cache")
     return None
@@ -458,7 +459,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from fleet.local_coordinator import LocalCoordinator
-    from pockettune.cli import quiet_library_chatter
+    from models.console import quiet_library_chatter
 
     quiet_library_chatter()
     started = time.monotonic()

@@ -155,7 +155,7 @@ def main(argv=None) -> int:
 
     from fleet.calibrate import _cpu_model
     from models.tasks.partition import PartitionSpec, partition
-    from pockettune.cli import quiet_library_chatter
+    from models.console import quiet_library_chatter
 
     quiet_library_chatter()
     central = Centralized(bench_args(["--run-root", str(args.run_root)]))

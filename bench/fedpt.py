@@ -343,7 +343,7 @@ def main(argv=None) -> int:
     parser.add_argument("--child-train", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from pockettune.cli import quiet_library_chatter
+    from models.console import quiet_library_chatter
     from pockettune.demo import DEMO_JOB
 
     quiet_library_chatter()

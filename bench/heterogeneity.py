@@ -188,7 +188,7 @@ def main(argv=None) -> int:
                         help="work folders and the shared artifact cache (exports happen once across runs)")
     args = parser.parse_args(argv)
 
-    from pockettune.cli import quiet_library_chatter
+    from models.console import quiet_library_chatter
 
     quiet_library_chatter()
     args.out.mkdir(parents=True, exist_ok=True)

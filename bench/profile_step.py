@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1:
         parser.error("--steps must be >= 1")
-    from pockettune.cli import quiet_library_chatter
+    from models.console import quiet_library_chatter
 
     quiet_library_chatter()
     from export.manifest import read_manifest

@@ -119,24 +119,20 @@ def _set_threads(threads: int, executorch: bool = True) -> None:
 
 
 def _runtime_trainer(artifact: Path, threads: int = 1):
-    """The artifact's trainer and tokenizer, loaded like a phone: only the artifact's files."""
+    """The artifact's trainer and tokenizer, loaded like a phone: only the artifact's files, in the
+    runtime its format names, from the artifact's own initial adapter."""
     from transformers import AutoTokenizer
 
-    from export.executorch import ADAPTER_DATA_FILE
+    from export.formats import get_format
     from export.manifest import read_manifest
     from export.pipeline import TOKENIZER_DIR
-    from fleet.runtime_executorch import ExecuTorchTrainer
+    from fleet.runtimes import get_runtime
 
     manifest = read_manifest(artifact).data
     tokenizer = AutoTokenizer.from_pretrained(str(artifact / TOKENIZER_DIR))
-    if manifest["format"] == "onnxruntime":
-        from fleet.runtime_onnxruntime import OnnxRuntimeTrainer, read_start_adapter
-
-        start = read_start_adapter(artifact / manifest["lora"]["initial_adapter_dir"] / "adapter_model.safetensors")
-        return OnnxRuntimeTrainer(artifact, manifest, start, lr=manifest["training"]["lr"], threads=threads), \
-            tokenizer, manifest
-    trainer = ExecuTorchTrainer.for_artifact(artifact, manifest, artifact / ADAPTER_DATA_FILE,
-                                             lr=manifest["training"]["lr"])
+    start = artifact / get_format(manifest["format"]).initial_start_adapter(manifest)
+    trainer = get_runtime(manifest["format"]).trainer(artifact, manifest, start, {"lr": manifest["training"]["lr"]},
+                                                      threads=threads)
     return trainer, tokenizer, manifest
 
 
@@ -381,7 +377,7 @@ def main() -> int:
                                       args.loss_positions)))
         return 0
 
-    from pockettune.cli import quiet_library_chatter
+    from models.console import quiet_library_chatter
 
     quiet_library_chatter()
     skip = {part.strip() for part in args.skip.split(",") if part.strip()}

@@ -12,23 +12,21 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from flask import Flask
-from sqlalchemy import select
 
 from coordinator.auth import token_digest
 from coordinator.config import ADMIN_TOKEN_FILE, ENROLLMENT_KEY_FILE, SECRET_KEY_FILE, Settings, secret_from_file
 from coordinator.db import Database
 from coordinator.errors import register_error_handlers
-from coordinator.models import Artifact, ArtifactFile
 from coordinator.scheduling import DEFAULT_SELECTOR, get_selector
 from coordinator.services.adapters import AdapterStore
-from coordinator.services.artifacts import ArtifactWorker, required_ram_mb
+from coordinator.services.aggregation import RoundAggregator
+from coordinator.services.artifact_worker import ArtifactWorker
+from coordinator.services.artifacts import ArtifactInfo, load_artifact_info
 from coordinator.services.evaluation import EvaluationWorker
-from coordinator.services.rounds import RoundCloser
-from coordinator.services.validation import max_update_bytes
+from coordinator.services.proxy_generation import ProxyGenerator
 from coordinator.services.watcher import DeadlineWatcher
 from coordinator.storage import BlobStore
 from coordinator.url_converters import register_converters
@@ -36,20 +34,11 @@ from coordinator.url_converters import register_converters
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ArtifactInfo:
-    """What requests need to know about an artifact (immutable, so cached per process)."""
-
-    artifact: Artifact
-    files: list[ArtifactFile]
-    format: str
-    tensors: list[dict]
-    required_ram_mb: int
-    max_update_bytes: int
-
-
 class CoordinatorState:
-    """The coordinator's parts: settings, database, blob store, services, background threads."""
+    """The coordinator's parts: settings, database, blob store, services, background threads.
+
+    Services see it as :class:`coordinator.services.state.ServiceState`.
+    """
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -64,10 +53,12 @@ class CoordinatorState:
         self.admin_token_digest = token_digest(admin_token)
         self.enrollment_key_digest = token_digest(enrollment_key)
         self.selector = get_selector(DEFAULT_SELECTOR)
-        self.closer = RoundCloser(self)
+        self.aggregator = RoundAggregator(self)
         self.worker = ArtifactWorker(self)
         self.evaluator = EvaluationWorker(self)
-        self.watcher = DeadlineWatcher(self.closer, settings.TICK_S)
+        self.watcher = DeadlineWatcher(self.aggregator, settings.TICK_S)
+        # Built now but cheap: it loads models on its first request (most coordinators never generate).
+        self.proxy_generator = ProxyGenerator(self)
         self._artifacts: dict[int, ArtifactInfo] = {}
         self._artifacts_lock = threading.Lock()
 
@@ -84,21 +75,17 @@ class CoordinatorState:
     def close_round(self, round_id: int) -> None:
         """Aggregate a frozen round now; on failure log it and leave it to the deadline watcher."""
         try:
-            self.closer.close(round_id)
+            self.aggregator.close(round_id)
         except Exception:  # noqa: BLE001 - the round stays 'aggregating'; the watcher retries each tick
             log.exception("closing round %s failed; the deadline watcher will retry", round_id)
 
     def artifact_info(self, artifact_id: int) -> ArtifactInfo:
+        """What requests need to know about artifact ``artifact_id``, read once per process."""
         with self._artifacts_lock:
             if artifact_id in self._artifacts:
                 return self._artifacts[artifact_id]
         with self.db.read() as session:
-            artifact = session.get(Artifact, artifact_id)
-            files = list(session.scalars(select(ArtifactFile).where(ArtifactFile.artifact_id == artifact_id)))
-        tensors = artifact.manifest["lora"]["tensors"]
-        info = ArtifactInfo(artifact=artifact, files=files, format=artifact.format, tensors=tensors,
-                            required_ram_mb=required_ram_mb(artifact.manifest),
-                            max_update_bytes=max_update_bytes(tensors))
+            info = load_artifact_info(session, artifact_id)
         with self._artifacts_lock:
             self._artifacts[artifact_id] = info
         return info

@@ -84,7 +84,7 @@ def add_parser(subparsers) -> None:
 
 
 def _config(args: argparse.Namespace) -> dict:
-    from pockettune.cli import UsageError
+    from models.console import UsageError
 
     for name in ("threads", "evaluation_threads"):
         if getattr(args, name) < 1:
@@ -109,7 +109,7 @@ def _config(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pockettune.cli import UsageError
+    from models.console import UsageError
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)

@@ -1,4 +1,9 @@
-"""``pockettune export``: compile a (model, tier) into device training artifacts."""
+"""``pockettune export``: compile a (model, tier) into device training artifacts.
+
+``--format`` names an artifact format (:mod:`export.formats`). ``--verify`` trains the result
+in its device runtime, which is ``fleet/``'s (:mod:`fleet.verify`): export never imports fleet,
+so the check arrives in the parsed arguments as ``verify_artifact``, set by ``fleet/cli.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from export.formats import DEFAULT_FORMAT, FORMATS, get_format
 from models.lora import DEFAULT_TARGETS, KNOWN_TARGETS
 from models.quantize import QUANTIZATIONS
 from models.registry import PRESETS, UnknownModelError, is_known_model
@@ -14,10 +20,9 @@ from models.pruning import MAX_RATIO as MAX_PRUNE_RATIO
 from models.pruning import PRUNING_METHODS as PRUNE_METHODS
 from models.tier import KERNELS, Tier, TrainingHyperparameters, parse_rank_pattern
 
-VERIFY_TEXT_SOURCE = "BBC News train split"
-#: What ``--verify`` trains on with ``--loss-positions``: labels on the topic word only (raw text
-#: labels every token, which a label-position program refuses).
-VERIFY_TASK_SOURCE = "bbcnews task, train split (topic word labelled)"
+#: The ``--format`` help: each format's summary, the default marked.
+_FORMAT_HELP = "; ".join(f"{name}: {get_format(name).summary}" + (" (default)" if name == DEFAULT_FORMAT else "")
+                         for name in FORMATS)
 
 
 def add_parser(subparsers) -> None:
@@ -54,9 +59,7 @@ def add_parser(subparsers) -> None:
                         "few tokens (bbcnews: K=1 on SmolLM2, whose topic words are single tokens). Same "
                         "inputs and the same loss; trainers refuse a batch with a row labelled at more than "
                         "K positions. In [1, seq-1]; default: every position")
-    p.add_argument("--format", dest="artifact_format", choices=("executorch", "onnxruntime"), default="executorch",
-                   help="executorch: .pte training program (default); onnxruntime: ONNX Runtime training "
-                        "artifacts for onnxruntime-training 1.19.2 (no prefix program; --kernels does not apply)")
+    p.add_argument("--format", dest="artifact_format", choices=FORMATS, default=DEFAULT_FORMAT, help=_FORMAT_HELP)
     p.add_argument("--ort-format", action="store_true",
                    help="with --format onnxruntime: also write the models in .ort format (minimal mobile builds)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
@@ -73,7 +76,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output directory")
     p.add_argument("--verify", type=int, default=0, metavar="N",
                    help="after export, train N steps in the artifact's runtime and in eager PyTorch from the "
-                        f"same start on the {VERIFY_TEXT_SOURCE} (with --loss-positions: the bbcnews task's "
+                        "same start on the BBC News train split (with --loss-positions: the bbcnews task's "
                         "topic-word labels) and print JSON comparing them")
     p.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
     p.set_defaults(func=run)
@@ -81,7 +84,7 @@ def add_parser(subparsers) -> None:
 
 def tier_from_args(args: argparse.Namespace) -> Tier:
     """The tier the arguments describe, validated (``UsageError`` on a bad value)."""
-    from pockettune.cli import UsageError
+    from models.console import UsageError
 
     try:
         tier = Tier(prune_ratio=args.prune, prune_method=args.prune_method, lora_rank=args.lora_rank,
@@ -98,21 +101,26 @@ def tier_from_args(args: argparse.Namespace) -> Tier:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pockettune.cli import UsageError
+    from models.console import UsageError
 
     if not is_known_model(args.model):
         raise UsageError(f"unknown model {args.model!r}: use one of {', '.join(PRESETS)} or a directory "
                          "with a Hugging Face config.json")
     if args.verify < 0:
         raise UsageError(f"--verify must be >= 0, got {args.verify}")
-    if args.ort_format and args.artifact_format != "onnxruntime":
-        raise UsageError("--ort-format applies to --format onnxruntime only")
+    export_format = get_format(args.artifact_format)
+    if args.ort_format and "ort_format" not in export_format.export_options:
+        takers = [name for name in FORMATS if "ort_format" in get_format(name).export_options]
+        raise UsageError(f"--ort-format applies to --format {' or '.join(takers)} only")
+    verify_artifact = getattr(args, "verify_artifact", None)
+    if args.verify and verify_artifact is None:
+        raise UsageError("--verify needs the device runtimes (fleet/), which this command line was built without")
     tier = tier_from_args(args)
 
-    from export.pipeline import export_artifact, stages_of
+    from export.pipeline import export_artifact
     from tqdm import tqdm
 
-    stages = stages_of(args.artifact_format)
+    stages = export_format.stages
     with tqdm(total=len(stages), desc="export", unit="stage", disable=args.no_progress, file=sys.stderr) as bar:
         def on_stage(stage: str) -> None:
             bar.set_postfix_str(stage)
@@ -138,32 +146,3 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"exported {args.out}, but could not verify it: {exc}") from None
         print(json.dumps(report, indent=2))
     return 0
-
-
-def verify_artifact(training, out_dir: Path, steps: int) -> dict:
-    """Run :func:`export.verify.verify_against_eager` on real text batched as the manifest says.
-
-    A label-position artifact trains on the bbcnews task's batches (the topic word labelled),
-    any other on the articles' text (every token labelled).
-    """
-    from export.verify import verify_against_eager
-    from models.batching import make_batches
-    from models.corpora import bbc_news
-
-    tier = training.tier
-    count = tier.batch * min(steps, 8)
-    if tier.loss_positions is not None:
-        from models.tasks import get_task
-
-        task = get_task("bbcnews")
-        batches = task.batches(training.base.tokenizer, task.examples("train")[:count], tier.batch, tier.seq)
-        source = VERIFY_TASK_SOURCE
-    else:
-        texts = [doc.text for doc in bbc_news("train")[:count]]
-        batches = make_batches(training.base.tokenizer, texts, tier.batch, tier.seq)
-        source = VERIFY_TEXT_SOURCE
-    train = tier.train
-    adamw = dict(betas=train.betas, eps=train.eps) if train.optimizer == "adamw" else {}
-    result = verify_against_eager(training.peft_model, out_dir, batches, steps, lr=train.lr, momentum=train.momentum,
-                                  weight_decay=train.weight_decay, optimizer=train.optimizer, **adamw)
-    return {"model": training.base.model_id, "tier": tier.to_dict(), "data": source, **result}

@@ -16,7 +16,8 @@ The trainable LoRA weights are not baked into the ``.pte``: with ``external_muta
 they live in a small ``.ptd`` file beside it. A new global adapter therefore ships as a new
 ``.ptd`` (kilobytes to a few MB) without re-exporting or re-downloading the program
 (hundreds of MB). :func:`write_adapter_ptd` and :func:`read_adapter_ptd` convert between
-PEFT adapter tensors and that file.
+PEFT adapter tensors and that file, through the torch-free codec :mod:`models.adapter_codec`
+(which also maps PEFT keys to the program's tensor names).
 """
 
 from __future__ import annotations
@@ -31,17 +32,15 @@ import torch.nn.functional as F
 from export.graph_passes import (backward_weight_use, fold_frozen_double_transposes, frozen_matmuls_to_linear,
                                  replace_empty_permuted)
 from export.program_modules import WRAPPED_MODEL_ATTRIBUTE, PrefixProgram, TopTrainingProgram, TrainingProgram
+from models.adapter_codec import peft_key, ptd_bytes, tensors_from_ptd
 from models.batching import IGNORE_INDEX
 from models.tier import KERNELS  # noqa: F401  (re-exported: the exporter's choices)
 
 PROGRAM_FILE = "model.pte"
 PREFIX_PROGRAM_FILE = "prefix.pte"
 ADAPTER_DATA_FILE = "lora.ptd"
-#: Tensors in a .ptd are aligned to this many bytes (enough for any SIMD load on phones).
-_PTD_ALIGNMENT = 64
 
 _WRAPPER_ATTRIBUTE = WRAPPED_MODEL_ATTRIBUTE
-_ADAPTER_NAME = "default"
 
 ExportStageCallback = Callable[[str], None]
 
@@ -85,27 +84,6 @@ class LanguageModelLoss(torch.nn.Module):
         logits = model(input_ids=ids, use_cache=False).logits
         return F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
                                ignore_index=IGNORE_INDEX)
-
-
-# --- tensor names: PEFT adapter keys <-> keys inside the training program ---------------------
-
-def program_key(peft_key: str) -> str:
-    """``base_model.model.….lora_A.weight`` (PEFT file) -> ``model.base_model.model.….lora_A.default.weight``."""
-    head, _, leaf = peft_key.rpartition(".")
-    return f"{_WRAPPER_ATTRIBUTE}.{head}.{_ADAPTER_NAME}.{leaf}"
-
-
-def peft_key(program_tensor_key: str) -> str:
-    """Inverse of :func:`program_key`."""
-    prefix = _WRAPPER_ATTRIBUTE + "."
-    suffix_marker = f".{_ADAPTER_NAME}."
-    if not program_tensor_key.startswith(prefix) or suffix_marker not in program_tensor_key:
-        raise ValueError(f"{program_tensor_key!r} is not a LoRA tensor of a PocketTune training program")
-    body = program_tensor_key[len(prefix):]
-    head, _, leaf = body.rpartition(".")
-    if not head.endswith("." + _ADAPTER_NAME):
-        raise ValueError(f"{program_tensor_key!r} is not a LoRA tensor of a PocketTune training program")
-    return f"{head[: -len(_ADAPTER_NAME) - 1]}.{leaf}"
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -237,46 +215,23 @@ def trainable_adapter_tensors(peft_model: torch.nn.Module) -> dict[str, torch.Te
 # --- .ptd read/write ---------------------------------------------------------------------------
 
 def write_adapter_ptd(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
-    """Write PEFT-keyed LoRA tensors as an ExecuTorch flat-tensor file the program loads.
+    """Write PEFT-keyed float32 LoRA tensors as the ExecuTorch flat-tensor file the program loads.
 
     Every tensor gets its own buffer (no deduplication), since the runtime trains them in place.
     """
-    from executorch.exir._serialize.data_serializer import DataEntry, DataPayload
-    from executorch.exir.scalar_type import ScalarType
-    from executorch.exir.tensor_layout import TensorLayout
-    from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
-
-    buffers, entries = [], {}
+    arrays = {}
     for key in sorted(tensors):
-        tensor = tensors[key].detach().contiguous().cpu()
+        tensor = tensors[key]
         if tensor.dtype != torch.float32:
             raise ValueError(f"LoRA tensor {key} is {tensor.dtype}; the training program expects float32")
-        layout = TensorLayout(scalar_type=ScalarType.FLOAT, sizes=list(tensor.shape),
-                              dim_order=list(range(tensor.dim())))
-        entries[program_key(key)] = DataEntry(buffer_index=len(buffers), alignment=_PTD_ALIGNMENT,
-                                              tensor_layout=layout)
-        buffers.append(tensor.numpy().tobytes())
-    blob = FlatTensorSerializer().serialize(DataPayload(buffers=buffers, named_data=entries))
-    with open(path, "wb") as f:
-        blob.write_to_file(f)
+        arrays[key] = tensor.detach().contiguous().cpu().numpy()
+    Path(path).write_bytes(ptd_bytes(arrays))
 
 
 def read_adapter_ptd(path: Path) -> dict[str, torch.Tensor]:
     """Read a LoRA ``.ptd`` back into PEFT-keyed float32 tensors."""
-    from executorch.exir._serialize._cord import Cord
-    from executorch.exir.scalar_type import ScalarType
-    from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
-
-    payload = FlatTensorSerializer().deserialize(Cord(Path(path).read_bytes()))
-    tensors = {}
-    for key, entry in payload.named_data.items():
-        layout = entry.tensor_layout
-        if layout is None or layout.scalar_type != ScalarType.FLOAT:
-            raise ValueError(f"{path}: entry {key} is not a float32 tensor")
-        raw = bytearray(payload.buffers[entry.buffer_index])
-        count = 1
-        for size in layout.sizes:
-            count *= size
-        tensor = torch.frombuffer(raw, dtype=torch.float32, count=count).reshape(layout.sizes).clone()
-        tensors[peft_key(key)] = tensor
-    return dict(sorted(tensors.items()))
+    try:
+        arrays = tensors_from_ptd(Path(path).read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return {key: torch.from_numpy(array) for key, array in arrays.items()}

@@ -21,7 +21,8 @@ coordinator never load it.
 The ONNX graph is traced with the TorchScript exporter (``dynamo=False``) in training mode with
 constant folding off, which keeps parameter names as initializer names (the dynamo exporter's
 optimizer renames them); LoRA tensors are therefore named exactly as in the ExecuTorch program
-(``model.<peft path>.lora_A.default.weight``) and map to PEFT adapter keys the same way.
+(``model.<peft path>.lora_A.default.weight``) and map to PEFT adapter keys the same way
+(:mod:`models.adapter_codec`).
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from export.executorch import example_inputs, program_key, trainable_adapter_tensors
+from export.executorch import example_inputs, trainable_adapter_tensors
 from export.manifest import loss_output
+# (coordinator/services still imports both from here; the format plug-in asks the same module)
+from export.onnxruntime_optimizer import check_training_hyperparameters, compiled_optimizer
 from export.program_modules import WRAPPED_MODEL_ATTRIBUTE, causal_lm_of, labelled_rows
+from models.adapter_codec import program_key
 from models.batching import IGNORE_INDEX
 from models.tier import Tier, TrainingHyperparameters
-
-FORMAT = "onnxruntime"
 TRAINING_MODEL_FILE = "training_model.onnx"
 EVAL_MODEL_FILE = "eval_model.onnx"
 OPTIMIZER_MODEL_FILE = "optimizer_model.onnx"
@@ -94,26 +96,6 @@ class OnnxTrainingProgram(torch.nn.Module):
         logits = head(hidden[:, :-1])
         return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels[:, 1:].reshape(-1),
                                ignore_index=IGNORE_INDEX)
-
-
-def check_training_hyperparameters(train: TrainingHyperparameters) -> None:
-    """Refuse optimizer settings the runtime's compiled optimizers cannot honour.
-
-    ONNX Runtime's SGD (``SGDOptimizerV2``) has neither momentum nor weight decay: silently
-    dropping them would train differently from what the job says.
-    """
-    train.validate()
-    if train.optimizer == "sgd" and (train.momentum or train.weight_decay):
-        raise ValueError("the onnxruntime SGD optimizer has no momentum or weight decay; use momentum=0 and "
-                         "weight_decay=0, or the adamw optimizer")
-
-
-def compiled_optimizer(train: TrainingHyperparameters) -> dict:
-    """The part of the training settings compiled into ``optimizer_model.onnx`` (the learning rate is not)."""
-    if train.optimizer == "adamw":
-        return {"optimizer": "adamw", "betas": [float(b) for b in train.betas], "eps": float(train.eps),
-                "weight_decay": float(train.weight_decay)}
-    return {"optimizer": "sgd"}
 
 
 def _optimizer_block(train: TrainingHyperparameters):

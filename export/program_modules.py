@@ -30,15 +30,13 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from models.adapter_codec import PROGRAM_WRAPPER
 from models.batching import IGNORE_INDEX
+from models.decoder_cut import causal_lm_of, computing_only  # noqa: F401  (export re-exports the cut its programs use)
 
-#: Attribute under which the wrappers hold the PEFT model: the ``model.`` in program tensor names.
-WRAPPED_MODEL_ATTRIBUTE = "model"
-
-
-def causal_lm_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The Hugging Face ``*ForCausalLM`` inside a PEFT model (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+#: Attribute under which the wrappers hold the PEFT model: the ``model.`` in program tensor names
+#: (the codec that maps PEFT keys to those names owns it).
+WRAPPED_MODEL_ATTRIBUTE = PROGRAM_WRAPPER
 
 
 def _checked_head(causal_lm: torch.nn.Module) -> torch.nn.Module:
@@ -132,37 +130,6 @@ def next_token_loss(causal_lm: torch.nn.Module, hidden: torch.Tensor, labels: to
     target_logits = (rows * F.embedding(safe_targets, head.weight)).sum(-1)
     weights = counted.to(rows.dtype)
     return ((log_normalizer - target_logits) * weights).sum() / weights.sum()
-
-
-class _PassThroughLayer(torch.nn.Module):
-    """Stands in for a decoder layer (or the final norm) that another program computes."""
-
-    def forward(self, hidden_states, *args, **kwargs):
-        return hidden_states
-
-
-@contextlib.contextmanager
-def computing_only(causal_lm: torch.nn.Module, layers: range, final_norm: bool):
-    """Within the block, the decoder runs only ``layers`` (and the final norm if ``final_norm``).
-
-    The other layers are swapped for pass-throughs in a copy of the layer list, and restored
-    on exit; kept layers stay the same module objects, so their parameter names do not change.
-    """
-    decoder = causal_lm.get_decoder()
-    original_layers, original_norm = decoder.layers, decoder.norm
-    if any(isinstance(original_layers[index], _PassThroughLayer) for index in layers) or (
-            final_norm and isinstance(original_norm, _PassThroughLayer)):
-        # Inside another cut, the layers asked for are already pass-throughs: the result would
-        # be silently wrong (the embeddings, not the layers' output), so refuse.
-        raise RuntimeError("computing_only inside another cut that removed the layers it needs")
-    decoder.layers = torch.nn.ModuleList(
-        layer if index in layers else _PassThroughLayer() for index, layer in enumerate(original_layers))
-    if not final_norm:
-        decoder.norm = _PassThroughLayer()
-    try:
-        yield
-    finally:
-        decoder.layers, decoder.norm = original_layers, original_norm
 
 
 class TrainingProgram(torch.nn.Module):

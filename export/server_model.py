@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.executorch import peft_key
 from export.manifest import Manifest, read_manifest
 from export.pipeline import INITIAL_ADAPTER_DIR, PRUNED_BASE_DIR, TOKENIZER_DIR, build_training_model
+from models.adapter_codec import peft_key
 from models.adapters import load_adapter
 from models.registry import BaseModel, load_base_model, state_dict_sha256
 from models.tier import Tier

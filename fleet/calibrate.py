@@ -37,16 +37,18 @@ CALIBRATION_TIER = {"lora_rank": 8, "lora_layers": 4, "batch": 4, "seq": 64}
 
 
 def kind_export_options(kind: str) -> list[str]:
-    """``pockettune export`` options that build a program of ``kind``."""
+    """``pockettune export`` options that build a program of ``kind`` (the format that compiles it
+    says which tier fields select it)."""
+    from export.formats import FORMATS, get_format
     from fleet.virtual_clock import PROGRAM_KINDS
 
     if kind not in PROGRAM_KINDS:
         raise ValueError(f"unknown program kind {kind!r}; use one of {', '.join(PROGRAM_KINDS)}")
-    parts = kind.split("-")
-    quantize = "int8" if parts[-1] == "int8" else "none"
-    if parts[0] == "onnxruntime":
-        return ["--format", "onnxruntime", "--quantize", quantize]
-    return ["--format", "executorch", "--kernels", parts[1], "--quantize", quantize]
+    for name in FORMATS:
+        fields = get_format(name).program_kinds().get(kind)
+        if fields is not None:
+            return ["--format", name, *(part for field, value in fields.items() for part in (f"--{field}", value))]
+    raise ValueError(f"no artifact format compiles program kind {kind!r}")
 
 
 def ensure_artifact(kind: str, workdir: Path, model: str) -> Path:
@@ -68,19 +70,16 @@ def ensure_artifact(kind: str, workdir: Path, model: str) -> Path:
 # --- child processes ---------------------------------------------------------------------------
 
 def _trainer(artifact: Path, threads: int):
-    from export.executorch import ADAPTER_DATA_FILE
+    """The artifact's runtime on ``threads`` threads, from the artifact's own initial adapter."""
+    from export.formats import get_format
     from export.manifest import read_manifest
+    from fleet.runtimes import get_runtime
 
     manifest = read_manifest(artifact).data
-    if manifest["format"] == "onnxruntime":
-        from fleet.runtime_onnxruntime import OnnxRuntimeTrainer, read_start_adapter
-
-        start = read_start_adapter(artifact / manifest["lora"]["initial_adapter_dir"] / "adapter_model.safetensors")
-        return OnnxRuntimeTrainer(artifact, manifest, start, lr=0.01, threads=threads), manifest
-    from fleet.runtime_executorch import ExecuTorchTrainer, set_runtime_threads
-
-    set_runtime_threads(threads)
-    return ExecuTorchTrainer.for_artifact(artifact, manifest, artifact / ADAPTER_DATA_FILE, lr=0.01), manifest
+    runtime = get_runtime(manifest["format"])
+    runtime.set_threads(threads)
+    start = artifact / get_format(manifest["format"]).initial_start_adapter(manifest)
+    return runtime.trainer(artifact, manifest, start, {"lr": 0.01}, threads=threads), manifest
 
 
 def measure_kind(artifact: Path, steps: int, threads: int) -> dict:

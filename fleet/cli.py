@@ -8,12 +8,36 @@ import tempfile
 import time
 from pathlib import Path
 
+from export.formats import DEFAULT_FORMAT
 from fleet.profiles import FLEETS, PROFILES
+from fleet.runtimes import runtime_names
 
 
 def add_parser(subparsers) -> None:
     _add_device(subparsers)
     _add_simulate(subparsers)
+    _give_export_its_verification(subparsers)
+
+
+# --- pockettune export --verify ----------------------------------------------------------------
+
+def _give_export_its_verification(subparsers) -> None:
+    """Hand ``pockettune export --verify`` the check that trains the artifact in its runtime.
+
+    Verifying drives a device runtime, which lives here: ``export/`` never imports ``fleet/``
+    (fleet imports export), so the export command finds the check in its parsed arguments
+    (``args.verify_artifact``), put there by this package once ``export`` has registered its
+    command (``pockettune/cli.py`` registers export's before fleet's).
+    """
+    export_command = subparsers.choices.get("export")
+    if export_command is not None:
+        export_command.set_defaults(verify_artifact=_verify_exported_artifact)
+
+
+def _verify_exported_artifact(training, out_dir: Path, steps: int) -> dict:
+    from fleet.verify import verify_artifact
+
+    return verify_artifact(training, out_dir, steps)
 
 
 # --- pockettune device -------------------------------------------------------------------------
@@ -39,9 +63,9 @@ def _add_device(subparsers) -> None:
     p.add_argument("--profile", choices=sorted(PROFILES), default="native",
                    help="simulated hardware profile: its virtual clock and capabilities are what the "
                         "coordinator hears (default native: this machine as it is, reporting what it measures)")
-    p.add_argument("--runtimes", default="executorch", metavar="R,R",
-                   help="training runtimes this device offers, preferred first: executorch, onnxruntime "
-                        "(default executorch)")
+    p.add_argument("--runtimes", default=DEFAULT_FORMAT, metavar="R,R",
+                   help=f"training runtimes this device offers, preferred first: {', '.join(runtime_names())} "
+                        f"(default {DEFAULT_FORMAT})")
     p.add_argument("--max-tasks", type=int, default=None, metavar="N", help="exit after N tasks")
     p.add_argument("--idle-exit", type=float, default=None, metavar="SECONDS",
                    help="exit after this long without a task (default: run until stopped)")
@@ -52,11 +76,11 @@ def _add_device(subparsers) -> None:
 def run_device(args) -> int:
     import socket
 
-    from pockettune.cli import UsageError
+    from models.console import UsageError
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from fleet.data import LocalData, parse_shard
-    from fleet.device import DeviceAgent, DeviceConfig, default_platform
+    from fleet.device import RUNTIME, DeviceAgent, DeviceConfig, default_platform
     from models.tasks import PartitionSpec, UnknownTaskError
 
     if args.max_tasks is not None and args.max_tasks < 1:
@@ -78,7 +102,7 @@ def run_device(args) -> int:
         config = DeviceConfig(coordinator=args.coordinator, state_dir=state_dir, data=data,
                               enrollment_key=args.enroll, name=name, profile=PROFILES[args.profile],
                               simulated=args.profile != "native", seed=args.seed, runtimes=runtimes,
-                              platform=default_platform(runtimes[0] if runtimes else "executorch"))
+                              platform=default_platform(runtimes[0] if runtimes else RUNTIME))
     except ValueError as exc:
         raise UsageError(f"--runtimes: {exc}") from None
     agent = DeviceAgent(config)
@@ -203,7 +227,7 @@ def heterogeneity_fields(args) -> dict:
 
 def fleet_spec_from(args, job: dict):
     from fleet.simulator import FleetSpec
-    from pockettune.cli import UsageError
+    from models.console import UsageError
 
     if args.devices < 1 or args.rounds < 1 or args.workers < 1:
         raise UsageError("--devices, --rounds and --workers must be >= 1")
@@ -220,15 +244,12 @@ def fleet_spec_from(args, job: dict):
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     if args.onnxruntime_devices:
-        from export.onnxruntime import check_training_hyperparameters
-        from models.tier import Tier
+        from export.formats.onnxruntime import OnnxRuntimeFormat
 
         tier = job.get("tier") or {}
-        try:
-            check_training_hyperparameters(Tier.from_dict({**tier, "train": {**tier.get("train", {}),
-                                                                               "lr": job.get("lr", 0.05)}}).train)
-        except ValueError as exc:
-            raise UsageError(f"--onnxruntime-devices: this job cannot train on ONNX Runtime: {exc}") from None
+        reason = OnnxRuntimeFormat().unsupported({**tier, "train": {**tier.get("train", {}), "lr": job.get("lr", 0.05)}})
+        if reason is not None:
+            raise UsageError(f"--onnxruntime-devices: this job cannot train on ONNX Runtime: {reason}") from None
     return FleetSpec(devices=args.devices, fleet=args.profile, rounds=args.rounds, task=job["task"],
                      partition=args.partition, seed=args.seed, dropout=args.dropout, workers=args.workers,
                      devices_per_round=args.devices_per_round, min_updates=args.min_updates,
@@ -241,7 +262,7 @@ def run_fleet(args, spec, progress_label: str = ""):
     """Start (or join) a coordinator, run the fleet, return (report, simulation, workdir)."""
     from fleet.local_coordinator import LocalCoordinator
     from fleet.simulator import FleetSimulation
-    from pockettune.cli import UsageError
+    from models.console import UsageError
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="pockettune-sim-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -265,7 +286,7 @@ def run_fleet(args, spec, progress_label: str = ""):
 def run_simulate(args) -> int:
     from fleet.simulator import format_report, save_report
     from models.tier import Tier
-    from pockettune.cli import UsageError
+    from models.console import UsageError
 
     tier = {"prune_ratio": args.prune, "lora_rank": args.lora_rank, "lora_layers": args.lora_layers,
             "quantize": args.quantize, "batch": args.batch, "seq": args.seq}

@@ -1,4 +1,4 @@
-"""One PocketTune device: register, fetch verified artifacts, train in ExecuTorch or ONNX Runtime, upload.
+"""One PocketTune device: register, fetch verified artifacts, train in its runtime, upload.
 
 The device loop (:meth:`DeviceAgent.run`):
 
@@ -9,8 +9,9 @@ The device loop (:meth:`DeviceAgent.run`):
    sha256-checked, into a content-addressed cache (a file already there is not fetched
    again; an interrupted fetch resumes);
 4. train the artifact on this round's slice of its local data, tokenized exactly as the task
-   (and the manifest's tokenizer) says, in the runtime its format names (the device declares
-   which runtimes it has: ``executorch``, ``onnxruntime``, or both in order of preference);
+   (and the manifest's tokenizer) says, in the runtime its format names (``fleet/runtimes/``;
+   the device declares which runtimes it has, e.g. ``executorch``, ``onnxruntime``, or both in
+   order of preference);
 5. upload the adapter's new values and the metrics (losses, time, bytes, FLOPs and FLOP
    utilization); ``already_submitted`` after a lost answer counts as done.
 
@@ -50,10 +51,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from export.formats import DEFAULT_FORMAT, get_format
 from export.manifest import program_batch_shape
 from fleet.data import LocalData, round_examples
 from fleet.hardware import measure_matmul_gflops, task_flops, training_flops, utilization
 from fleet.profiles import PROFILES, DeviceProfile
+from fleet.runtimes import get_runtime, runtime_names
 from fleet.transport import CoordinatorClient, IntegrityError, ProtocolError, RetryPolicy
 from fleet.virtual_clock import program_kind, task_cost
 
@@ -62,9 +65,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RUNTIME = "executorch"
-#: The on-device training runtimes this Python device can drive (artifact formats, same names).
-RUNTIMES = ("executorch", "onnxruntime")
+#: The runtime a device declares when it names none (the default artifact format).
+RUNTIME = DEFAULT_FORMAT
+#: The on-device training runtimes this Python device can drive (``fleet/runtimes/``; the
+#: artifact formats of the same names).
+RUNTIMES = runtime_names()
 #: The optimizers it trains with on either runtime: SGD, and AdamW (stepped over the ExecuTorch
 #: runtime's own tensors, or compiled into the ONNX Runtime optimizer model).
 OPTIMIZERS = ("sgd", "adamw")
@@ -143,7 +148,7 @@ class TaskOutcome:
     virtual_seconds: float = 0.0
     #: counted FLOPs of the whole task (steps, loss pass and prefix passes)
     task_flops: float = 0.0
-    #: the artifact format (training runtime) of the task: executorch or onnxruntime
+    #: the artifact format (training runtime) of the task, e.g. executorch or onnxruntime
     runtime: str | None = None
     detail: str = ""
     started_at: float = field(default_factory=time.time)
@@ -472,25 +477,13 @@ class DeviceAgent:
 
     def _trainer(self, artifact_dir: Path, manifest: dict, adapter_path: Path, train: dict):
         """The runtime the artifact's format calls for, loaded with the task's start adapter."""
-        if manifest["format"] == "onnxruntime":
-            from fleet.runtime_onnxruntime import OnnxRuntimeTrainer, read_start_adapter
-
-            compiled = manifest["program"]["optimizer"]["optimizer"]
-            if train.get("optimizer", "sgd") != compiled:
-                raise ProtocolError(0, "inconsistent_task", f"task says optimizer {train.get('optimizer')!r}, "
-                                                            f"the artifact compiled {compiled!r}")
-            return OnnxRuntimeTrainer(artifact_dir, manifest, read_start_adapter(adapter_path), lr=train["lr"],
-                                      threads=self.config.threads)
-        from fleet.runtime_executorch import ExecuTorchTrainer
-
-        return ExecuTorchTrainer.for_artifact(artifact_dir, manifest, adapter_path, lr=train["lr"],
-                                              momentum=train.get("momentum", 0.0),
-                                              weight_decay=train.get("weight_decay", 0.0),
-                                              cache_dir=self.state_dir / "prefix_cache",
-                                              optimizer=train.get("optimizer", "sgd"),
-                                              betas=tuple(train.get("betas", (0.9, 0.999))),
-                                              eps=train.get("eps", 1e-8),
-                                              prefix_cache=self.prefix_cache(artifact_dir, manifest))
+        runtime = get_runtime(manifest["format"])
+        mismatch = runtime.settings_mismatch(manifest, train)
+        if mismatch is not None:
+            raise ProtocolError(0, "inconsistent_task", mismatch)
+        return runtime.trainer(artifact_dir, manifest, adapter_path, train, threads=self.config.threads,
+                               cache_dir=self.state_dir / "prefix_cache",
+                               prefix_cache=self.prefix_cache(artifact_dir, manifest))
 
     def _metrics(self, outcome: TaskOutcome) -> dict:
         """``meta.metrics``: a simulated device reports its profile's clock and rates, a real one
@@ -522,8 +515,9 @@ class DeviceAgent:
         return path
 
     def fetch_adapter(self, ref: dict, artifact_format: str) -> Path:
-        """The task's start adapter: a ``.ptd`` for ExecuTorch, PEFT safetensors for ONNX Runtime."""
-        expected = "ptd" if artifact_format == "executorch" else "safetensors"
+        """The task's start adapter, in the encoding the format's runtime loads (a ``.ptd`` for
+        ExecuTorch, PEFT safetensors for ONNX Runtime)."""
+        expected = get_format(artifact_format).start_adapter_kind
         if ref.get("format") != expected:
             raise ProtocolError(0, "unsupported_format", f"a {artifact_format} artifact needs a {expected} start "
                                                          f"adapter, the task sent {ref.get('format')!r}")

@@ -2,7 +2,8 @@
 
 This is the same runtime, loading the same ``.pte`` and ``.ptd`` files, that the Android app
 links; only the language that drives it differs. Keep this module free of coordinator and
-network concerns: the device logic (fleet/device.py) sits on top.
+network concerns: the runtime plug-in (fleet/runtimes/executorch.py) and the device logic
+(fleet/device.py) sit on top.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from export.executorch import peft_key
 from export.manifest import program_loss_positions
 from fleet.prefix_cache import PrefixCache
+from models.adapter_codec import peft_key
 from models.batching import check_loss_positions
 
 
@@ -31,7 +32,7 @@ class ExecuTorchTrainer:
     """One loaded training program; ``step(ids, labels)`` runs forward+backward and an SGD update.
 
     The starting adapter is whatever ``adapter_path`` holds: to train from another adapter
-    (a new global one), write it with ``export.executorch.write_adapter_ptd`` and load that.
+    (a new global one), write it as a ``.ptd`` (``models.adapter_codec.ptd_bytes``) and load that.
 
     Plain SGD (optionally with momentum) is what the runtime's optimizer offers; the parameter
     tensors it exposes are the runtime's own memory, so updates happen in place, and

@@ -1,9 +1,10 @@
 """Train a PocketTune ONNX Runtime artifact through ``onnxruntime.training.api``.
 
 The second on-device runtime, beside :mod:`fleet.runtime_executorch`, with the same trainer
-surface (``step``, ``loss``, ``adapter_tensors``) so the device loop does not care which one
-it drives. ``Module`` runs the training model (forward, backward, gradients accumulated in
-the checkpoint state's buffers), ``Optimizer`` runs the compiled optimizer model over them.
+surface (``step``, ``loss``, ``adapter_tensors``: :class:`fleet.runtimes.base.Trainer`) so the
+device loop does not care which one it drives; :mod:`fleet.runtimes.onnxruntime` plugs it in.
+``Module`` runs the training model (forward, backward, gradients accumulated in the checkpoint
+state's buffers), ``Optimizer`` runs the compiled optimizer model over them.
 
 The round's start adapter arrives as PEFT-keyed safetensors (the global adapter every format
 shares) and is written into the checkpoint state's LoRA parameters before the training
@@ -22,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.executorch import peft_key
 from export.manifest import program_loss_positions
+from models.adapter_codec import peft_key
 from models.batching import check_loss_positions
 
 #: ORT's own logging at WARNING and above only (its INFO lines describe every graph pass).

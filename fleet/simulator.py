@@ -63,6 +63,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from export.formats import DEFAULT_FORMAT
+from export.formats.onnxruntime import OnnxRuntimeFormat
 from fleet.profiles import DeviceProfile, fleet_profiles
 from fleet.transport import CoordinatorClient, RetryPolicy
 
@@ -161,15 +163,16 @@ def _worker(base_url: str, enrollment_key: str, device_specs: list[dict], fleet_
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
-    from fleet.runtime_executorch import set_runtime_threads
-    from pockettune.cli import quiet_library_chatter
+    from fleet.runtimes import get_runtime, runtime_names
+    from models.console import quiet_library_chatter
 
     quiet_library_chatter()
     # The workers share the machine's cores: each runtime's threadpool gets its share, not all of them.
-    set_runtime_threads(runtime_threads)
+    for runtime in runtime_names():
+        get_runtime(runtime).set_threads(runtime_threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     from fleet.data import LocalData
-    from fleet.device import DeviceAgent, DeviceConfig, TaskOutcome, default_platform
+    from fleet.device import RUNTIME, DeviceAgent, DeviceConfig, TaskOutcome, default_platform
     from models.tasks import PartitionSpec
 
     agents = {}
@@ -180,8 +183,8 @@ def _worker(base_url: str, enrollment_key: str, device_specs: list[dict], fleet_
             coordinator=base_url, state_dir=Path(spec["state_dir"]), data=data, enrollment_key=enrollment_key,
             name=spec["name"], profile=DeviceProfile(**spec["profile"]), simulated=True,
             seed=spec["seed"], retry=RetryPolicy(give_up_after_s=120.0), peak_gflops=peak_gflops,
-            runtimes=tuple(spec.get("runtimes", ["executorch"])),
-            platform=default_platform(spec.get("runtimes", ["executorch"])[0]),
+            runtimes=tuple(spec.get("runtimes", [RUNTIME])),
+            platform=default_platform(spec.get("runtimes", [RUNTIME])[0]),
             threads=runtime_threads,
             shared_prefix_cache=Path(spec["shared_prefix_cache"]) if spec.get("shared_prefix_cache") else None))
     held: dict[str, dict] = {}         # tasks given, not trained yet
@@ -357,7 +360,7 @@ class FleetSimulation:
         return [{"name": f"sim-{i + 1:03d}-{p.name}" + ("-ort" if i in onnxruntime else ""), "profile": p.to_dict(),
                  "shard": i, "num_shards": self.spec.devices, "task": self.spec.task, "partition": self.spec.partition,
                  "state_dir": str(self.workdir / "devices" / f"sim-{i + 1:03d}"), "seed": self.spec.seed * 1000 + i,
-                 "runtimes": ["onnxruntime"] if i in onnxruntime else ["executorch"],
+                 "runtimes": [OnnxRuntimeFormat.name] if i in onnxruntime else [DEFAULT_FORMAT],
                  "shared_prefix_cache": self.spec.shared_prefix_cache} for i, p in enumerate(profiles)]
 
     def run(self, timeout_s: float = 3600.0) -> dict:
@@ -570,7 +573,7 @@ def accepted_by_runtime(outcomes: list[dict]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for outcome in outcomes:
         if outcome["status"] == "accepted":
-            runtime = outcome.get("runtime") or "executorch"
+            runtime = outcome.get("runtime") or DEFAULT_FORMAT
             counts[runtime] = counts.get(runtime, 0) + 1
     return dict(sorted(counts.items()))
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from export.formats import DEFAULT_FORMAT, get_format
+
 #: Program kinds the manifest lets one tell apart: ``<format>[-<kernels>]-<precision>``.
 #: ONNX Runtime has no kernel choice (``tier.kernels`` does not apply to it).
 PROGRAM_KINDS = ("executorch-xnnpack-fp32", "executorch-xnnpack-int8", "executorch-portable-fp32",
@@ -55,13 +57,9 @@ REFERENCE_PEAK_GFLOPS = 146.5
 
 
 def program_kind(manifest: dict) -> str:
-    """The kind of program an artifact's manifest describes (a key of the rate tables)."""
-    tier = manifest.get("tier") or {}
-    precision = "int8" if tier.get("quantize", "none") == "int8" else "fp32"
-    if manifest.get("format") == "onnxruntime":
-        return f"onnxruntime-{precision}"
-    kernels = tier.get("kernels", "xnnpack")
-    return f"executorch-{kernels}-{precision}"
+    """The kind of program an artifact's manifest describes (a key of the rate tables), as its
+    format names it (``export.formats``: ``ArtifactFormat.program_kind``)."""
+    return get_format(manifest.get("format") or DEFAULT_FORMAT).program_kind(manifest.get("tier") or {})
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from types import SimpleNamespace
 
 import torch
 
-from export.program_modules import causal_lm_of, computing_only
+from models.decoder_cut import causal_lm_of, computing_only
 
 
 def first_trained_layer(peft_model: torch.nn.Module) -> int | None:

@@ -3,18 +3,17 @@
 Each subcommand module provides ``add_parser(subparsers)`` (which registers its options and
 sets ``func``) so that a package owns its own command line, and this file only lists them.
 Usage errors print one line and exit with status 2, the convention of Unix tools, so that
-scripts can tell a bad invocation (2) from a failure while working (1).
+scripts can tell a bad invocation (2) from a failure while working (1). Subcommands raise
+:class:`~models.console.UsageError` from :mod:`models.console`, never from here: this
+module imports them, so they must not import it.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-import warnings
 
-EXIT_USAGE = 2
+from models.console import EXIT_USAGE, UsageError, quiet_library_chatter
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -22,10 +21,6 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse's hook
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-class UsageError(Exception):
-    """A bad argument found after parsing (e.g. a value out of range): exit 2, one line."""
 
 
 def _subcommand_modules():
@@ -38,6 +33,7 @@ def _subcommand_modules():
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``pockettune`` parser with every package's subcommand registered."""
     parser = OneLineErrorParser(
         prog="pockettune",
         description="Federated fine-tuning of small language models on phones and edge devices.")
@@ -48,29 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Libraries that log import-time chatter (optional CUDA kernels, deprecations) at WARNING.
-_NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "torch._export", "executorch", "transformers", "peft")
-
-
-def quiet_library_chatter() -> None:
-    """Keep the terminal for PocketTune's own progress and errors.
-
-    torchao warns at import that its CUDA-only kernels cannot load, torch and transformers
-    emit deprecation notes; none of it is actionable for someone running an export on a CPU.
-    """
-    for name in _NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    # Hugging Face's per-file bars (loading, converting, writing weights) read this at import;
-    # PocketTune shows its own progress for the work they are part of.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    if "transformers" in sys.modules:
-        sys.modules["transformers"].utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
-
-
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``pockettune`` command; its exit status (2 for a usage error, 130 when interrupted)."""
     quiet_library_chatter()
     parser = build_parser()
     args = parser.parse_args(argv)

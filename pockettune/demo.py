@@ -58,7 +58,7 @@ def held_out_lines(report: dict) -> list[str]:
 def run_demo(args) -> int:
     from fleet.cli import fleet_spec_from, run_fleet
     from fleet.simulator import format_report, save_report
-    from pockettune.cli import UsageError
+    from models.console import UsageError
 
     if args.local_steps < 1 or args.lr <= 0:
         raise UsageError("--local-steps must be >= 1 and --lr > 0")

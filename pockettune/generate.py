@@ -63,7 +63,7 @@ def run(args) -> int:
 
     from models.proxy import GenerationSettingsError, ProxyTunedLM, TokenizerMismatchError
     from models.registry import UnknownModelError, is_known_model, load_base_model
-    from pockettune.cli import UsageError
+    from models.console import UsageError
 
     settings = GenerationSettings(alpha=args.alpha, max_new_tokens=args.max_new_tokens,
                                   temperature=args.temperature, top_p=args.top_p, seed=args.seed)

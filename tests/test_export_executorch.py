@@ -10,8 +10,8 @@ import torch
 from conftest import tiny_batches
 from export.executorch import ADAPTER_DATA_FILE, PROGRAM_FILE, read_adapter_ptd, write_adapter_ptd
 from export.manifest import read_manifest
-from export.verify import train_eager, train_runtime, verify_against_eager
 from fleet.runtime_executorch import ExecuTorchTrainer
+from fleet.verify import train_eager, train_runtime, verify_against_eager
 from models.adapters import load_adapter, save_adapter
 
 STEPS = 20

@@ -87,7 +87,7 @@ def test_checkpoint_holds_only_the_lora_weights(tiny_ort_adamw):
 
 def test_adamw_matches_eager_pytorch(tiny_ort_adamw):
     """The goal: ORT's compiled AdamW and eager ``torch.optim.AdamW`` agree to 1e-4 after 20 steps."""
-    from export.verify import max_abs_difference, train_eager, train_runtime
+    from fleet.verify import max_abs_difference, train_eager, train_runtime
 
     out, training, _ = tiny_ort_adamw
     batches = tiny_batches(training.base.tokenizer, count=4)
@@ -107,8 +107,8 @@ def test_adamw_matches_eager_pytorch(tiny_ort_adamw):
 def test_int8_sgd_matches_eager_and_starts_from_the_given_adapter(tmp_path):
     """int8 frozen base + SGD; the start adapter is not the checkpoint's (a later round's)."""
     from export.pipeline import export_artifact
-    from export.verify import max_abs_difference, train_eager
     from fleet.runtime_onnxruntime import OnnxRuntimeTrainer
+    from fleet.verify import max_abs_difference, train_eager
     from models.tier import TrainingHyperparameters
 
     tier = tiny_tier(quantize="int8", train=TrainingHyperparameters(lr=0.5))
@@ -139,7 +139,7 @@ def test_int8_sgd_matches_eager_and_starts_from_the_given_adapter(tmp_path):
 def test_other_tiers_compile_and_match_eager(tmp_path, overrides):
     """The tiers the configurators hand out compile for ONNX Runtime too (a prefix-cache tier as a whole model)."""
     from export.pipeline import export_artifact
-    from export.verify import verify_against_eager
+    from fleet.verify import verify_against_eager
 
     training, manifest = export_artifact("tiny", tiny_tier(**overrides), tmp_path / "tier", artifact_format="onnxruntime")
     assert manifest["prefix"] is None
@@ -150,8 +150,8 @@ def test_other_tiers_compile_and_match_eager(tmp_path, overrides):
 
 
 def test_loss_does_not_train(tiny_ort_adamw):
-    from export.verify import max_abs_difference
     from fleet.runtime_onnxruntime import OnnxRuntimeTrainer, read_start_adapter
+    from fleet.verify import max_abs_difference
 
     out, training, manifest = tiny_ort_adamw
     start = read_start_adapter(out / "initial_adapter" / "adapter_model.safetensors")
@@ -176,7 +176,7 @@ def test_a_foreign_adapter_is_refused(tiny_ort_adamw):
 
 def test_executorch_adamw_matches_eager(tiny_fp32_artifact):
     """AdamW on the ExecuTorch runtime's tensors: a job may mix runtimes under one optimizer."""
-    from export.verify import max_abs_difference, train_eager, train_runtime
+    from fleet.verify import max_abs_difference, train_eager, train_runtime
 
     out, training, _ = tiny_fp32_artifact
     batches = tiny_batches(training.base.tokenizer, count=4)

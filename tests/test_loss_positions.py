@@ -177,7 +177,7 @@ def label_artifacts(tmp_path_factory, label_k):
 @pytest.mark.parametrize("name", list(_ARTIFACTS))
 def test_compiled_label_position_program_trains_like_the_full_head_in_eager(label_artifacts, name, label_k):
     """10 SGD steps in the runtime (head at <= K positions) and in eager PyTorch (head everywhere)."""
-    from export.verify import verify_against_eager
+    from fleet.verify import verify_against_eager
 
     out, training, manifest = label_artifacts(name)
     assert manifest["program"]["loss_positions"] == label_k and manifest["tier"]["loss_positions"] == label_k
@@ -222,8 +222,8 @@ def test_executorch_trainer_refuses_a_batch_with_more_labels_before_running(labe
 
 
 def test_onnxruntime_trainer_refuses_a_batch_with_more_labels_before_running(label_artifacts, label_k):
-    from export.verify import max_abs_difference
     from fleet.runtime_onnxruntime import OnnxRuntimeTrainer, read_start_adapter
+    from fleet.verify import max_abs_difference
 
     out, training, manifest = label_artifacts("onnxruntime")
     start = read_start_adapter(out / "initial_adapter" / "adapter_model.safetensors")
@@ -240,7 +240,7 @@ def test_onnxruntime_trainer_refuses_a_batch_with_more_labels_before_running(lab
 
 def test_verification_refuses_batches_that_do_not_fit(label_artifacts, label_k):
     from export.executorch import trainable_adapter_tensors
-    from export.verify import max_abs_difference, verify_against_eager
+    from fleet.verify import max_abs_difference, verify_against_eager
 
     out, training, _ = label_artifacts("executorch-portable")
     model = copy.deepcopy(training.peft_model)

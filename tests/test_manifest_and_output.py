@@ -81,7 +81,7 @@ def test_existing_output_is_kept_unless_replaced(tiny_fp32_artifact, tmp_path):
 
 def test_pruned_model_exports_and_trains(tmp_path):
     from conftest import tiny_batches
-    from export.verify import verify_against_eager
+    from fleet.verify import verify_against_eager
 
     out = tmp_path / "pruned"
     training, manifest = export_artifact("tiny", tiny_tier(prune_ratio=0.5, quantize="int8", kernels="portable"), out)

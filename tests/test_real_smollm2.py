@@ -17,7 +17,7 @@ pytestmark = pytest.mark.real
 def test_smollm2_pruned_int8_prefix_cached_exports_and_agrees_with_eager(tmp_path):
     """Pruned, int8, XNNPACK, frozen-prefix caching: the runtime (prefix program, then top
     program) against the eager whole model."""
-    from export.cli import verify_artifact
+    from fleet.verify import verify_artifact
     from export.pipeline import export_artifact
     from models.tier import Tier
 

@@ -15,9 +15,9 @@ from conftest import TINY_BATCH, TINY_SEQ, tiny_batches, tiny_tier
 from export.executorch import ADAPTER_DATA_FILE, PREFIX_PROGRAM_FILE, PROGRAM_FILE, LanguageModelLoss
 from export.manifest import read_manifest
 from export.program_modules import PrefixProgram, TopTrainingProgram, TrainingProgram
-from export.verify import train_runtime, verify_against_eager
 from fleet.prefix_cache import PrefixCache
 from fleet.runtime_executorch import ExecuTorchTrainer
+from fleet.verify import train_runtime, verify_against_eager
 from models.batching import IGNORE_INDEX
 
 

@@ -7,7 +7,8 @@ Capabilities (all required at registration; a heartbeat may send any subset to u
 ``cores``             integer >= 1: CPU cores
 ``gflops``            number >= 0: measured fp32 GFLOP/s (the app's own micro-benchmark)
 ``bandwidth_mbps``    number >= 0: measured network bandwidth, megabits per second
-``runtimes``          list of strings: training runtimes the app has (``"executorch"``, ...)
+``runtimes``          list of strings: training runtimes the app has, by artifact format name
+                      (``export.formats.FORMATS``; other names are stored but never matched)
 ``optimizers``        optional list of strings: optimizers its trainer implements (``"sgd"``,
                       ``"adamw"``); without it, ``["sgd"]``
 ====================  ======================================================================

@@ -10,7 +10,7 @@ from coordinator.auth import admin_required
 from coordinator.errors import ApiError
 from coordinator.models import (Artifact, Device, Evaluation, GlobalAdapter, Job, Round, Task,
                                 Update)
-from coordinator.services import job_control
+from coordinator.services import lifecycle
 from coordinator.services.jobs import MAX_ROUNDS, parse_job_spec
 from coordinator.services.payloads import job_payload, round_detail_payload
 
@@ -37,7 +37,7 @@ def _job_or_404(session, job_id: int) -> Job:
 def create_job():
     """Create a job; it starts ``preparing`` (artifact built in the background), then ``running``."""
     st = state()
-    job_id = job_control.create_job(st, parse_job_spec(json_body(), st.settings.MAX_UPDATE_NORM))
+    job_id = lifecycle.create_job(st, parse_job_spec(json_body(), st.settings.MAX_UPDATE_NORM))
     with st.db.read() as session:
         body = _payload(session, _job_or_404(session, job_id))
     return body, 202, {"Location": url_for("jobs.get_job", job_id=job_id)}
@@ -69,21 +69,21 @@ def _control(job_id: int, action) -> dict:
 @admin_required
 def cancel_job(job_id: int):
     """Stop a job: no more tasks or results; its open round is cancelled, closed rounds stay."""
-    return _control(job_id, job_control.cancel_job)
+    return _control(job_id, lifecycle.cancel_job)
 
 
 @bp.post("/jobs/<id:job_id>/pause")
 @admin_required
 def pause_job(job_id: int):
     """Hand out no new tasks and open no new round; uploads for the open round still count."""
-    return _control(job_id, job_control.pause_job)
+    return _control(job_id, lifecycle.pause_job)
 
 
 @bp.post("/jobs/<id:job_id>/resume")
 @admin_required
 def resume_job(job_id: int):
     """Run a paused job again (its next round opens now if the last one closed while paused)."""
-    return _control(job_id, job_control.resume_job)
+    return _control(job_id, lifecycle.resume_job)
 
 
 @bp.get("/jobs/<id:job_id>/rounds/<id:number>")
@@ -117,7 +117,7 @@ def close_round(job_id: int, number: int):
     st = state()
     with st.db.read() as session:
         _job_or_404(session, job_id)
-    job_control.close_round_now(st, job_id, number)
+    lifecycle.close_round_now(st, job_id, number)
     return get_round(job_id, number)
 
 

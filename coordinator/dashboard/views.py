@@ -22,7 +22,7 @@ from coordinator.api.common import state
 from coordinator.dashboard import charts, forms, login, queries
 from coordinator.errors import ApiError
 from coordinator.models import JobStatus, utcnow
-from coordinator.services import job_control
+from coordinator.services import lifecycle
 from coordinator.services.jobs import parse_job_spec
 
 bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
@@ -219,7 +219,7 @@ def new_job():
             spec = parse_job_spec(forms.job_body(request.form), st.settings.MAX_UPDATE_NORM)
         except ApiError as error:
             return _page("new_job.html", status=422, fields=forms.FIELDS, values=values, error=error.message)
-        job_id = job_control.create_job(st, spec)
+        job_id = lifecycle.create_job(st, spec)
         flash(f"Job {job_id} created; its artifact is being prepared.", "ok")
         return redirect(url_for("dashboard.job", job_id=job_id))
     return _page("new_job.html", fields=forms.FIELDS, values=values, error=None)
@@ -239,16 +239,16 @@ def _job_action(job_id: int, action, done: str):
 @bp.post("/jobs/<id:job_id>/pause")
 @login.admin_required
 def pause_job(job_id: int):
-    return _job_action(job_id, job_control.pause_job, "paused")
+    return _job_action(job_id, lifecycle.pause_job, "paused")
 
 
 @bp.post("/jobs/<id:job_id>/resume")
 @login.admin_required
 def resume_job(job_id: int):
-    return _job_action(job_id, job_control.resume_job, "resumed")
+    return _job_action(job_id, lifecycle.resume_job, "resumed")
 
 
 @bp.post("/jobs/<id:job_id>/cancel")
 @login.admin_required
 def cancel_job(job_id: int):
-    return _job_action(job_id, job_control.cancel_job, "cancelled")
+    return _job_action(job_id, lifecycle.cancel_job, "cancelled")

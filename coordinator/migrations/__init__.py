@@ -5,7 +5,8 @@ New migration (after changing :mod:`coordinator.models`)::
     POCKETTUNE_DB=sqlite:///instance/coordinator.sqlite3 \\
         .venv/bin/alembic -c coordinator/migrations/alembic.ini revision --autogenerate -m "what changed"
 
-``tests/test_coordinator_schema.py`` fails when the models and the migrations disagree.
+``tests/coordinator/test_coordinator_units.py::test_migrations_create_exactly_the_models_schema`` fails
+when the models and the migrations disagree.
 """
 
 from __future__ import annotations

@@ -49,10 +49,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from coordinator.scheduling.configurator import (Configurator, DeviceView, JobView, PastTask, TierChoice,
-                                                 bool_option, list_option, number_option, register, sub_tier,
-                                                 tier_ranks, unique_tiers)
+from coordinator.scheduling.configurator import Configurator, DeviceView, JobView, PastTask, TierChoice, register
+from coordinator.scheduling.options import bool_option, list_option, number_option
 from models.pruning import MAX_RATIO
+from models.tier_algebra import sub_tier, tier_ranks, unique_tiers
 
 #: Ranks offered by default below the reference's top rank (which is always offered).
 DEFAULT_SMALL_RANKS = (2, 4)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from coordinator.scheduling.base import Selector, register
+from coordinator.scheduling.selector import Selector, register
 
 
 @register

@@ -23,7 +23,7 @@ full configuration. When not even the shallowest depth fits, it is handed out al
 local steps cut to what fits (never below ``min_steps``) so that a very slow device still
 reports near the target.
 
-**Calibration.** Estimates (:func:`~coordinator.scheduling.configurator.estimate_task_time`)
+**Calibration.** Estimates (:func:`~fleet.task_cost.estimate_task_time`)
 start from the device's reported GFLOP/s and bandwidth, which a phone's benchmark can get
 badly wrong. Once the device has submitted tasks, its speed is taken from them instead
 (:func:`calibrated_capabilities`): the median over its last ``history_window`` tasks of how
@@ -36,9 +36,10 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from coordinator.scheduling.configurator import (Configurator, DeviceView, JobView, TierChoice, estimate_task_seconds,
-                                                 estimate_task_time, list_option, number_option, register,
-                                                 reported_speed, slowed, sub_tier, tier_ranks, unique_tiers)
+from coordinator.scheduling.configurator import Configurator, DeviceView, JobView, TierChoice, register
+from coordinator.scheduling.options import list_option, number_option
+from fleet.task_cost import estimate_task_seconds, estimate_task_time, reported_speed, slowed
+from models.tier_algebra import sub_tier, tier_ranks, unique_tiers
 
 #: Depths tried by default (those above the reference depth are clipped to it).
 DEFAULT_DEPTHS = (1, 2, 4)

@@ -5,23 +5,24 @@ Round ``N``'s global adapter is stored three ways, all content-addressed:
 loads; served as a zip by ``GET /api/v1/jobs/<id>/adapter?round=N``) and ``lora.ptd`` (the same
 tensors in ExecuTorch's flat-tensor format, which devices load beside the ``.pte``). Round 0
 is the artifact's own ``initial_adapter/`` and ``lora.ptd``, exactly as exported.
+
+Both encodings are written by :mod:`models.adapter_codec`, bytes from numpy arrays, the very
+bytes the exporter writes: publishing an adapter needs neither torch nor ExecuTorch nor a
+temporary file, so closing a round never waits for the heavy imports.
 """
 
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import threading
 import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
-from coordinator.services.heavy_imports import ensure_heavy_imports
 from coordinator.storage import BlobRef, BlobStore
+from models.adapter_codec import ptd_bytes, safetensors_bytes, tensors_from_safetensors
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -42,9 +43,7 @@ class AdapterStore:
             if weights_sha256 in self._cache:
                 self._cache.move_to_end(weights_sha256)
                 return self._cache[weights_sha256]
-        from safetensors.numpy import load
-
-        tensors = load(self.blobs.read_bytes(weights_sha256))
+        tensors = tensors_from_safetensors(self.blobs.read_bytes(weights_sha256))
         for array in tensors.values():
             array.setflags(write=False)
         with self._lock:
@@ -54,12 +53,13 @@ class AdapterStore:
         return tensors
 
     def store(self, tensors: Mapping[str, np.ndarray]) -> tuple[BlobRef, BlobRef]:
-        """Write ``tensors`` as a PEFT safetensors blob and a ``.ptd`` blob; returns both refs."""
-        from safetensors.numpy import save
-
-        ordered = {key: np.ascontiguousarray(tensors[key], dtype=np.float32) for key in sorted(tensors)}
-        weights = self.blobs.put_bytes(save(ordered, metadata={"format": "pt"}))
-        ptd = self.blobs.put_bytes(ptd_bytes(ordered))
+        """Write ``tensors`` (PEFT-keyed, cast to float32) as a PEFT safetensors blob and a ``.ptd``
+        blob; returns both refs."""
+        # Cast first, as aggregation may hand over float64 (or, by mistake, integer) arrays: the
+        # .ptd writer refuses non-float dtypes, and both blobs must hold the same float32 values.
+        arrays = {key: np.ascontiguousarray(value, dtype=np.float32) for key, value in tensors.items()}
+        weights = self.blobs.put_bytes(safetensors_bytes(arrays))
+        ptd = self.blobs.put_bytes(ptd_bytes(arrays))
         return weights, ptd
 
     def zip_bytes(self, config_sha256: str, weights_sha256: str) -> bytes:
@@ -70,19 +70,3 @@ class AdapterStore:
             archive.writestr(ADAPTER_WEIGHTS_FILE, self.blobs.read_bytes(weights_sha256))
         return buffer.getvalue()
 
-
-def ptd_bytes(tensors: Mapping[str, np.ndarray]) -> bytes:
-    """The ExecuTorch ``.ptd`` of PEFT-keyed float32 tensors, through ``export.executorch``."""
-    ensure_heavy_imports()
-    import torch
-
-    from export.executorch import write_adapter_ptd
-
-    fd, name = tempfile.mkstemp(suffix=".ptd")
-    os.close(fd)
-    try:
-        write_adapter_ptd({key: torch.from_numpy(np.array(value, dtype=np.float32)) for key, value in tensors.items()},
-                          Path(name))
-        return Path(name).read_bytes()
-    finally:
-        os.unlink(name)

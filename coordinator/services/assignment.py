@@ -18,20 +18,25 @@ import logging
 
 from sqlalchemy import func, select
 
-from coordinator.models import (Device, GlobalAdapter, Job, JobStatus, Round, RoundStatus, Task, TaskStatus,
-                                CloseReason, utcnow)
+from coordinator.models import Device, GlobalAdapter, Job, JobStatus, Round, RoundStatus, Task, TaskStatus, utcnow
+from coordinator.scheduling.configurator import configurator_class
+from coordinator.services import lifecycle
 from coordinator.services.payloads import task_payload
-from coordinator.services.rounds import freeze
+from coordinator.services.state import ServiceState
 from coordinator.services.tiers import Placement, place_device, place_on_job_tier
 from coordinator.strategies import get_strategy
+from export.formats import get_format
 from models.lr_schedule import lr_for_round
 
 log = logging.getLogger(__name__)
 
 NO_OPEN_ROUND = "no running job has an open round"
+#: The start-adapter encodings stored for every global adapter (an ``ArtifactFormat.start_adapter_kind``).
+PTD = "ptd"
+SAFETENSORS = "safetensors"
 
 
-def next_task(state, device: Device) -> tuple[dict | None, str]:
+def next_task(state: ServiceState, device: Device) -> tuple[dict | None, str]:
     """The task payload for ``device``, or (None, why there is none)."""
     db = state.db
     with db.read() as session:
@@ -49,7 +54,7 @@ def next_task(state, device: Device) -> tuple[dict | None, str]:
         placement = None
         if round_id in held:
             pass  # the device's task in this round is handed out again below
-        elif job.configurator == "uniform":
+        elif configurator_class(job.configurator).always_reference_tier:
             placement, why = place_on_job_tier(state, job, device)
             if placement is None and why:
                 reason = f"job {job_id}: {why}"
@@ -65,8 +70,7 @@ def next_task(state, device: Device) -> tuple[dict | None, str]:
             now = utcnow()
             if round_.status != RoundStatus.OPEN:
                 reason = f"job {job_id}: round {round_.number} is no longer open"
-            elif round_.deadline_at <= now:
-                freeze(round_, CloseReason.DEADLINE, now)
+            elif lifecycle.freeze_if_overdue(round_, now):
                 froze = True
                 reason = f"job {job_id}: round {round_.number} reached its deadline"
             else:
@@ -101,7 +105,7 @@ def _task_columns(placement: Placement | None, job: Job) -> dict:
     return placement.task_columns()
 
 
-def task_offer(state, task_id: int) -> dict:
+def task_offer(state: ServiceState, task_id: int) -> dict:
     """The JSON a device gets for task ``task_id`` (artifact, start adapter, training settings)."""
     with state.db.read() as session:
         task = session.get(Task, task_id)
@@ -122,15 +126,27 @@ def task_offer(state, task_id: int) -> dict:
     if train["optimizer"] == "adamw":
         train.update(betas=list(tier_train.get("betas", (0.9, 0.999))), eps=tier_train.get("eps", 1e-8))
     train = get_strategy(job.strategy).configure_train(round_.number, train)
-    if info.format == "executorch":
-        adapter = ((task.start_ptd_sha256, task.start_ptd_size, "ptd") if task.start_ptd_sha256
-                   else (start.ptd_sha256, start.ptd_size, "ptd"))
-    else:
-        # Other runtimes read the adapter as PEFT safetensors, the form every update comes back in.
-        weights = task.start_weights_sha256 or start.weights_sha256
-        adapter = (weights, state.blobs.path(weights).stat().st_size, "safetensors")
+    adapter = _start_adapter(state, get_format(info.format).start_adapter_kind, task, start)
     return task_payload(task, round_, job, info.artifact, info.files, start.round, adapter, train,
                         info.max_update_bytes, max_num_examples(task, job))
+
+
+def _start_adapter(state: ServiceState, kind: str, task: Task, start: GlobalAdapter) -> tuple[str, int, str]:
+    """(sha256, size, kind) of the start adapter blob a device of a format with ``start_adapter_kind``
+    ``kind`` loads: the task's own (cut to its tier) or else the round's global adapter.
+
+    Both encodings are stored for every global adapter (``services/adapters.py``), so the format
+    only chooses which one to send: ``ptd`` for ExecuTorch, PEFT ``safetensors`` (the form every
+    update comes back in) for runtimes that read it.
+    """
+    if kind == PTD:
+        if task.start_ptd_sha256:
+            return task.start_ptd_sha256, task.start_ptd_size, PTD
+        return start.ptd_sha256, start.ptd_size, PTD
+    if kind == SAFETENSORS:
+        weights = task.start_weights_sha256 or start.weights_sha256
+        return weights, state.blobs.path(weights).stat().st_size, SAFETENSORS
+    raise ValueError(f"no stored start adapter of kind {kind!r} (stored: {PTD}, {SAFETENSORS})")
 
 
 def max_num_examples(task: Task, job: Job) -> int:

@@ -42,6 +42,7 @@ from sqlalchemy.exc import IntegrityError
 from coordinator.models import Artifact, ArtifactFile, Evaluation, GlobalAdapter, Job, JobStatus, utcnow
 from coordinator.services.artifacts import ADAPTER_PTD, MANIFEST_FILE
 from coordinator.services.heavy_imports import ensure_heavy_imports
+from coordinator.services.state import ServiceState
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def missing_evaluations(session) -> list[tuple[int, int]]:
 class EvaluationWorker:
     """The background thread that scores global adapters, one at a time."""
 
-    def __init__(self, state):
+    def __init__(self, state: ServiceState):
         self.state = state
         self._queue: queue.Queue[tuple[int, int] | None] = queue.Queue()
         self._queued: set[tuple[int, int]] = set()

@@ -1,10 +1,12 @@
-"""Import torch, ExecuTorch's serializer and PocketTune's model code once, from one thread at a time.
+"""Import torch, ExecuTorch and PocketTune's model code once, from one thread at a time.
 
 These imports take ~10 s and ExecuTorch's packages import each other circularly: two threads
 importing them at once can deadlock in Python's per-module import locks (``_DeadlockError``)
 and leave ``executorch.exir`` half-initialized for the life of the process. Every code path
-that needs them calls :func:`ensure_heavy_imports` first; the background warm-up calls it at
-start, so requests normally find everything loaded.
+that really runs the model stack (exporting an artifact, evaluating an adapter, validating a
+job's model and task) calls :func:`ensure_heavy_imports` first; the background warm-up calls it
+at start, so requests normally find everything loaded. Storing and serving adapters does not
+need them (``models.adapter_codec`` writes both encodings from numpy).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from coordinator.errors import ApiError
 from coordinator.models import Artifact, GlobalAdapter, Job
 from coordinator.services.heavy_imports import ensure_heavy_imports
 from coordinator.services.jobs import MAX_ROUNDS
+from coordinator.services.state import PromptGenerator, ServiceState
 
 #: Characters accepted in a prompt before tokenizing (the token limit is checked after).
 MAX_PROMPT_CHARS = 8000
@@ -93,7 +94,7 @@ def parse_generate_request(body: dict) -> GenerateRequest:
 class ProxyGenerator:
     """Keeps one L and one job's S loaded and generates one request at a time."""
 
-    def __init__(self, state):
+    def __init__(self, state: ServiceState):
         self.state = state
         self._lock = threading.Lock()
         self._large = None        # (name, models.registry.BaseModel)
@@ -198,14 +199,7 @@ def _with_alpha(settings, alpha: float):
     return replace(settings, alpha=alpha)
 
 
-def generator_of(state) -> ProxyGenerator:
-    """The app's :class:`ProxyGenerator`, created on first use (most coordinators never generate)."""
-    with _CREATE_LOCK:
-        generator = getattr(state, "_proxy_generator", None)
-        if generator is None:
-            generator = ProxyGenerator(state)
-            state._proxy_generator = generator
-    return generator
-
-
-_CREATE_LOCK = threading.Lock()
+def generator_of(state: ServiceState) -> PromptGenerator:
+    """The app's :class:`ProxyGenerator` (``CoordinatorState.proxy_generator``), shared by the
+    JSON API and the dashboard so that one generation runs at a time per coordinator."""
+    return state.proxy_generator

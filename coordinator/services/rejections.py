@@ -12,6 +12,7 @@ import logging
 
 from coordinator.errors import ApiError
 from coordinator.models import Device, Rejection, Task, utcnow
+from coordinator.services.state import ServiceState
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_CHARS = 2000
 
 
-def record_rejection(state, device: Device, task_id: int, error: ApiError, size: int) -> None:
+def record_rejection(state: ServiceState, device: Device, task_id: int, error: ApiError, size: int) -> None:
     """Log ``error`` as the answer to ``device``'s upload for ``task_id`` (if that task exists)."""
     try:
         with state.db.write() as session:

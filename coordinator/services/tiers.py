@@ -28,9 +28,11 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from coordinator.models import Artifact, Device, GlobalAdapter, Job, Round, RoundStatus, Task, TaskStatus, Update
-from coordinator.scheduling.base import Requirements
-from coordinator.services.adapter_mapping import AdapterLayout, project
-from coordinator.services.artifacts import ARTIFACT_FORMAT, ARTIFACT_FORMATS, artifact_key, compiled_tier
+from coordinator.scheduling import Requirements
+from coordinator.services.adapter_mapping import project
+from coordinator.services.artifacts import artifact_key, compiled_tier
+from coordinator.services.state import ServiceState
+from export.formats import DEFAULT_FORMAT, FORMATS, get_format
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def model_shape(manifest: dict) -> dict:
             "head_dim": pruned.get("head_dim") or base["hidden_size"] // pruned["num_attention_heads"]}
 
 
-def job_view(state, session, job: Job, round_number: int, reference_artifact_id: int | None = None):
+def job_view(state: ServiceState, session, job: Job, round_number: int, reference_artifact_id: int | None = None):
     """What a configurator may know of a job (``reference_artifact_id``: before the job records it)."""
     from coordinator.scheduling.configurator import JobView, get_configurator
 
@@ -105,7 +107,8 @@ def fleet_compute_slowdown(session, job: Job, shape: dict) -> float:
     over the estimate from the device's reported peak (1.0 while there are none)."""
     import statistics
 
-    from coordinator.scheduling.configurator import compute_slowdown
+    # (Imported here: the cost model reads models.tier, which loads torch; see place_device.)
+    from fleet.task_cost import compute_slowdown
 
     rows = session.execute(
         select(Task.tier, Task.local_steps, Update.train_seconds, Update.metrics, Device.capabilities)
@@ -152,7 +155,8 @@ def device_history(session, job: Job, device_id: int) -> tuple:
     return tuple(history)
 
 
-def _artifact_id_for(state, session, model: str, tier: dict, artifact_format: str = ARTIFACT_FORMAT) -> int | None:
+def _artifact_id_for(state: ServiceState, session, model: str, tier: dict,
+                     artifact_format: str = DEFAULT_FORMAT) -> int | None:
     key = artifact_key(model, tier, artifact_format)
     return session.scalars(select(Artifact.id).where(Artifact.key == key)).one_or_none()
 
@@ -160,10 +164,10 @@ def _artifact_id_for(state, session, model: str, tier: dict, artifact_format: st
 def device_formats(capabilities: dict | None) -> list[str]:
     """The artifact formats a device can train, in its own order of preference."""
     runtimes = (capabilities or {}).get("runtimes") or []
-    return [runtime for runtime in runtimes if runtime in ARTIFACT_FORMATS]
+    return [runtime for runtime in runtimes if runtime in FORMATS]
 
 
-def artifact_for_device(state, job: Job, device: Device, tier: dict) -> tuple[int | None, list[str]]:
+def artifact_for_device(state: ServiceState, job: Job, device: Device, tier: dict) -> tuple[int | None, list[str]]:
     """The artifact of ``tier`` in the first format ``device`` runs that is exported already.
 
     Formats not exported yet are ordered from the artifact worker (once) and skipped for now.
@@ -175,9 +179,11 @@ def artifact_for_device(state, job: Job, device: Device, tier: dict) -> tuple[in
     for artifact_format in device_formats(device.capabilities) or [job_format]:
         if artifact_format == job_format and compiled_tier(tier) == compiled_tier(job.tier):
             return job.artifact_id, reasons
-        why_not = format_unsupported(tier, artifact_format)
+        # A tier the format cannot compile (e.g. ONNX Runtime's compiled SGD has no momentum) is
+        # skipped, rather than ordering an export that must fail.
+        why_not = get_format(artifact_format).unsupported(tier)
         if why_not:
-            reasons.append(why_not)
+            reasons.append(f"{artifact_format}: {why_not}")
             continue
         with state.db.read() as session:
             artifact_id = _artifact_id_for(state, session, job.model, tier, artifact_format)
@@ -188,7 +194,7 @@ def artifact_for_device(state, job: Job, device: Device, tier: dict) -> tuple[in
     return None, reasons
 
 
-def ineligibility(state, job: Job, device: Device, artifact_id: int, tier: dict) -> str | None:
+def ineligibility(state: ServiceState, job: Job, device: Device, artifact_id: int, tier: dict) -> str | None:
     """Why ``device`` cannot train artifact ``artifact_id`` of ``tier`` for ``job`` (its runtime,
     its RAM, the tier's optimizer), or None."""
     info = state.artifact_info(artifact_id)
@@ -197,26 +203,7 @@ def ineligibility(state, job: Job, device: Device, artifact_id: int, tier: dict)
         optimizer=(tier.get("train") or {}).get("optimizer", "sgd")))
 
 
-def format_unsupported(tier: dict, artifact_format: str) -> str | None:
-    """Why ``tier`` cannot be compiled for ``artifact_format`` (None: it can).
-
-    ONNX Runtime compiles its optimizer, and its SGD has no momentum or weight decay: a job
-    that trains with them cannot give such devices a task (rather than order an export that
-    must fail).
-    """
-    if artifact_format != "onnxruntime":
-        return None
-    from export.onnxruntime import check_training_hyperparameters
-    from models.tier import Tier
-
-    try:
-        check_training_hyperparameters(Tier.from_dict(tier).train)
-    except ValueError as exc:
-        return f"onnxruntime: {exc}"
-    return None
-
-
-def place_on_job_tier(state, job: Job, device: Device) -> tuple[Placement | None, str]:
+def place_on_job_tier(state: ServiceState, job: Job, device: Device) -> tuple[Placement | None, str]:
     """Under ``uniform``: the job's own artifact (returns (None, "")), the job's tier in another
     format the device runs (a placement), or (None, why the device cannot take part now)."""
     artifact_id, skipped = artifact_for_device(state, job, device, job.tier)
@@ -230,7 +217,7 @@ def place_on_job_tier(state, job: Job, device: Device) -> tuple[Placement | None
     return Placement(arm=None, tier=job.tier, local_steps=job.local_steps, artifact_id=artifact_id), ""
 
 
-def place_device(state, job: Job, device: Device, round_number: int) -> tuple[Placement | None, str]:
+def place_device(state: ServiceState, job: Job, device: Device, round_number: int) -> tuple[Placement | None, str]:
     """The tier ``device`` trains in ``round_number`` of ``job``, or (None, why none fits now)."""
     # (Imported here: configurators estimate costs with models/, which loads torch; the
     # coordinator starts without it and warms it up in the background.)
@@ -268,22 +255,15 @@ def place_device(state, job: Job, device: Device, round_number: int) -> tuple[Pl
     return None, "no tier fits this device now (" + "; ".join(reasons or ["the configurator offered none"]) + ")"
 
 
-def _cut_start_adapter(state, job: Job, round_number: int, artifact_id: int, choice) -> Placement:
+def _cut_start_adapter(state: ServiceState, job: Job, round_number: int, artifact_id: int, choice) -> Placement:
     with state.db.read() as session:
         start = session.scalars(select(GlobalAdapter).where(GlobalAdapter.job_id == job.id,
                                                             GlobalAdapter.round == round_number - 1)).one()
-    reference = layout_of(state, job.artifact_id)
-    tier_layout = layout_of(state, artifact_id)
+    reference = state.artifact_info(job.artifact_id).layout
+    tier_layout = state.artifact_info(artifact_id).layout
     tensors = project(state.adapters.tensors(start.weights_sha256), reference, tier_layout)
     weights_ref, ptd_ref = state.adapters.store(tensors)
     return Placement(arm=choice.arm, tier=choice.tier, local_steps=choice.local_steps, artifact_id=artifact_id,
                      start_weights_sha256=weights_ref.sha256, start_ptd_sha256=ptd_ref.sha256,
                      start_ptd_size=ptd_ref.size)
 
-
-def layout_of(state, artifact_id: int) -> AdapterLayout:
-    """The LoRA layout of an artifact, placed in the unpruned model (cached with its info)."""
-    layouts = state.__dict__.setdefault("_adapter_layouts", {})
-    if artifact_id not in layouts:
-        layouts[artifact_id] = AdapterLayout.from_manifest(state.artifact_info(artifact_id).artifact.manifest)
-    return layouts[artifact_id]

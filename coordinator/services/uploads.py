@@ -12,8 +12,9 @@ Order of work, and why:
 2. Stage the update's bytes: written to a temporary file and fsync'd (not yet a blob).
 3. One write transaction under the round's lock: check the task and round again (another
    request may have won meanwhile; a rejection now rolls back and discards the staged file,
-   so it too changes nothing), insert the ``Update``, mark the task submitted, count it, and
-   freeze the round if this was its ``min_updates``-th result; flush those rows (so a value
+   so it too changes nothing), insert the ``Update``, mark the task submitted, and count it
+   in the round (:func:`~coordinator.services.lifecycle.count_accepted_update`, which freezes
+   the round at its ``min_updates``-th result); flush those rows (so a value
    the database refuses fails here, with nothing published), then publish the blob (rename +
    fsync of the directory). Commit.
 4. Only then answer 201. So an acknowledged update has its bytes and its row on disk, and a
@@ -27,10 +28,10 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from coordinator.errors import ApiError
-from coordinator.models import (CloseReason, Device, GlobalAdapter, Job, Round, RoundStatus, Task, TaskStatus,
-                                Update, utcnow)
+from coordinator.models import Device, GlobalAdapter, Job, Round, RoundStatus, Task, TaskStatus, Update, utcnow
+from coordinator.services import lifecycle
 from coordinator.services.assignment import max_num_examples
-from coordinator.services.rounds import freeze
+from coordinator.services.state import ServiceState
 from coordinator.services.validation import parse_meta, validate_update
 
 
@@ -43,7 +44,8 @@ def _check_state(task: Task, round_: Round, now) -> None:
         raise ApiError("late", f"round {round_.number} reached its deadline; the result came too late")
 
 
-def accept_result(state, device: Device, task_id: int, meta_raw: str | bytes | None, update: bytes | None) -> dict:
+def accept_result(state: ServiceState, device: Device, task_id: int, meta_raw: str | bytes | None,
+                  update: bytes | None) -> dict:
     """Validate and store one result; returns the response body (raises ``ApiError`` to reject)."""
     db = state.db
     with db.read() as session:
@@ -76,9 +78,8 @@ def accept_result(state, device: Device, task_id: int, meta_raw: str | bytes | N
             round_ = db.lock(session, Round, round_.id)
             task = session.get(Task, task_id, populate_existing=True)
             now = utcnow()
-            if round_.status == RoundStatus.OPEN and round_.deadline_at <= now:
+            if lifecycle.freeze_if_overdue(round_, now):
                 # Record what the deadline means for the round (commit), then refuse the result.
-                freeze(round_, CloseReason.DEADLINE, now)
                 late = True
             else:
                 _check_state(task, round_, now)
@@ -87,11 +88,8 @@ def accept_result(state, device: Device, task_id: int, meta_raw: str | bytes | N
                                 size=ref.size, delta_norm=validated.delta_norm, received_at=now, **meta.to_dict())
                 session.add(stored)
                 task.status, task.submitted_at = TaskStatus.SUBMITTED, now
-                round_.num_updates += 1
+                froze = lifecycle.count_accepted_update(round_, job, now)
                 session.get(Device, device.id).last_seen_at = now
-                if round_.num_updates >= job.min_updates:
-                    freeze(round_, CloseReason.MIN_UPDATES, now)
-                    froze = True
                 # The rows go to the database before the blob is published: if the database
                 # refuses them, the staged bytes are discarded and no blob is left behind.
                 session.flush()

@@ -1,4 +1,4 @@
-"""The deadline watcher: a background thread that runs ``RoundCloser.sweep`` every tick.
+"""The deadline watcher: a background thread that runs ``RoundAggregator.sweep`` every tick.
 
 Requests already freeze a round the moment they see its deadline passed, but a round nobody
 talks to must close too, and a round left ``aggregating`` by a crash must be finished after a
@@ -11,12 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 
+from coordinator.services.aggregation import RoundAggregator
+
 log = logging.getLogger(__name__)
 
 
 class DeadlineWatcher:
-    def __init__(self, closer, tick_s: float):
-        self.closer, self.tick_s = closer, tick_s
+    """Sweeps every ``tick_s`` seconds: freezes overdue rounds and aggregates frozen ones."""
+
+    def __init__(self, aggregator: RoundAggregator, tick_s: float):
+        self.aggregator, self.tick_s = aggregator, tick_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -33,7 +37,7 @@ class DeadlineWatcher:
         # First sweep at once: finishes rounds a previous process left aggregating.
         while True:
             try:
-                self.closer.sweep()
+                self.aggregator.sweep()
             except Exception:  # noqa: BLE001 - keep watching; the error is logged and retried next tick
                 log.exception("deadline sweep failed")
             if self._stop.wait(self.tick_s):

@@ -30,9 +30,9 @@ from typing import ClassVar
 
 import numpy as np
 
-Tensors = Mapping[str, np.ndarray]
+from models.plugin_registry import Registry
 
-_REGISTRY: dict[str, type["Strategy"]] = {}
+Tensors = Mapping[str, np.ndarray]
 
 LORA_A_SUFFIX = ".lora_A.weight"
 LORA_B_SUFFIX = ".lora_B.weight"
@@ -175,23 +175,18 @@ class Strategy(ABC):
         """
 
 
-def register(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make ``cls`` available to jobs under ``cls.name``."""
-    if not getattr(cls, "name", None):
-        raise TypeError(f"{cls.__name__} needs a class attribute `name`")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"two strategies named {cls.name!r}: {_REGISTRY[cls.name].__name__} and {cls.__name__}")
-    _REGISTRY[cls.name] = cls
-    return cls
+#: Every aggregation strategy, by the name jobs use; members register with :func:`register`.
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+
+#: Class decorator: make a :class:`Strategy` subclass available to jobs under its ``name``.
+register = STRATEGIES.register
 
 
 def strategy_names() -> list[str]:
-    return sorted(_REGISTRY)
+    """Names of the registered strategies, sorted."""
+    return STRATEGIES.names()
 
 
 def get_strategy(name: str) -> Strategy:
     """A fresh instance of the strategy registered as ``name`` (``KeyError`` if unknown)."""
-    try:
-        return _REGISTRY[name]()
-    except KeyError:
-        raise KeyError(f"unknown strategy {name!r}; known: {', '.join(strategy_names())}") from None
+    return STRATEGIES.get(name)

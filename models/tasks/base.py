@@ -22,8 +22,8 @@ from typing import ClassVar
 import torch
 
 from models.batching import IGNORE_INDEX, pad_token_id
+from models.plugin_registry import Registry
 
-_REGISTRY: dict[str, type["Task"]] = {}
 SPLITS = ("train", "heldout")
 
 
@@ -162,22 +162,21 @@ class Task(ABC):
         """Score ``model`` on ``examples``: ``{"metric", "value", "loss", "num_examples"}``."""
 
 
-def register(cls: type[Task]) -> type[Task]:
-    """Class decorator: make a task available by its ``name``."""
-    _REGISTRY[cls.name] = cls
-    return cls
+#: Every federated task, by the name jobs and devices use; members register with :func:`register`.
+TASKS: Registry[Task] = Registry("task", unknown_error=UnknownTaskError)
+
+#: Class decorator: make a :class:`Task` subclass available by its ``name``.
+register = TASKS.register
 
 
 def task_names() -> list[str]:
-    return sorted(_REGISTRY)
+    """Names of the registered tasks, sorted."""
+    return TASKS.names()
 
 
 def get_task(name: str) -> Task:
-    """The task registered as ``name``; :class:`UnknownTaskError` names the known ones."""
-    try:
-        return _REGISTRY[name]()
-    except KeyError:
-        raise UnknownTaskError(f"unknown task {name!r}; known: {', '.join(task_names())}") from None
+    """A fresh instance of the task registered as ``name``; :class:`UnknownTaskError` names the known ones."""
+    return TASKS.get(name)
 
 
 def _token_ids(tokenizer, text: str, limit: int | None = None) -> list[int]:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from coordinator.scheduling.configurator import (DEFAULT_BANDWIDTH_MBPS, DeviceView, JobView, PastTask,
-                                                 adapter_bytes, configurator_names, estimate_task_seconds,
-                                                 estimate_task_time, get_configurator, is_sub_tier, normalized_tier,
-                                                 pruned_shape, step_flops, sub_tier, tier_ranks)
+from coordinator.scheduling.configurator import DeviceView, JobView, PastTask, configurator_names, get_configurator
 from coordinator.scheduling.fedspine import task_reward
 from coordinator.scheduling.legend import calibrated_capabilities
+from fleet.task_cost import (DEFAULT_BANDWIDTH_MBPS, adapter_bytes, estimate_task_seconds, estimate_task_time,
+                             pruned_shape, step_flops)
 from models.tier import Tier
+from models.tier_algebra import is_sub_tier, normalized_tier, sub_tier, tier_ranks
 
 # SmolLM2-135M's shape.
 SHAPE = {"num_hidden_layers": 30, "hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9,

@@ -132,7 +132,7 @@ def _freeze_round(database, job_id: int, number: int) -> None:
     from sqlalchemy.orm import Session
 
     from coordinator.models import CloseReason, Round, utcnow
-    from coordinator.services.rounds import freeze
+    from coordinator.services.lifecycle import freeze
 
     engine = database.engine()
     try:

@@ -195,7 +195,7 @@ def fake_task(monkeypatch):
             FakeTask.seen.append({"model": id(model), "b_norm": b_norm, "examples": len(examples), "seq": seq})
             return {"metric": "accuracy", "value": 0.5, "loss": float(loss), "num_examples": len(examples)}
 
-    monkeypatch.setitem(base._REGISTRY, "fake", FakeTask)
+    monkeypatch.setitem(base.TASKS._classes, "fake", FakeTask)  # a fake task, registered for this test only
     return FakeTask
 
 

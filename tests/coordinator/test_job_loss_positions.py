@@ -16,10 +16,11 @@ import json
 import pytest
 
 from coordinator.errors import ApiError
-from coordinator.scheduling.configurator import JobView, get_configurator, normalized_tier, sub_tier
+from coordinator.scheduling.configurator import JobView, get_configurator
 from coordinator.services.jobs import parse_job_spec
 from coordinator_harness import (JOB_TIER, artifact_cache, assert_error, backend, cleanup_jobs,  # noqa: F401
                                  count_rows, server)
+from models.tier_algebra import normalized_tier, sub_tier
 
 #: ``len(" entertainment")``: the longest bbcnews target on the tiny byte-level tokenizer.
 TINY_TOPIC_TOKENS = 14

@@ -65,8 +65,8 @@ def test_device_round_matches_eager_pytorch(artifact_cache, tmp_path):
 
     # The same round in eager PyTorch: same start adapter (the seeded initial LoRA), same data.
     from export.pipeline import build_training_model
-    from export.verify import train_eager
     from fleet.data import LocalData, round_examples
+    from fleet.verify import train_eager
     from models.registry import load_base_model
     from models.tasks import PartitionSpec
 
