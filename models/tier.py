@@ -179,8 +179,8 @@ class Tier:
         d = asdict(self)
         if d["loss_positions"] is None:
             del d["loss_positions"]
-        for key, default in (("lr_schedule", "constant"), ("lr_min", 0.0)):
-            if d["train"][key] == default:    # likewise for a job that keeps a constant rate
+        for key in ("lr_schedule", "lr_min"):    # likewise for a job that keeps the default schedule
+            if d["train"][key] == getattr(TrainingHyperparameters, key):
                 del d["train"][key]
         d["lora_targets"] = list(self.lora_targets)
         d["train"]["betas"] = list(self.train.betas)
