@@ -181,6 +181,9 @@ class Job(Base):
     min_ram_mb: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: held-out examples each global adapter is evaluated on (0: no evaluation).
     eval_examples: Mapped[int] = mapped_column(Integer, default=100, server_default="100")
+    #: score every ``eval_every``-th global adapter only (round 0 and the last always; see
+    #: models.eval_schedule): scoring costs about as much host time as a round.
+    eval_every: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     #: who picks each device's tier (``coordinator.scheduling``): "uniform" gives every device
     #: the job's tier; others give sub-tiers of it (the job's tier is then the *reference*).
     configurator: Mapped[str] = mapped_column(String(100), default="uniform", server_default="uniform")

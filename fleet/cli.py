@@ -187,7 +187,12 @@ def _add_simulate(subparsers) -> None:
     p.add_argument("--quantize", choices=("none", "int8"), default="none")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=64)
-    p.add_argument("--eval-examples", type=int, default=100, help="held-out examples scored after each round")
+    p.add_argument("--eval-examples", type=int, default=None,
+                   help="held-out examples each scored global adapter is scored on (default: the whole held-out "
+                        "split; 0: no scoring)")
+    p.add_argument("--eval-every", type=int, default=1,
+                   help="score every K-th round's global adapter (round 0 and the last always): scoring costs "
+                        "about as much host time as a round")
     add_heterogeneity_options(p)
     p.add_argument("--report", type=Path, default=None, metavar="PATH", help="write the JSON report here")
     p.set_defaults(func=run_simulate)
@@ -297,7 +302,9 @@ def run_simulate(args) -> int:
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     job = {"model": args.model, "task": args.task, "tier": tier, "local_steps": args.local_steps, "lr": args.lr,
-           "eval_examples": args.eval_examples, **heterogeneity_fields(args)}
+           "eval_every": args.eval_every, **heterogeneity_fields(args)}
+    if args.eval_examples is not None:
+        job["eval_examples"] = args.eval_examples
     spec = fleet_spec_from(args, job)
     started = time.monotonic()
     report, sim, workdir, coordinator = run_fleet(args, spec)

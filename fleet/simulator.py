@@ -67,6 +67,7 @@ from export.formats import DEFAULT_FORMAT
 from export.formats.onnxruntime import OnnxRuntimeFormat
 from fleet.profiles import DeviceProfile, fleet_profiles
 from fleet.transport import CoordinatorClient, RetryPolicy
+from models.eval_schedule import is_evaluated_round
 
 log = logging.getLogger(__name__)
 
@@ -542,11 +543,13 @@ class FleetSimulation:
             raise TimeoutError(f"job {job_id} did not finish in time")
 
     def _evaluated(self, job: dict) -> bool:
-        """True once every closed round (and round 0) has an evaluation, or evaluation is off."""
-        if not self.spec.job.get("eval_examples", 100) or job["status"] != "completed":
+        """True once round 0 and every closed round the job scores (``eval_every``) have an
+        evaluation, or evaluation is off."""
+        if not job.get("eval_examples", 1) or job["status"] != "completed":
             return True     # a cancelled or failed job's remaining rounds are never evaluated
         rounds = [0] + [e["round"] for e in job.get("round_history", []) if e.get("status") == "closed"]
-        return all(evaluation_of(job, r) is not None for r in rounds)
+        scored = [r for r in rounds if is_evaluated_round(r, job["rounds"], job.get("eval_every", 1))]
+        return all(evaluation_of(job, r) is not None for r in scored)
 
     @staticmethod
     def _last_value(job: dict) -> str:

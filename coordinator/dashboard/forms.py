@@ -25,6 +25,7 @@ FIELDS = (
     ("strategy", "text", "Aggregation strategy", "fedavg"),
     ("configurator", "text", "Configurator", "uniform"),
     ("eval_examples", "int", "Held-out examples evaluated", ""),
+    ("eval_every", "int", "Score every k-th round", ""),
     ("tier", "json", "Tier (JSON)", '{"lora_rank": 4, "lora_layers": 2, "batch": 2, "seq": 32}'),
     ("configurator_options", "json", "Configurator options (JSON)", ""),
 )

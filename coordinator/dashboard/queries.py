@@ -15,6 +15,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from models.eval_schedule import is_evaluated_round
+
 from coordinator.models import (Device, Evaluation, Job, JobStatus, Rejection, Round, RoundStatus, Task, Update,
                                 utcnow)
 
@@ -215,6 +217,14 @@ class RoundRow:
     eval_loss: float | None = None
     eval_error: str | None = None
     metric: str | None = None
+    #: whether the job's ``eval_every`` schedules this round's adapter for scoring
+    scored: bool = True
+
+    @property
+    def awaiting_score(self) -> bool:
+        """Closed, scheduled for scoring, and neither scored nor failed yet."""
+        return (self.status == RoundStatus.CLOSED and self.scored and self.eval_value is None
+                and self.eval_error is None)
 
     @property
     def seconds(self) -> float | None:
@@ -250,7 +260,7 @@ class JobDetail:
         if self.job.status in ACTIVE_JOB_STATUSES:
             return True
         return self.job.status == JobStatus.COMPLETED and self.job.eval_examples > 0 and any(
-            r.status == RoundStatus.CLOSED and r.eval_value is None and r.eval_error is None for r in self.rounds)
+            r.awaiting_score for r in self.rounds)
 
 
 def _interval(evaluation: Evaluation) -> tuple[float, float] | None:
@@ -264,7 +274,8 @@ def job_detail(session: Session, job_id: int) -> JobDetail | None:
         return None
     session.expunge(job)
     rounds = {r.id: RoundRow(number=r.number, status=r.status, opened_at=r.opened_at, closed_at=r.closed_at,
-                             deadline_at=r.deadline_at, close_reason=r.close_reason, error=r.error)
+                             deadline_at=r.deadline_at, close_reason=r.close_reason, error=r.error,
+                             scored=is_evaluated_round(r.number, job.rounds, job.eval_every))
               for r in session.scalars(select(Round).where(Round.job_id == job_id).order_by(Round.number))}
     in_job = select(Round.id).where(Round.job_id == job_id)
     for round_id, count in session.execute(select(Task.round_id, func.count()).where(Task.round_id.in_(in_job))
@@ -396,8 +407,7 @@ class RoundDetail:
     @property
     def active(self) -> bool:
         return self.round.status in (RoundStatus.OPEN, RoundStatus.AGGREGATING) or (
-            self.round.status == RoundStatus.CLOSED and self.round.eval_value is None
-            and self.round.eval_error is None and self.job.eval_examples > 0
+            self.round.awaiting_score and self.job.eval_examples > 0
             and self.job.status in ACTIVE_JOB_STATUSES + (JobStatus.COMPLETED,))
 
 
@@ -410,7 +420,7 @@ def round_detail(session: Session, job_id: int, number: int) -> RoundDetail | No
     session.expunge(job)
     row = RoundRow(number=round_.number, status=round_.status, opened_at=round_.opened_at,
                    closed_at=round_.closed_at, deadline_at=round_.deadline_at, close_reason=round_.close_reason,
-                   error=round_.error)
+                   error=round_.error, scored=is_evaluated_round(round_.number, job.rounds, job.eval_every))
     evaluation = session.scalars(select(Evaluation).where(Evaluation.job_id == job_id,
                                                           Evaluation.round == number)).one_or_none()
     if evaluation is not None:

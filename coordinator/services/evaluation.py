@@ -36,13 +36,14 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.models import Artifact, ArtifactFile, Evaluation, GlobalAdapter, Job, JobStatus, utcnow
 from coordinator.services.artifacts import ADAPTER_PTD, MANIFEST_FILE
 from coordinator.services.heavy_imports import ensure_heavy_imports
 from coordinator.services.state import ServiceState
+from models.eval_schedule import is_evaluated_round
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,16 @@ _EVALUATION_LOCK = threading.Lock()
 
 def missing_evaluations(session) -> list[tuple[int, int]]:
     """``(job_id, round)`` of every global adapter of a running or completed job with
-    ``eval_examples`` > 0 and no evaluation row, oldest job and round first."""
+    ``eval_examples`` > 0 that its ``eval_every`` schedules for scoring and that has no
+    evaluation row, oldest job and round first."""
     query = (select(GlobalAdapter.job_id, GlobalAdapter.round)
              .join(Job, Job.id == GlobalAdapter.job_id)
              .outerjoin(Evaluation, and_(Evaluation.job_id == GlobalAdapter.job_id,
                                          Evaluation.round == GlobalAdapter.round))
-             .where(Job.status.in_(_EVALUATED_STATUSES), Job.eval_examples > 0, Evaluation.id.is_(None))
+             .where(Job.status.in_(_EVALUATED_STATUSES), Job.eval_examples > 0, Evaluation.id.is_(None),
+                    # models.eval_schedule.is_evaluated_round, in SQL
+                    or_(GlobalAdapter.round == 0, GlobalAdapter.round == Job.rounds,
+                        GlobalAdapter.round % Job.eval_every == 0))
              .order_by(GlobalAdapter.job_id, GlobalAdapter.round))
     return [(job_id, round_number) for job_id, round_number in session.execute(query)]
 
@@ -127,7 +132,8 @@ class EvaluationWorker:
                 Evaluation.job_id == job_id, Evaluation.round == round_number)).first()
             artifact = session.get(Artifact, job.artifact_id) if job is not None and job.artifact_id else None
         if (job is None or adapter is None or artifact is None or done is not None or job.eval_examples <= 0
-                or job.status not in _EVALUATED_STATUSES):
+                or job.status not in _EVALUATED_STATUSES
+                or not is_evaluated_round(round_number, job.rounds, job.eval_every)):
             return None
         with _EVALUATION_LOCK:
             started = time.perf_counter()

@@ -55,6 +55,7 @@ class JobSpec:
     max_update_norm: float
     min_ram_mb: int | None
     eval_examples: int
+    eval_every: int = 1
     norm_clip_factor: float | None = DEFAULT_NORM_CLIP_FACTOR
     configurator: str = "uniform"
     configurator_options: dict | None = None
@@ -125,6 +126,7 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
     if min_ram_mb is not None:
         min_ram_mb = _integer(body, "min_ram_mb", None, 0, MAX_RAM_MB)
     eval_examples = _integer(body, "eval_examples", DEFAULT_EVAL_EXAMPLES, 0, MAX_EVAL_EXAMPLES)
+    eval_every = _integer(body, "eval_every", 1, 1, MAX_ROUNDS)
 
     tier_body = body.get("tier", {})
     if not isinstance(tier_body, dict):
@@ -149,7 +151,7 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
                    devices_per_round=devices_per_round, min_updates=min_updates,
                    round_deadline_s=round_deadline_s, local_steps=local_steps, lr=lr, strategy=strategy,
                    max_update_norm=max_update_norm, norm_clip_factor=norm_clip_factor, min_ram_mb=min_ram_mb,
-                   eval_examples=eval_examples)
+                   eval_examples=eval_examples, eval_every=eval_every)
 
 
 def _configurator_fields(body: dict) -> tuple[str, dict | None, str]:

@@ -157,6 +157,7 @@ def job_payload(job: Job, artifact: Artifact | None, rounds: list[Round], adapte
         "norm_clip_factor": job.norm_clip_factor,
         "min_ram_mb": job.min_ram_mb,
         "eval_examples": job.eval_examples,
+        "eval_every": job.eval_every,
         "created_at": iso(job.created_at),
         "updated_at": iso(job.updated_at),
         "current_round": open_rounds[-1] if open_rounds else None,

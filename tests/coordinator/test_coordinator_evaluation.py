@@ -158,7 +158,9 @@ def test_job_task_and_eval_examples_are_validated(server):
     base = {"model": "tiny", "task": "bbcnews", "rounds": 1}
     for fields, snippet in [({"task": "mnist"}, "known: bbcnews, chatterbot"),
                             ({"eval_examples": -1}, "eval_examples"), ({"eval_examples": 100_001}, "eval_examples"),
-                            ({"eval_examples": 2.5}, "eval_examples"), ({"eval_examples": True}, "eval_examples")]:
+                            ({"eval_examples": 2.5}, "eval_examples"), ({"eval_examples": True}, "eval_examples"),
+                            ({"eval_every": 0}, "eval_every"), ({"eval_every": 1.5}, "eval_every"),
+                            ({"eval_every": "2"}, "eval_every")]:
         error = assert_error(admin.post("/api/v1/jobs", json={**base, **fields}), 422, "invalid_field")
         assert snippet in error["error"]["message"], error
     assert count_rows(server.database)["jobs"] == before
@@ -208,16 +210,17 @@ def _app_state(tmp_path, artifact_cache):
     return app.extensions["pockettune"]
 
 
-def _prepared_job(state, eval_examples: int = 7) -> int:
+def _prepared_job(state, eval_examples: int = 7, rounds: int = 2, eval_every: int = 1) -> int:
     from conftest import tiny_tier
 
     from coordinator.models import Job, JobStatus, utcnow
 
     now = utcnow()
     with state.db.write() as session:
-        job = Job(name="fake", model="tiny", task="fake", tier=tiny_tier().to_dict(), rounds=2, devices_per_round=1,
-                  min_updates=1, round_deadline_s=60.0, local_steps=1, lr=0.1, strategy="fedavg",
-                  max_update_norm=100.0, eval_examples=eval_examples, status=JobStatus.PREPARING,
+        job = Job(name="fake", model="tiny", task="fake", tier=tiny_tier().to_dict(), rounds=rounds,
+                  devices_per_round=1, min_updates=1, round_deadline_s=60.0, local_steps=1, lr=0.1,
+                  strategy="fedavg", max_update_norm=100.0, eval_examples=eval_examples, eval_every=eval_every,
+                  status=JobStatus.PREPARING,
                   created_at=now, updated_at=now)
         session.add(job)
         session.flush()
@@ -269,6 +272,30 @@ def test_worker_swaps_adapters_into_one_loaded_model(tmp_path, artifact_cache, f
         assert first["model"] == second["model"] and first["seq"] == second["seq"] == 32
         assert first["b_norm"] == 0.0 < second["b_norm"], "round 1's adapter was not loaded into the model"
         assert round1.loss != round0.loss
+        with state.db.read() as session:
+            assert missing_evaluations(session) == []
+    finally:
+        state.db.dispose()
+
+
+def test_eval_every_scores_round_0_every_kth_round_and_the_last_only(tmp_path, artifact_cache, fake_task):
+    from coordinator.models import GlobalAdapter
+    from coordinator.services.evaluation import missing_evaluations
+
+    state = _app_state(tmp_path, artifact_cache)
+    try:
+        job_id = _prepared_job(state, rounds=5, eval_every=2)
+        with state.db.read() as session:
+            initial = session.query(GlobalAdapter).filter_by(job_id=job_id, round=0).one()
+        start = state.adapters.tensors(initial.weights_sha256)
+        for round_number in range(1, 6):
+            _add_global_adapter(state, job_id, round_number,
+                                {k: v + np.float32(0.01 * round_number) for k, v in start.items()})
+        with state.db.read() as session:   # what a restarted coordinator would queue
+            assert missing_evaluations(session) == [(job_id, 0), (job_id, 2), (job_id, 4), (job_id, 5)]
+        assert state.evaluator.evaluate(job_id, 1) is None and state.evaluator.evaluate(job_id, 3) is None
+        for round_number in (0, 2, 4, 5):
+            assert state.evaluator.evaluate(job_id, round_number).error is None
         with state.db.read() as session:
             assert missing_evaluations(session) == []
     finally:

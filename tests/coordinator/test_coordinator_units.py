@@ -277,10 +277,10 @@ def test_migrations_upgrade_a_0001_database_with_data(backend, tmp_path, request
             command.upgrade(alembic_config(conn), "0001")
             for row in rows:
                 conn.execute(text(row))
-        assert db.upgrade_schema() == head_revision() == "0006"
+        assert db.upgrade_schema() == head_revision() == "0007"
         with db.engine.connect() as conn:
             assert conn.execute(text("SELECT eval_examples, configurator, configurator_options, prepare_tiers, "
-                                     "norm_clip_factor FROM jobs")).all() == [(100, "uniform", None, "on_demand", None)]
+                                     "norm_clip_factor, eval_every FROM jobs")).all() == [(100, "uniform", None, "on_demand", None, 1)]
             assert conn.execute(text("SELECT disabled_at FROM devices")).all() == [(None,)]
             assert conn.execute(text("SELECT error FROM rounds")).all() == [(None,)]
             assert conn.execute(text("SELECT artifact_id, tier, start_ptd_sha256 FROM tasks")).all() == [
@@ -292,7 +292,7 @@ def test_migrations_upgrade_a_0001_database_with_data(backend, tmp_path, request
             command.downgrade(alembic_config(conn), "0001")
             assert current_revision(conn) == "0001"
             assert conn.execute(text("SELECT COUNT(*) FROM updates")).scalar_one() == 1
-        assert db.upgrade_schema() == "0006"
+        assert db.upgrade_schema() == "0007"
     finally:
         db.dispose()
 
