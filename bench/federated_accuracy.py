@@ -79,7 +79,8 @@ def federated_run(args, coordinator, partition: str, seed: int, workdir: Path) -
                      partition=partition, seed=seed, dropout=args.dropout, workers=args.workers,
                      devices_per_round=args.devices_per_round, min_updates=args.min_updates,
                      round_deadline_s=args.round_deadline, virtual_deadline_s=args.virtual_deadline, job=job,
-                     shared_prefix_cache=str(args.run_root / "prefix-cache"))
+                     shared_prefix_cache=str(args.run_root / "prefix-cache"),
+                     shared_downloads=str(args.run_root / "shared-downloads"))
     sim = FleetSimulation(spec, coordinator.base_url, coordinator.admin_token, coordinator.enrollment_key,
                           workdir, progress=True)
     report = sim.run(timeout_s=3 * 3600)

@@ -156,6 +156,10 @@ def add_fleet_options(p, devices: int, rounds: int) -> None:
                    help="one frozen-prefix cache directory for all simulated devices: the host computes an "
                         "example's prefix once; each device's virtual clock still pays its own (default: one "
                         "cache per device)")
+    p.add_argument("--shared-downloads", default=None, metavar="DIR",
+                   help="one directory of artifact files for all simulated devices: the host downloads each file "
+                        "once; each device still counts and is charged its own download (default: every device "
+                        "downloads every file)")
     p.add_argument("--coordinator", metavar="URL", default=None,
                    help="use a running coordinator (with --admin-token and --enroll) instead of starting one")
     p.add_argument("--admin-token", default=None)
@@ -260,7 +264,8 @@ def fleet_spec_from(args, job: dict):
                      devices_per_round=args.devices_per_round, min_updates=args.min_updates,
                      round_deadline_s=args.round_deadline, virtual_deadline_s=args.virtual_deadline,
                      job={k: v for k, v in job.items() if k != "task"}, onnxruntime_devices=args.onnxruntime_devices,
-                     shared_prefix_cache=getattr(args, "shared_prefix_cache", None))
+                     shared_prefix_cache=getattr(args, "shared_prefix_cache", None),
+                     shared_downloads=getattr(args, "shared_downloads", None))
 
 
 def run_fleet(args, spec, progress_label: str = ""):

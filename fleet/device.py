@@ -57,6 +57,7 @@ from fleet.data import LocalData, round_examples
 from fleet.hardware import measure_matmul_gflops, task_flops, training_flops, utilization
 from fleet.profiles import PROFILES, DeviceProfile
 from fleet.runtimes import get_runtime, runtime_names
+from fleet.shared_downloads import SharedDownloads
 from fleet.transport import CoordinatorClient, IntegrityError, ProtocolError, RetryPolicy
 from fleet.virtual_clock import program_kind, task_cost
 
@@ -194,6 +195,10 @@ class DeviceConfig:
     #: write-through, one cache object per process (``fleet.prefix_cache.shared_prefix_cache``).
     #: None: the device's own cache, under ``<state_dir>/prefix_cache`` (a real phone's way)
     shared_prefix_cache: Path | None = None
+    #: a directory of artifact files shared with other (simulated) devices on this host
+    #: (``fleet.shared_downloads``): host time only, the bytes are still counted as this
+    #: device's download. None: every file over this device's own connection
+    shared_downloads: Path | None = None
 
     def __post_init__(self):
         unknown = [runtime for runtime in self.runtimes if runtime not in RUNTIMES]
@@ -219,6 +224,9 @@ class DeviceAgent:
         self._tokenizers: dict[str, object] = {}
         self._prefix_caches: dict[str, PrefixCache] = {}    # by prefix version: kept across tasks
         self._prefix_seen: dict[str, set[str]] = {}         # example keys this device has had, by version
+        self._shared = SharedDownloads(config.shared_downloads) if config.shared_downloads is not None else None
+        #: bytes and files taken from the host's shared copy: downloaded as far as anyone but the host can tell
+        self._shared_bytes, self._shared_files = 0, 0
         self._load_state()
 
     # --- identity ------------------------------------------------------------------------
@@ -332,21 +340,20 @@ class DeviceAgent:
         profile = self.config.profile
         outcome = TaskOutcome(device=self.config.name, task_id=task["task_id"], job_id=task["job_id"],
                               round=task["round"], status="", profile=profile.name, arm=task.get("arm"))
-        before = (self.client.transfers.bytes_down, self.client.transfers.seconds_down,
-                  len(self.client.transfers.files_fetched))
+        before = (self._bytes_down(), self.client.transfers.seconds_down, self._files_fetched())
         try:
             artifact_dir, manifest = self.fetch_artifact(task["artifact"])
             outcome.runtime = manifest["format"]
-            outcome.artifact_bytes_down = self.client.transfers.bytes_down - before[0]
+            outcome.artifact_bytes_down = self._bytes_down() - before[0]
             adapter_path = self.fetch_adapter(task["adapter"], manifest["format"])
         except IntegrityError as exc:
             log.error("%s: %s", self.config.name, exc)
             self._abandoned.add(task["task_id"])
             outcome.status, outcome.detail = "refused_artifact", str(exc)
             return TrainedTask(task, outcome)
-        outcome.bytes_down = self.client.transfers.bytes_down - before[0]
+        outcome.bytes_down = self._bytes_down() - before[0]
         outcome.download_seconds = self.client.transfers.seconds_down - before[1]
-        outcome.files_fetched = len(self.client.transfers.files_fetched) - before[2]
+        outcome.files_fetched = self._files_fetched() - before[2]
         outcome.program_kind = program_kind(manifest)
         outcome.flops_per_step = training_flops(manifest).total
 
@@ -541,8 +548,27 @@ class DeviceAgent:
             listed = manifest["files"].get(entry["path"])
             if listed is None or listed["sha256"] != entry["sha256"]:
                 raise IntegrityError(f"{entry['path']}: the task's sha256 is not the manifest's")
-            self.client.download(entry["url"], entry["sha256"], root / relative)
+            self._download_artifact_file(entry["url"], entry["sha256"], root / relative)
         return root, manifest
+
+    def _download_artifact_file(self, url: str, sha256: str, dest: Path) -> None:
+        """Download one artifact file, or take the host's shared copy of it (simulated devices)."""
+        if self._shared is None or dest.is_file():
+            self.client.download(url, sha256, dest)
+            return
+        size = self._shared.link_into(sha256, dest)
+        if size is not None:
+            self._shared_bytes += size
+            self._shared_files += 1
+            return
+        self.client.download(url, sha256, dest)     # verified against sha256 before it is kept
+        self._shared.keep(sha256, dest)
+
+    def _bytes_down(self) -> int:
+        return self.client.transfers.bytes_down + self._shared_bytes
+
+    def _files_fetched(self) -> int:
+        return len(self.client.transfers.files_fetched) + self._shared_files
 
     def _tokenizer(self, artifact_dir: Path, manifest: dict):
         key = str(artifact_dir)

@@ -47,6 +47,11 @@ one cache object (its memory budget is per process); workers share through the d
 computed for it and may be 0 when another device got there first; its ``prefix_charged``, the
 examples this device had not had before, is what its virtual clock pays for, as a phone with
 its own cache would, so sharing moves host time only, never virtual time.
+
+**Shared downloads** (``FleetSpec.shared_downloads``, a directory; ``fleet.shared_downloads``):
+the host downloads each artifact file once for the whole fleet and every other device links it.
+Each device still counts the file's bytes and request as its own download, in what it reports
+to the coordinator and on its virtual clock.
 """
 
 from __future__ import annotations
@@ -99,6 +104,10 @@ class FleetSpec:
     #: a frozen-prefix cache directory every simulated device shares (host time only; each device
     #: is still charged its own prefix passes on the virtual clock). None: one cache per device
     shared_prefix_cache: str | None = None
+    #: a directory of artifact files every simulated device shares (``fleet.shared_downloads``:
+    #: host time only; each device still counts and is charged its own download). None: each
+    #: device downloads every file itself
+    shared_downloads: str | None = None
 
     def places(self) -> tuple[int, int]:
         per_round = self.devices_per_round or self.devices
@@ -187,7 +196,8 @@ def _worker(base_url: str, enrollment_key: str, device_specs: list[dict], fleet_
             runtimes=tuple(spec.get("runtimes", [RUNTIME])),
             platform=default_platform(spec.get("runtimes", [RUNTIME])[0]),
             threads=runtime_threads,
-            shared_prefix_cache=Path(spec["shared_prefix_cache"]) if spec.get("shared_prefix_cache") else None))
+            shared_prefix_cache=Path(spec["shared_prefix_cache"]) if spec.get("shared_prefix_cache") else None,
+            shared_downloads=Path(spec["shared_downloads"]) if spec.get("shared_downloads") else None))
     held: dict[str, dict] = {}         # tasks given, not trained yet
     trained: dict = {}                 # TrainedTask by device, not uploaded yet
     replies.put(("ready", None, sorted(agents)))
@@ -362,7 +372,8 @@ class FleetSimulation:
                  "shard": i, "num_shards": self.spec.devices, "task": self.spec.task, "partition": self.spec.partition,
                  "state_dir": str(self.workdir / "devices" / f"sim-{i + 1:03d}"), "seed": self.spec.seed * 1000 + i,
                  "runtimes": [OnnxRuntimeFormat.name] if i in onnxruntime else [DEFAULT_FORMAT],
-                 "shared_prefix_cache": self.spec.shared_prefix_cache} for i, p in enumerate(profiles)]
+                 "shared_prefix_cache": self.spec.shared_prefix_cache,
+                 "shared_downloads": self.spec.shared_downloads} for i, p in enumerate(profiles)]
 
     def run(self, timeout_s: float = 3600.0) -> dict:
         from tqdm import tqdm

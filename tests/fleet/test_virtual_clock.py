@@ -5,6 +5,8 @@ calibrated rates (``fleet/virtual_clock.py``), and a round accepts results in vi
 order whatever order the host produces them in (``fleet/simulator.py``). So running the same
 seeded simulation twice, the second time with every core of the host kept busy by other
 processes, must give the same round membership and the same virtual times, to the bit.
+The loaded run also shares its downloads between devices (``fleet.shared_downloads``), which
+must move nothing either: each device still counts and is charged its own download.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def _spin(stop) -> None:
         pass
 
 
-def _simulate(artifact_cache, folder):
+def _simulate(artifact_cache, folder, shared_downloads=None):
     from coordinator_harness import ADMIN_TOKEN, JOB_TIER
     from fleet.simulator import FleetSimulation, FleetSpec
 
@@ -37,7 +39,8 @@ def _simulate(artifact_cache, folder):
     # results for three places and one of them is cut.
     spec = FleetSpec(devices=5, fleet="mixed", rounds=2, task="bbcnews", partition="iid", seed=5, dropout=0.2,
                      workers=2, devices_per_round=5, min_updates=3, round_deadline_s=300,
-                     job={"model": "tiny", "tier": dict(JOB_TIER), "local_steps": 2, "lr": 0.5, "eval_examples": 0})
+                     job={"model": "tiny", "tier": dict(JOB_TIER), "local_steps": 2, "lr": 0.5, "eval_examples": 0},
+                     shared_downloads=None if shared_downloads is None else str(shared_downloads))
     server = private_server(folder / "coordinator", artifact_cache)
     try:
         return FleetSimulation(spec, server.base_url, ADMIN_TOKEN, ENROLLMENT_KEY, folder / "run",
@@ -66,7 +69,7 @@ def test_host_load_moves_neither_round_membership_nor_virtual_time(artifact_cach
         spinner.start()
     try:
         time.sleep(0.5)
-        loaded = _simulate(artifact_cache, tmp_path / "loaded")
+        loaded = _simulate(artifact_cache, tmp_path / "loaded", shared_downloads=tmp_path / "shared")
     finally:
         stop.set()
         for spinner in spinners:
@@ -82,6 +85,12 @@ def test_host_load_moves_neither_round_membership_nor_virtual_time(artifact_cach
         assert report["status"] == "completed"
         assert all(r["out_of_order"] == 0 for r in report["rounds"]), report["rounds"]
     assert _virtual(loaded) == _virtual(quiet)
+    # The loaded run's host downloaded each artifact file once per worker process at most (the two
+    # workers may both fetch a file before either has kept it): of the 5 devices' copies, at
+    # least 4 are links to the shared one.
+    shared = sorted((tmp_path / "shared").iterdir())
+    assert shared and all(len(p.name) == 64 for p in shared), shared
+    assert all(p.stat().st_nlink >= 1 + 4 for p in shared), [(p.name, p.stat().st_nlink) for p in shared]
     rounds, _ = _virtual(quiet)
     # What the run shows: 3 places' worth accepted, in virtual order, and the budget phone cut.
     assert [r[1] for r in rounds] == ["min_updates", "min_updates"]
