@@ -65,6 +65,9 @@ def run_demo(args) -> int:
     if args.workdir.exists() and any(args.workdir.iterdir()):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         args.workdir = args.workdir.with_name(f"{args.workdir.name}-{stamp}")
+    if args.shared_downloads is None:
+        # ten simulated phones on one host: download the program once (each is still charged its own)
+        args.shared_downloads = str(args.workdir / "shared-downloads")
     job = {**DEMO_JOB, "model": args.model, "local_steps": args.local_steps, "lr": args.lr}
     spec = fleet_spec_from(args, job)
     started = time.monotonic()
