@@ -57,7 +57,7 @@ from fleet.data import LocalData, round_examples
 from fleet.hardware import measure_matmul_gflops, task_flops, training_flops, utilization
 from fleet.profiles import PROFILES, DeviceProfile
 from fleet.runtimes import get_runtime, runtime_names
-from fleet.shared_downloads import SharedDownloads
+from fleet.shared_downloads import SharedDownloads, is_sha256
 from fleet.transport import CoordinatorClient, IntegrityError, ProtocolError, RetryPolicy
 from fleet.virtual_clock import program_kind, task_cost
 
@@ -553,8 +553,8 @@ class DeviceAgent:
 
     def _download_artifact_file(self, url: str, sha256: str, dest: Path) -> None:
         """Download one artifact file, or take the host's shared copy of it (simulated devices)."""
-        if self._shared is None or dest.is_file():
-            self.client.download(url, sha256, dest)
+        if self._shared is None or dest.is_file() or not is_sha256(sha256):
+            self.client.download(url, sha256, dest)     # (a malformed digest fails its check there)
             return
         size = self._shared.link_into(sha256, dest)
         if size is not None:

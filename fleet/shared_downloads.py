@@ -26,7 +26,7 @@ class SharedDownloads:
         self.root = Path(root)
 
     def _path(self, sha256: str) -> Path:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        if not is_sha256(sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return self.root / sha256
 
@@ -50,6 +50,11 @@ class SharedDownloads:
         staging = target.with_name(target.name + f".part-{os.getpid()}")
         _link_or_copy(downloaded, staging)
         os.replace(staging, target)
+
+
+def is_sha256(text: object) -> bool:
+    """True for a lowercase hex sha256 digest: the only names the shared directory holds."""
+    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:
