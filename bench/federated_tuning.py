@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from federated_accuracy import Centralized  # noqa: E402  (the shared model, data and scoring)
+from models.eval_schedule import is_evaluated_round  # noqa: E402
 
 DEFAULTS = {"lr": 2e-3, "steps": 8, "per_round": 6, "accept": 5, "beta": 0.0, "eta": 1.0, "sgd": 0,
             "momentum": 0.0, "cosine": 0, "lr_min": 0.0}
@@ -131,7 +132,7 @@ class FederatedSimulation:
             with torch.no_grad():
                 for name, parameter in self._lora().items():
                     parameter.copy_(state[name])
-            scored = round_number % score_every == 0 or round_number > rounds - 3
+            scored = is_evaluated_round(round_number, rounds, score_every) or round_number > rounds - 3
             curve.append(self.central.validation_accuracy(validation) if scored else None)
             if on_round:
                 on_round(round_number, curve[-1])

@@ -15,10 +15,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models.eval_schedule import is_evaluated_round
-
 from coordinator.models import (Device, Evaluation, Job, JobStatus, Rejection, Round, RoundStatus, Task, Update,
                                 utcnow)
+from models.eval_schedule import is_evaluated_round
 
 #: Job statuses in which rounds may still change (pages showing them keep polling).
 ACTIVE_JOB_STATUSES = (JobStatus.PREPARING, JobStatus.RUNNING, JobStatus.PAUSED)
