@@ -57,6 +57,8 @@ def experiment_tier(args) -> dict:
              else {"optimizer": "adamw", "weight_decay": 0.0})
     if args.lr_schedule != "constant":
         train.update(lr_schedule=args.lr_schedule, lr_min=args.lr_min)
+    if args.local_sampling != "sequential":
+        train.update(local_sampling=args.local_sampling)
     return {**EXPERIMENT_TIER, "train": train}
 
 
@@ -413,6 +415,7 @@ def plot(results: dict, out: Path) -> list[Path]:
 
 def parse_args(argv=None):
     from fleet.cli import FLEETS
+    from models.tier import LOCAL_SAMPLINGS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -429,6 +432,9 @@ def parse_args(argv=None):
                         help="the job's learning rate across rounds (cosine: from --lr in round 1 towards "
                              "--lr-min x --lr after the last; see models/lr_schedule.py)")
     parser.add_argument("--lr-min", type=float, default=0.0, help="the cosine schedule's floor, a fraction of --lr")
+    parser.add_argument("--local-sampling", choices=LOCAL_SAMPLINGS, default="class_balanced",
+                        help="how a device picks a round's examples (models.tier.LOCAL_SAMPLINGS; chosen on validation, "
+                             "docs/results/tuning_balance.txt)")
     parser.add_argument("--strategy", default="fedavg", help="the job's aggregation strategy (fedavg, fedavgm, ...)")
     parser.add_argument("--profile", choices=sorted(FLEETS), default="mixed")
     parser.add_argument("--dropout", type=float, default=0.1)

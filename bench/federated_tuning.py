@@ -20,6 +20,13 @@ label skew): with the example-weighted mean device change ``d`` of a round,
 - ``fedavg``: ``x += d``;
 - ``fedavgm``: ``m = beta * m + d``, ``x += eta * m``.
 
+``balance=1`` makes the devices walk their data class-balanced (``tier.train.local_sampling =
+"class_balanced"``, :func:`fleet.data.round_examples`). ``la=TAU`` trains with logit adjustment
+by the device's label prior (Menon et al., "Long-tail learning via logit adjustment"; FedLC,
+Zhang et al. 2022): ``TAU * log(C * p_c)`` added to class c's label-token logit in the loss, p
+from the shard's label counts plus one. Only this simulation offers it (the exported programs
+take no bias input); it was tried and did not pay (docs/results/tuning_balance.txt).
+
 ``cosine=1`` decays the devices' learning rate across rounds as a job with
 ``tier.train.lr_schedule = "cosine"`` does (:meth:`models.tier.TrainingHyperparameters.lr_for_round`),
 from ``lr`` in round 1 towards ``lr_min`` (a fraction of ``lr``) after the last.
@@ -45,7 +52,7 @@ from federated_accuracy import Centralized  # noqa: E402  (the shared model, dat
 from models.eval_schedule import is_evaluated_round  # noqa: E402
 
 DEFAULTS = {"lr": 2e-3, "steps": 8, "per_round": 6, "accept": 5, "beta": 0.0, "eta": 1.0, "sgd": 0,
-            "momentum": 0.0, "cosine": 0, "lr_min": 0.0}
+            "momentum": 0.0, "cosine": 0, "lr_min": 0.0, "balance": 0, "la": 0.0}
 
 
 def parse_config(text: str) -> dict:
@@ -87,7 +94,9 @@ class FederatedSimulation:
         with torch.no_grad():
             for name, parameter in parameters.items():
                 parameter.copy_(start[name])
-        examples = round_examples(shard, round_number, steps, batch)
+        examples = round_examples(shard, round_number, steps, batch,
+                                  "class_balanced" if self.config["balance"] else "sequential", self._class_of)
+        bias = self._logit_bias(shard) if self.config["la"] else None
         schedule = TrainingHyperparameters(lr=self.config["lr"], lr_schedule="cosine" if self.config["cosine"]
                                            else "constant", lr_min=self.config["lr_min"])
         lr = schedule.lr_for_round(round_number, rounds)
@@ -100,12 +109,36 @@ class FederatedSimulation:
         with top.cut():
             for step in range(steps):
                 chunk = examples[step * batch:(step + 1) * batch]
-                loss = top(torch.stack([h for _, _, h in chunk]), torch.stack([l for _, l, _ in chunk]))
+                if bias is None:
+                    loss = top(torch.stack([h for _, _, h in chunk]), torch.stack([l for _, l, _ in chunk]))
+                else:
+                    loss = top(torch.stack([h for _, _, h in chunk]),
+                                              torch.stack([l for _, l, _ in chunk]), bias)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
         central.model.eval()
         return {n: p.detach().clone() for n, p in parameters.items()}
+
+    def _logit_bias(self, shard: list):
+        """Logit adjustment by the device's label prior (Menon et al., FedLC): ``la * log(C * p_c)``
+        on class c's label token, 0 elsewhere; p from the shard's counts plus one."""
+        import math
+
+        import torch
+
+        classes = [self._class_of(example) for example in shard]
+        counts = [classes.count(c) + 1 for c in range(len(self.central.label_ids))]
+        bias = torch.zeros(self.central.tokenizer.vocab_size if len(self.central.tokenizer) is None
+                           else len(self.central.tokenizer))
+        for token, count in zip(self.central.label_ids, counts):
+            bias[token] = self.config["la"] * math.log(len(counts) * count / sum(counts))
+        return bias
+
+    def _class_of(self, example) -> int:
+        """The class index of an encoded ``(ids, labels, hidden)`` example, from its label token."""
+        labels = example[1]
+        return self.central.label_ids.index(int(labels[labels != -100][0]))
 
     def run(self, rounds: int, validation, on_round=None, score_every: int = 1) -> list[float | None]:
         """The validation accuracy after each round; ``None`` for rounds not scored (every

@@ -93,7 +93,7 @@ def labelled_rows(hidden: torch.Tensor, labels: torch.Tensor, loss_positions: in
 
 
 def next_token_loss(causal_lm: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
-                    loss_positions: int | None = None) -> torch.Tensor:
+                    loss_positions: int | None = None, logit_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy over ``labels != -100``, from the decoder's last hidden states.
 
     The same value as ``F.cross_entropy(lm_head(hidden)[:, :-1], labels[:, 1:])``, computed so
@@ -116,6 +116,9 @@ def next_token_loss(causal_lm: torch.nn.Module, hidden: torch.Tensor, labels: to
     head's whenever no row has more than K labelled positions; the program cannot check that
     (a compiled graph has no errors to raise), so the device-side trainers and eager
     verification refuse such batches (:func:`models.batching.check_loss_positions`).
+
+    ``logit_bias`` [vocab], when given, is added to every row's logits before the softmax (logit
+    adjustment). No exported program takes it; bench/federated_tuning.py's ``la`` candidate does.
     """
     head = _checked_head(causal_lm)
     if loss_positions is None:
@@ -126,8 +129,12 @@ def next_token_loss(causal_lm: torch.nn.Module, hidden: torch.Tensor, labels: to
         safe_targets = torch.where(counted, targets, torch.zeros_like(targets))
     else:
         rows, safe_targets, counted = labelled_rows(hidden, labels, loss_positions)
-    log_normalizer = torch.logsumexp(head(rows), dim=-1)
+    logits = head(rows)
     target_logits = (rows * F.embedding(safe_targets, head.weight)).sum(-1)
+    if logit_bias is not None:
+        logits = logits + logit_bias
+        target_logits = target_logits + F.embedding(safe_targets, logit_bias.unsqueeze(-1)).squeeze(-1)
+    log_normalizer = torch.logsumexp(logits, dim=-1)
     weights = counted.to(rows.dtype)
     return ((log_normalizer - target_logits) * weights).sum() / weights.sum()
 
@@ -209,5 +216,6 @@ class TopTrainingProgram(_SplitProgram):
     def _kept_layers(self) -> tuple[range, bool]:
         return range(self.first_trained_layer, len(self.causal_lm.get_decoder().layers)), True
 
-    def forward(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return next_token_loss(self.causal_lm, self._decoder_output(inputs_embeds=hidden), labels, self.loss_positions)
+    def forward(self, hidden: torch.Tensor, labels: torch.Tensor, logit_bias: torch.Tensor | None = None) -> torch.Tensor:
+        return next_token_loss(self.causal_lm, self._decoder_output(inputs_embeds=hidden), labels, self.loss_positions,
+                               logit_bias)

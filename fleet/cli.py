@@ -11,6 +11,7 @@ from pathlib import Path
 from export.formats import DEFAULT_FORMAT
 from fleet.profiles import FLEETS, PROFILES
 from fleet.runtimes import runtime_names
+from models.tier import LOCAL_SAMPLINGS
 
 
 def add_parser(subparsers) -> None:
@@ -185,6 +186,9 @@ def _add_simulate(subparsers) -> None:
                    help="the learning rate across rounds (cosine: from --lr in round 1 down towards "
                         "--lr-min x --lr after the last)")
     p.add_argument("--lr-min", type=float, default=0.0, help="the cosine schedule's floor, a fraction of --lr")
+    p.add_argument("--local-sampling", choices=LOCAL_SAMPLINGS, default="sequential",
+                   help="how each device picks a round's examples: in order, or its classes in turn "
+                        "(class_balanced: the remedy for a dirichlet partition's label skew; docs/results.md)")
     p.add_argument("--prune", type=float, default=0.0)
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--lora-layers", type=int, default=2)
@@ -300,8 +304,11 @@ def run_simulate(args) -> int:
 
     tier = {"prune_ratio": args.prune, "lora_rank": args.lora_rank, "lora_layers": args.lora_layers,
             "quantize": args.quantize, "batch": args.batch, "seq": args.seq}
-    if args.lr_schedule != "constant":
-        tier["train"] = {"lr_schedule": args.lr_schedule, "lr_min": args.lr_min}
+    train = {"lr_schedule": args.lr_schedule, "lr_min": args.lr_min} if args.lr_schedule != "constant" else {}
+    if args.local_sampling != "sequential":
+        train["local_sampling"] = args.local_sampling
+    if train:
+        tier["train"] = train
     try:
         Tier.from_dict({**Tier().to_dict(), **tier}).validate()
     except (TypeError, ValueError) as exc:

@@ -8,7 +8,9 @@ test (or an eager-PyTorch reference) can reproduce exactly what a device did.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 from models.tasks import Example, PartitionSpec, Task, TextFileTask, get_task, label_histogram, shard
@@ -50,14 +52,34 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index - 1, count
 
 
-def round_examples(examples: list[Example], round_number: int, steps: int, batch: int) -> list[Example]:
+def round_examples(examples: list, round_number: int, steps: int, batch: int,
+                   sampling: str = "sequential", label_of: Callable[[object], object] = attrgetter("label")) -> list:
     """The ``steps * batch`` examples a device trains on in ``round_number`` (1-based).
 
-    Rounds walk through the shard in order and wrap around, so a device sees all its data
-    before seeing any example twice, and a small shard simply repeats.
+    ``sequential``: rounds walk through the shard in order and wrap around, so a device sees all
+    its data before seeing any example twice, and a small shard simply repeats.
+
+    ``class_balanced``: the walk takes the device's classes (``label_of`` each example) in turn,
+    in sorted order, and each class's examples in shard order with wrap-around; the position
+    carries on across rounds, as the sequential walk's does. A device with 30 "sport" articles
+    and 2 "tech" ones trains on them half and half: the minority examples repeat, and no class
+    the device lacks is invented. ``ValueError`` for an unlabelled example.
     """
     if not examples:
         raise ValueError("this device has no examples")
     need = steps * batch
-    start = ((round_number - 1) * need) % len(examples)
-    return [examples[(start + i) % len(examples)] for i in range(need)]
+    if sampling == "sequential":
+        start = ((round_number - 1) * need) % len(examples)
+        return [examples[(start + i) % len(examples)] for i in range(need)]
+    if sampling != "class_balanced":
+        raise ValueError(f"unknown local sampling {sampling!r}; use sequential or class_balanced")
+    by_class: dict = {}
+    for example in examples:
+        label = label_of(example)
+        if label is None:
+            raise ValueError("class_balanced sampling needs labelled examples; this device's data has none")
+        by_class.setdefault(label, []).append(example)
+    queues = [by_class[label] for label in sorted(by_class)]
+    start = (round_number - 1) * need
+    return [queues[i % len(queues)][(i // len(queues)) % len(queues[i % len(queues)])]
+            for i in range(start, start + need)]

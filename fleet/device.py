@@ -60,6 +60,7 @@ from fleet.runtimes import get_runtime, runtime_names
 from fleet.shared_downloads import SharedDownloads, is_sha256
 from fleet.transport import CoordinatorClient, IntegrityError, ProtocolError, RetryPolicy
 from fleet.virtual_clock import program_kind, task_cost
+from models.tier import LOCAL_SAMPLINGS
 
 if TYPE_CHECKING:
     from fleet.prefix_cache import PrefixCache
@@ -365,12 +366,16 @@ class DeviceAgent:
         if task.get("dataset") != self.config.data.task.name:
             log.warning("%s: the job's dataset is %r; this device trains on its own %s", self.config.name,
                         task.get("dataset"), self.config.data.description)
+        sampling = train.get("sampling", "sequential")
+        if sampling not in LOCAL_SAMPLINGS:
+            raise ProtocolError(0, "inconsistent_task", f"unknown local sampling {sampling!r}; this device "
+                                                        f"knows {', '.join(LOCAL_SAMPLINGS)}")
         steps = int(train["steps"])
         drop_at = dropout_step(self.config.seed, task["round"], steps, profile.dropout)
 
         started = time.perf_counter()
         tokenizer = self._tokenizer(artifact_dir, manifest)
-        examples = round_examples(self.config.data.examples, task["round"], steps, batch)
+        examples = round_examples(self.config.data.examples, task["round"], steps, batch, sampling)
         batches = self.config.data.task.batches(tokenizer, examples, batch, seq)
         trainer = self._trainer(artifact_dir, manifest, adapter_path, train)
         compute, losses = 0.0, []

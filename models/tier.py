@@ -20,6 +20,14 @@ from models.quantize import QUANTIZATIONS
 #: ``adamw``: decoupled weight decay Adam (``torch.optim.AdamW`` semantics), stepped by the
 #: compiled optimizer model under ONNX Runtime and by PocketTune on the ExecuTorch runtime's tensors.
 OPTIMIZERS = ("sgd", "adamw")
+#: How a device picks a round's examples from its local data (:func:`fleet.data.round_examples`).
+#: ``sequential``: walk the data in order, wrapping around; ``class_balanced``: take the device's
+#: classes in turn, each walked in order (labelled tasks only). Under label skew (a Dirichlet
+#: partition) a sequential walk gives a device's majority class most of every local step, which
+#: pulls each update towards that device's label prior; the balanced walk gives every class the
+#: device has an equal share, the re-sampling remedy for class imbalance (see docs/results.md for
+#: what it was measured to do).
+LOCAL_SAMPLINGS = ("sequential", "class_balanced")
 #: Which kernels run a program on the device. ``xnnpack``: frozen matmuls and element-wise work
 #: delegated to XNNPACK (SIMD, the runtime's threadpool); ``portable``: every op on ExecuTorch's
 #: portable kernels (the slow reference).
@@ -69,6 +77,7 @@ class TrainingHyperparameters:
     ``betas`` and ``eps`` matter only for ``adamw``; ``momentum`` only for ``sgd``.
     ``lr_schedule`` and ``lr_min`` (a fraction of ``lr``) say how a job's rate moves across its
     rounds (:mod:`models.lr_schedule`); a device is always told one plain rate for its round.
+    ``local_sampling`` (one of :data:`LOCAL_SAMPLINGS`) is how it picks a round's examples.
     """
 
     optimizer: str = "sgd"
@@ -80,6 +89,7 @@ class TrainingHyperparameters:
     eps: float = 1e-8
     lr_schedule: str = "constant"
     lr_min: float = 0.0
+    local_sampling: str = "sequential"
 
     def lr_for_round(self, round_number: int, rounds: int) -> float:
         """The learning rate of round ``round_number`` (1-based) of a ``rounds``-round job."""
@@ -106,6 +116,8 @@ class TrainingHyperparameters:
         if not isinstance(self.lr_schedule, str) or self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown learning-rate schedule {_shown(self.lr_schedule)}; use one of {LR_SCHEDULES}")
         check_number("lr_min (a fraction of lr)", self.lr_min, 0.0, 1.0)
+        if not isinstance(self.local_sampling, str) or self.local_sampling not in LOCAL_SAMPLINGS:
+            raise ValueError(f"unknown local sampling {_shown(self.local_sampling)}; use one of {LOCAL_SAMPLINGS}")
 
 
 @dataclass(frozen=True)
@@ -179,7 +191,7 @@ class Tier:
         d = asdict(self)
         if d["loss_positions"] is None:
             del d["loss_positions"]
-        for key in ("lr_schedule", "lr_min"):    # likewise for a job that keeps the default schedule
+        for key in ("lr_schedule", "lr_min", "local_sampling"):    # likewise for a job that keeps the defaults
             if d["train"][key] == getattr(TrainingHyperparameters, key):
                 del d["train"][key]
         d["lora_targets"] = list(self.lora_targets)

@@ -62,6 +62,43 @@ def test_round_examples_walk_the_shard_and_wrap():
             parse_shard(bad)
 
 
+def test_class_balanced_walk_takes_classes_in_turn_and_carries_on_across_rounds():
+    from fleet.data import round_examples
+
+    # 6 "sport" examples and 2 "tech" ones: a sequential walk is 3/4 sport, the balanced one half and half
+    shard = [("s0", "sport"), ("t0", "tech"), ("s1", "sport"), ("s2", "sport"), ("s3", "sport"),
+             ("t1", "tech"), ("s4", "sport"), ("s5", "sport")]
+    label = lambda e: e[1]  # noqa: E731
+    first = round_examples(shard, 1, 2, 3, "class_balanced", label)
+    assert [e[0] for e in first] == ["s0", "t0", "s1", "t1", "s2", "t0"]
+    second = round_examples(shard, 2, 2, 3, "class_balanced", label)
+    assert [e[0] for e in second] == ["s3", "t1", "s4", "t0", "s5", "t1"]
+    # every sport example is reached before any repeats, the 2 tech ones repeat
+    assert sorted(e[0] for e in first + second if e[1] == "sport") == ["s0", "s1", "s2", "s3", "s4", "s5"]
+    # one class: exactly the sequential walk
+    text = [(f"p{i}", "text") for i in range(5)]
+    for round_number in (1, 2, 3):
+        assert (round_examples(text, round_number, 2, 2, "class_balanced", label)
+                == round_examples(text, round_number, 2, 2))
+    with pytest.raises(ValueError, match="unknown local sampling"):
+        round_examples(shard, 1, 1, 1, "shuffled", label)
+    with pytest.raises(ValueError, match="labelled"):
+        round_examples([("x", None)], 1, 1, 1, "class_balanced", label)
+
+
+def test_class_balanced_walk_evens_out_a_dirichlet_shard():
+    from collections import Counter
+
+    from fleet.data import LocalData, round_examples
+    from models.tasks import PartitionSpec
+
+    shard = LocalData.from_task("bbcnews", 3, 20, PartitionSpec.parse("dirichlet:0.5", seed=0)).examples
+    held = Counter(e.label for e in shard)
+    assert max(held.values()) >= 3 * min(held.values()), held   # the skew this is for
+    walked = Counter(e.label for e in round_examples(shard, 1, 8 * len(held), 1, "class_balanced"))
+    assert set(walked) == set(held) and set(walked.values()) == {8}
+
+
 def test_a_shard_is_mixed_and_reproducible():
     """Corpora are listed by label; a device's first round must not see one topic only."""
     from fleet.data import LocalData

@@ -107,6 +107,14 @@ def test_tier_round_trips_through_dict():
     cosine = Tier(train=TrainingHyperparameters(lr=0.1, lr_schedule="cosine", lr_min=0.2))
     cosine.validate()
     assert cosine.to_dict()["train"]["lr_schedule"] == "cosine" and Tier.from_dict(cosine.to_dict()) == cosine
+    assert "local_sampling" not in tier.to_dict()["train"]                 # the default walk, likewise
+    balanced = Tier(train=TrainingHyperparameters(local_sampling="class_balanced"))
+    balanced.validate()
+    assert balanced.to_dict()["train"]["local_sampling"] == "class_balanced"
+    assert Tier.from_dict(balanced.to_dict()) == balanced
+    for bad in ("shuffled", None, 1):
+        with pytest.raises(ValueError, match="local sampling"):
+            TrainingHyperparameters(local_sampling=bad).validate()
 
 
 def test_learning_rate_schedules_across_rounds():

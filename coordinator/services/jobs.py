@@ -35,7 +35,7 @@ MAX_EVAL_EXAMPLES = 100_000
 #: By default every held-out example is scored (the limit exceeds any built-in held-out split):
 #: 100 examples leave a standard error of 4-5 accuracy points.
 DEFAULT_EVAL_EXAMPLES = MAX_EVAL_EXAMPLES
-_TIER_TRAIN_KEYS = {"optimizer", "momentum", "weight_decay", "betas", "eps", "lr_schedule", "lr_min"}
+_TIER_TRAIN_KEYS = {"optimizer", "momentum", "weight_decay", "betas", "eps", "lr_schedule", "lr_min", "local_sampling"}
 PREPARE_TIERS = ("on_demand", "all")
 
 

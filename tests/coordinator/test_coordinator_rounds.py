@@ -325,12 +325,26 @@ def test_a_cosine_schedule_offers_each_round_its_own_rate_and_bad_schedules_are_
     np.testing.assert_allclose(offered, expected, rtol=1e-12)
     assert offered == [lr_for_round(0.4, "cosine", 0.1, r, rounds) for r in range(1, rounds + 1)]
     assert offered[0] == 0.4 and offered[0] > offered[1] > offered[2] > 0.04
+    assert "sampling" not in task["train"]     # the default walk is not spelled out (older devices' protocol)
     for train, says in (({"lr_schedule": "linear"}, "learning-rate schedule"),
                         ({"lr_schedule": "cosine", "lr_min": 1.5}, "lr_min"),
-                        ({"lr_schedule": "cosine", "lr_min": -0.1}, "lr_min")):
+                        ({"lr_schedule": "cosine", "lr_min": -0.1}, "lr_min"),
+                        ({"local_sampling": "shuffled"}, "local sampling"),
+                        ({"local_sampling": 1}, "local sampling")):
         before = query(server.database, "SELECT COUNT(*) FROM jobs")
         response = admin.post("/api/v1/jobs", json={"model": "tiny", "task": "bbcnews", "rounds": 2,
                                                     "tier": {**JOB_TIER, "train": train}})
         body = assert_error(response, 422, "invalid_field")
         assert body["error"]["message"].startswith("tier: ") and says in body["error"]["message"], body
         assert query(server.database, "SELECT COUNT(*) FROM jobs") == before
+
+
+def test_a_class_balanced_job_tells_its_devices_to_walk_their_data_by_class(server, cleanup_jobs):
+    admin = server.admin()
+    job = admin.running_job(rounds=1, devices_per_round=1, min_updates=1,
+                            tier={**JOB_TIER, "train": {"local_sampling": "class_balanced"}})
+    cleanup_jobs.append(job["job_id"])
+    assert job["tier"]["train"]["local_sampling"] == "class_balanced"
+    device = register(server, name="balanced")[1]
+    task = device.get("/api/v1/tasks/next").json()
+    assert task["train"]["sampling"] == "class_balanced"

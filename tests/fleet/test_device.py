@@ -46,11 +46,17 @@ def _update_tensors(admin, sha256: str) -> dict[str, np.ndarray]:
     return load_safetensors(response.content)
 
 
-def test_device_round_matches_eager_pytorch(artifact_cache, tmp_path):
+@pytest.mark.parametrize("sampling", ["sequential", "class_balanced"])
+def test_device_round_matches_eager_pytorch(artifact_cache, tmp_path, sampling):
+    """Also: a job's ``local_sampling`` reaches the device, which walks its data that way."""
+    from coordinator_harness import JOB_TIER
+
     server = private_server(tmp_path / "coordinator", artifact_cache)
     try:
         admin = server.admin()
-        job = admin.running_job(rounds=1, devices_per_round=1, min_updates=1, local_steps=LOCAL_STEPS, lr=LR)
+        train = {} if sampling == "sequential" else {"local_sampling": sampling}
+        job = admin.running_job(rounds=1, devices_per_round=1, min_updates=1, local_steps=LOCAL_STEPS, lr=LR,
+                                tier={**JOB_TIER, "train": train})
         device = start_device(server, tmp_path / "device", tmp_path / "device.log", "--task", "bbcnews",
                               "--shard", "2/4", "--max-tasks", "1", "--name", "eager-check")
         assert _wait(device) == 0, (tmp_path / "device.log").read_text()
@@ -73,7 +79,8 @@ def test_device_round_matches_eager_pytorch(artifact_cache, tmp_path):
     base = load_base_model("tiny")
     training = build_training_model(base, tiny_tier())
     data = LocalData.from_task("bbcnews", 1, 4, PartitionSpec.parse("iid", seed=0))
-    examples = round_examples(data.examples, 1, LOCAL_STEPS, tiny_tier().batch)
+    examples = round_examples(data.examples, 1, LOCAL_STEPS, tiny_tier().batch, sampling)
+    assert (examples != round_examples(data.examples, 1, LOCAL_STEPS, tiny_tier().batch)) == (sampling != "sequential")
     batches = data.task.batches(base.tokenizer, examples, tiny_tier().batch, tiny_tier().seq)
     _, eager = train_eager(training.peft_model, batches, LOCAL_STEPS, LR)
     assert set(uploaded) == set(eager)
