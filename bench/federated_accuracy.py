@@ -425,7 +425,8 @@ def parse_args(argv=None):
     parser.add_argument("--devices-per-round", type=int, default=6)
     parser.add_argument("--min-updates", type=int, default=5)
     parser.add_argument("--local-steps", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=2e-3, help="the devices' learning rate")
+    parser.add_argument("--lr", type=float, default=4e-3,
+                        help="the devices' learning rate (chosen on validation, docs/results/tuning_balance.txt)")
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw", help="the devices' optimizer")
     parser.add_argument("--momentum", type=float, default=0.0, help="the devices' SGD momentum")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default="cosine",
@@ -442,11 +443,12 @@ def parse_args(argv=None):
     parser.add_argument("--virtual-deadline", type=float, default=900.0, help="a round's deadline on the virtual clock (s)")
     parser.add_argument("--round-deadline", type=float, default=1800.0, help="the coordinator's real deadline (s)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--eval-every", type=int, default=1,
+    parser.add_argument("--eval-every", type=int, default=5,
                         help="the coordinator scores every K-th global adapter (round 0 and the last always)")
     parser.add_argument("--eval-examples", type=int, default=None,
                         help="held-out articles scored per adapter (default: the whole held-out split)")
-    parser.add_argument("--central-lrs", default="1e-3,2e-3,4e-3", help="the centralized arm's AdamW sweep")
+    parser.add_argument("--central-lrs", default="1e-3,2e-3,4e-3,8e-3",
+                        help="the centralized arm's AdamW sweep (4e-3 won the last one: 8e-3 checks it is not the edge)")
     parser.add_argument("--central-steps", type=int, default=150)
     parser.add_argument("--central-sweep-steps", type=int, default=150, help="steps of each sweep run")
     parser.add_argument("--central-batch", type=int, default=8)
