@@ -357,6 +357,41 @@ def summarize(results: dict) -> dict:
     return summary
 
 
+def per_round_markdown(results: dict) -> str:
+    """Markdown tables, one per federated arm: each scored round's mean over seeds with its 95% t
+    interval and every seed's value, and the mean virtual and real length of the rounds since
+    the previous row (a round the job did not score has no row of its own). docs/results.md
+    quotes them."""
+    from models.intervals import mean_interval
+
+    seeds = results["settings"]["seeds"]
+    tables = []
+    for label, runs in results.get("federated", {}).items():
+        lines = [f"### Federated {label}, held-out accuracy (%) per scored round",
+                 "| round | mean [95% CI] | " + " | ".join(f"seed {s}" for s in seeds[:len(runs)])
+                 + " | virtual min per round | real s per round |",
+                 "|---|---|" + "---|" * len(runs) + "---|---|"]
+        zero = [run["initial_evaluation"]["value"] for run in runs]
+        lines.append(f"| 0 | {100 * statistics.fmean(zero):.1f} | " + " | ".join(f"{100 * v:.1f}" for v in zero)
+                     + " | | |")
+        since = 0
+        for index in range(min(len(run["rounds"]) for run in runs)):
+            rounds = [run["rounds"][index] for run in runs]
+            if any(r["value"] is None for r in rounds):
+                continue
+            values = [r["value"] for r in rounds]
+            low, high = mean_interval(values) if len(values) > 1 else rounds[0]["ci95"]
+            span = [run["rounds"][since:index + 1] for run in runs]
+            virtual = statistics.fmean((r["virtual_seconds"] or 0.0) / 60 for part in span for r in part)
+            real = statistics.fmean(r["real_seconds"] for part in span for r in part)
+            lines.append(f"| {rounds[0]['round']} | {100 * statistics.fmean(values):.1f} [{100 * low:.1f}, "
+                         f"{100 * high:.1f}] | " + " | ".join(f"{100 * v:.1f}" for v in values)
+                         + f" | {virtual:.1f} | {real:.0f} |")
+            since = index + 1
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables) + "\n"
+
+
 def plot(results: dict, out: Path) -> list[Path]:
     import matplotlib
 
@@ -501,6 +536,8 @@ def main(argv=None) -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     summary = summarize(results)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if results["federated"]:
+        (args.out / "per_round.md").write_text(per_round_markdown(results))
     if results["federated"] and results.get("centralized"):
         for path in plot(results, args.out):
             print(f"plot: {path}")

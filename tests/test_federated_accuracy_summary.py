@@ -59,6 +59,24 @@ def test_plots_are_written_with_bands(tmp_path):
     assert all(p.stat().st_size > 10_000 for p in paths)
 
 
+def test_per_round_tables_show_scored_rounds_and_the_lengths_since_the_last_row():
+    bench = _bench()
+    results = _fake_results()
+    for runs in results["federated"].values():
+        for run in runs:
+            for r in run["rounds"]:
+                r["real_seconds"] = 10.0 * r["round"]
+            run["rounds"][1]["value"] = None       # round 2 not scored (a job's eval_every)
+    text = bench.per_round_markdown(results)
+    iid = text.split("### ")[1].splitlines()
+    assert iid[0] == "Federated iid, held-out accuracy (%) per scored round"
+    assert iid[3] == "| 0 | 60.0 | 60.0 | 60.0 | 60.0 | | |"
+    assert [line.split(" | ")[0] for line in iid[4:] if line] == ["| 1", "| 3"]
+    # round 3's row covers rounds 2 and 3: 10 virtual minutes each, (20 + 30) / 2 real seconds
+    assert iid[5].endswith("| 10.0 | 25 |") and "92.0 | 93.0 | 91.0" in iid[5]
+    assert "Federated dirichlet:0.5" in text
+
+
 def test_help_and_bad_arguments_do_not_load_models(capsys):
     bench = _bench()
     with pytest.raises(SystemExit) as exit_info:
