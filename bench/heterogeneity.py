@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--local-steps", type=int, default=5)
     parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--strategy", default="fedavg", help="aggregation for every run (fedavg, hetlora, flexlora)")
+    parser.add_argument("--strategy", default="fedavg", help="aggregation for every run (fedavg, zero_padding, hetlora, flexlora, fedavgm)")
     parser.add_argument("--profile", choices=sorted(FLEETS), default="mixed")
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the topic shards")

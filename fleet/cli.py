@@ -208,7 +208,7 @@ def _add_simulate(subparsers) -> None:
 
 def add_heterogeneity_options(p) -> None:
     """How the job chooses each device's tier and combines unequal adapters."""
-    p.add_argument("--strategy", default="fedavg", help="aggregation: fedavg, hetlora (zero-padding), flexlora")
+    p.add_argument("--strategy", default="fedavg", help="aggregation: fedavg, zero_padding, hetlora (zero-padding weighted by each update's norm), flexlora, fedavgm")
     p.add_argument("--configurator", default="uniform",
                    help="who picks each device's tier: uniform (the job's tier for all), legend, fedspine")
     p.add_argument("--configurator-options", type=_json_object, default=None, metavar="JSON",

@@ -1,4 +1,4 @@
-"""HetLoRA-style zero-padding: devices of lower rank vote zero for the components they lack.
+"""Zero-padding (HetLoRA's padding rule): devices of lower rank vote zero for the components they lack.
 
 Per module, over the updates that trained it (a device lacking the layer has no vote), each
 device's factors are zero-padded to the reference rank ``R`` and the example-weighted mean is
@@ -21,7 +21,9 @@ counting it would drag every pruned channel toward zero in proportion to how oft
 pruned. Those elements are averaged only over the devices that have them.
 
 This is :class:`~coordinator.strategies.fedavg.FedAvg` with a different notion of which
-elements an update votes for; everything else is inherited.
+elements an update votes for; everything else is inherited. HetLoRA itself also weights the
+devices by the size of their update instead of their examples: that is
+:mod:`~coordinator.strategies.hetlora`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from coordinator.strategies.fedavg import FedAvg
 class ZeroPadding(FedAvg):
     """FedAvg in which a device votes zero for the rank components above its own rank."""
 
-    name = "hetlora"
+    name = "zero_padding"
 
     def coverage(self, update: ClientUpdate, current: Tensors) -> dict[str, np.ndarray]:
         """Per key of ``current``: all rank components of the channels ``update`` has, in its modules."""

@@ -12,7 +12,7 @@ from coordinator.strategies.base import coverage_masks, module_prefixes
 
 Q = "base_model.model.model.layers.28.self_attn.q_proj"
 V = "base_model.model.model.layers.28.self_attn.v_proj"
-ALL = ("fedavg", "hetlora", "flexlora")
+ALL = ("fedavg", "zero_padding", "hetlora", "flexlora")
 
 
 def module(a, b, prefix=Q) -> dict[str, np.ndarray]:
@@ -63,7 +63,7 @@ def test_module_prefixes_and_coverage_masks():
         coverage_masks(ClientUpdate(tensors, 1, trained={Q: TrainedPart(2, rows=np.array([3]))}), Q, (2, 2), (3, 2))
     with pytest.raises(ValueError):
         TrainedPart(rank=-1)
-    assert {"fedavg", "hetlora", "flexlora"} <= set(strategy_names())
+    assert {"fedavg", "zero_padding", "hetlora", "flexlora"} <= set(strategy_names())
 
 
 # --- FedAvg ------------------------------------------------------------------------------------
@@ -90,9 +90,9 @@ def test_fedavg_homogeneous_is_bit_identical_to_the_plain_weighted_mean():
         mean = get_strategy("fedavg").masked_mean(current[key], [t[key] for t in tensors], weights, everyone)
         np.testing.assert_array_equal(mean, expected)
     # Zero-padding has nothing to pad when everyone has everything: the same bits.
-    hetlora = aggregate("hetlora", current, updates)
+    padded = aggregate("zero_padding", current, updates)
     for key in current:
-        np.testing.assert_array_equal(hetlora[key], out[key])
+        np.testing.assert_array_equal(padded[key], out[key])
 
 
 def test_fedavg_averages_each_element_over_the_updates_that_cover_it():
@@ -117,7 +117,7 @@ def test_zero_padding_counts_missing_rank_components_as_zeros():
     rank_two = ClientUpdate(module([[5, 6], [7, 8]], [[3, 4], [5, 6], [7, 8]]), num_examples=3,
                             trained={Q: TrainedPart(rank=2)})
     absent = ClientUpdate(full_of(0.0), num_examples=4, trained={})  # lacks the layer: no vote
-    out = aggregate("hetlora", current, [rank_one, rank_two, absent])
+    out = aggregate("zero_padding", current, [rank_one, rank_two, absent])
     # Weights 1/4 and 3/4 (the absent device does not count); component 1 of the rank-1 device is 0:
     #   A row 0 = (1*[1, 2] + 3*[5, 6]) / 4 = [4, 5];  A row 1 = (1*[0, 0] + 3*[7, 8]) / 4 = [5.25, 6]
     #   B col 0 = (1*[1, 2, 3] + 3*[3, 5, 7]) / 4 = [2.5, 4.25, 6];  B col 1 = 3*[4, 6, 8] / 4 = [3, 4.5, 6]
@@ -134,10 +134,51 @@ def test_zero_padding_does_not_count_pruned_channels_as_zeros():
     pruned = ClientUpdate(module([[0, 1], [0, 1]], [[1, 1], [0, 0], [0, 0]]), num_examples=1,
                           trained={Q: TrainedPart(rank=2, rows=np.array([0]), cols=np.array([1]))})
     full = ClientUpdate(module([[3, 3], [3, 3]], [[3, 3], [4, 4], [6, 6]]), num_examples=1)
-    out = aggregate("hetlora", current, [pruned, full])
+    out = aggregate("zero_padding", current, [pruned, full])
     # Column 0 of A and rows 1, 2 of B come from the full device alone (not halved toward zero).
     np.testing.assert_array_equal(a_of(out), np.array([[3.0, 2.0], [3.0, 2.0]], np.float32))
     np.testing.assert_array_equal(b_of(out), np.array([[2.0, 2.0], [4.0, 4.0], [6.0, 6.0]], np.float32))
+
+
+# --- HetLoRA (zero-padding, devices weighted by ||B_k A_k||_F) --------------------------------------
+
+def test_hetlora_weights_each_module_by_the_norm_of_each_devices_product():
+    current = {**full_of(9.0, prefix=Q), **full_of(9.0, prefix=V)}
+    # Device 1, rank 1: B A = [[1], [0], [0]] @ [[3, 4]] has norm 5 in Q; in V it is 3 * 4 = 12 (norm 12).
+    small = ClientUpdate({**module([[3, 4], [0, 0]], [[1, 0], [0, 0], [0, 0]], Q),
+                          **module([[0, 4], [0, 0]], [[3, 0], [0, 0], [0, 0]], V)},
+                         num_examples=100, trained={Q: TrainedPart(rank=1), V: TrainedPart(rank=1)})
+    # Device 2, rank 2: Q's product [[3, 0], [0, 4], [0, 0]] @ I has norm 5; V's is all zero.
+    large = ClientUpdate({**module([[1, 0], [0, 1]], [[3, 0], [0, 4], [0, 0]], Q),
+                          **module([[1, 0], [0, 1]], [[0, 0], [0, 0], [0, 0]], V)},
+                         num_examples=1, trained={Q: TrainedPart(rank=2), V: TrainedPart(rank=2)})
+    out = aggregate("hetlora", current, [small, large])
+    # Q: norms 5 and 5, so 1/2 each whatever the example counts (100 against 1); padded like zero-padding.
+    np.testing.assert_array_equal(a_of(out, Q), np.array([[2.0, 2.0], [0.0, 0.5]], np.float32))
+    np.testing.assert_array_equal(b_of(out, Q), np.array([[2.0, 0.0], [0.0, 2.0], [0.0, 0.0]], np.float32))
+    # V: the rank-2 device's product is zero, so the rank-1 device takes the whole weight.
+    np.testing.assert_array_equal(a_of(out, V), np.array([[0.0, 4.0], [0.0, 0.0]], np.float32))
+    np.testing.assert_array_equal(b_of(out, V), np.array([[3.0, 0.0], [0.0, 0.0], [0.0, 0.0]], np.float32))
+    weights = get_strategy("hetlora").module_weights(current, [small, large])
+    np.testing.assert_allclose(weights[Q], [0.5, 0.5])
+    np.testing.assert_allclose(weights[V], [1.0, 0.0])
+
+
+def test_hetlora_falls_back_to_example_shares_when_every_product_is_zero_and_ignores_absent_devices():
+    current = full_of(9.0)
+    zero_b = [[0, 0], [0, 0], [0, 0]]
+    one = ClientUpdate(module([[1, 1], [1, 1]], zero_b), num_examples=1)
+    three = ClientUpdate(module([[5, 5], [5, 5]], zero_b), num_examples=3)
+    out, fedavg = aggregate("hetlora", current, [one, three]), aggregate("fedavg", current, [one, three])
+    for key in current:
+        np.testing.assert_array_equal(out[key], fedavg[key])
+    # A device lacking the module has no vote even with a huge (lifted, ignored) product.
+    trained = ClientUpdate(module([[1, 0], [0, 1]], [[1, 0], [0, 1], [0, 0]]), num_examples=1)
+    absent = ClientUpdate(full_of(50.0), num_examples=1, trained={})
+    out = aggregate("hetlora", current, [trained, absent])
+    np.testing.assert_array_equal(a_of(out), np.array([[1.0, 0.0], [0.0, 1.0]], np.float32))
+    with pytest.raises(ValueError, match="positive number of examples"):
+        aggregate("hetlora", current, [ClientUpdate(full_of(1.0), num_examples=0)])
 
 
 @pytest.mark.parametrize("name", ALL)
