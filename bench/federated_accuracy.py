@@ -252,7 +252,7 @@ class Centralized:
     def run(self, seeds: list[int]) -> dict:
         from models.intervals import formatted
 
-        lrs, steps = self.args.central_lrs, self.args.central_steps
+        lrs = self.args.central_lrs
         if len(self.label_ids) != len(set(self.label_ids)):
             raise SystemExit("the label words must be single, distinct tokens of this tokenizer")
         fit, validation = self._encoded(self.fit), self._encoded(self.validation)
@@ -265,6 +265,7 @@ class Centralized:
                   f"{self.args.central_batch}: validation accuracy "
                   f"{accuracy:.3f} on {len(validation)} articles", flush=True)
         best = max(sweep, key=lambda s: (s["validation_accuracy"], -s["lr"]))["lr"]
+        steps, step_sweep = self._choose_steps(fit, validation, best, sweep, seeds[0])
         everything = fit + validation
         per_seed = []
         for seed in seeds:
@@ -283,9 +284,28 @@ class Centralized:
                   f"{formatted(final['value'], final['ci95'], 'accuracy')} on {final['num_examples']} articles",
                   flush=True)
         zero = self._zero_shot()
-        return {"sweep": sweep, "sweep_steps": self.args.central_sweep_steps, "lr": best, "steps": steps,
+        return {"sweep": sweep, "sweep_steps": self.args.central_sweep_steps, "step_sweep": step_sweep,
+                "lr": best, "steps": steps,
                 "schedule": self.args.central_schedule, "batch": self.args.central_batch,
                 "train_examples": len(everything), "zero_shot": zero, "per_seed": per_seed}
+
+    def _choose_steps(self, fit, validation, lr: float, sweep: list[dict], seed: int) -> tuple[int, list[dict]]:
+        """The step count, among ``--central-steps``, that scores best on validation at ``lr``
+        (coordinate-wise after the rate: a full grid would cost every rate every count). A count
+        equal to the sweep's reuses its score. Ties go to fewer steps."""
+        candidates = self.args.central_steps
+        if len(candidates) == 1:
+            return candidates[0], []
+        scored = []
+        for steps in candidates:
+            if steps == self.args.central_sweep_steps:
+                accuracy = next(s["validation_accuracy"] for s in sweep if s["lr"] == lr)
+            else:
+                self.train_steps(fit, lr, steps, seed)
+                accuracy = self.validation_accuracy(validation)
+            scored.append({"steps": steps, "lr": lr, "validation_accuracy": accuracy})
+            print(f"centralized steps: {steps} at lr {lr:g}: validation accuracy {accuracy:.3f}", flush=True)
+        return max(scored, key=lambda s: (s["validation_accuracy"], -s["steps"]))["steps"], scored
 
     def _zero_shot(self) -> dict:
         self.reset(0)
@@ -484,8 +504,10 @@ def parse_args(argv=None):
                         help="held-out articles scored per adapter (default: the whole held-out split)")
     parser.add_argument("--central-lrs", default="1e-3,2e-3,4e-3,8e-3",
                         help="the centralized arm's AdamW sweep (4e-3 won the last one: 8e-3 checks it is not the edge)")
-    parser.add_argument("--central-steps", type=int, default=150)
-    parser.add_argument("--central-sweep-steps", type=int, default=150, help="steps of each sweep run")
+    parser.add_argument("--central-steps", default="150",
+                        help="the centralized arm's step count, or comma-separated counts to choose among on "
+                             "validation at the rate the sweep chose (ties go to fewer steps)")
+    parser.add_argument("--central-sweep-steps", type=int, default=150, help="steps of each learning-rate sweep run")
     parser.add_argument("--central-batch", type=int, default=8)
     parser.add_argument("--central-schedule", choices=("constant", "cosine"), default="cosine",
                         help="the centralized arm's learning-rate schedule (cosine decays to zero over each "
@@ -498,6 +520,12 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     args.central_lrs = [float(s) for s in args.central_lrs.split(",") if s.strip()]
+    try:
+        args.central_steps = sorted({int(s) for s in str(args.central_steps).split(",") if s.strip()})
+    except ValueError:
+        parser.error(f"--central-steps must be step counts separated by commas, got {args.central_steps!r}")
+    if not args.central_steps or min(args.central_steps) < 1 or not args.central_lrs:
+        parser.error("--central-steps and --central-lrs need at least one positive value each")
     if not args.seeds or args.devices < 1 or args.rounds < 1 or args.local_steps < 1 or args.lr <= 0:
         parser.error("need at least one seed, device, round and local step, and a positive --lr")
     return args

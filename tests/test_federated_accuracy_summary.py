@@ -83,3 +83,9 @@ def test_help_and_bad_arguments_do_not_load_models(capsys):
         bench.parse_args(["--seeds", ""])
     assert exit_info.value.code == 2
     assert "at least one seed" in capsys.readouterr().err
+    for bad, says in ((["--central-steps", "x"], "step counts"), (["--central-steps", "0,150"], "positive")):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+        assert says in capsys.readouterr().err
+    assert bench.parse_args(["--central-steps", "300,150,300"]).central_steps == [150, 300]
+    assert bench.parse_args([]).local_sampling == "class_balanced"
