@@ -292,6 +292,10 @@ class Update(Base):
     #: the device's hardware measurements (``meta.metrics``, validated), None if it sent none.
     #: (``none_as_null``: SQL NULL, not the JSON value null, so that ``IS NULL`` finds them.)
     metrics: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    #: the highest LoRA rank the update uses (``models.rank_pruning.effective_rank``), read from
+    #: its tensors: lower than its tier's when the device pruned its rank (HetLoRA). None for
+    #: updates stored before it was recorded.
+    effective_rank: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Evaluation(Base):

@@ -208,9 +208,9 @@ def _add_simulate(subparsers) -> None:
 
 def add_heterogeneity_options(p) -> None:
     """How the job chooses each device's tier and combines unequal adapters."""
-    p.add_argument("--strategy", default="fedavg", help="aggregation: fedavg, zero_padding, hetlora (zero-padding weighted by each update's norm), flexlora, fedavgm")
+    p.add_argument("--strategy", default="fedavg", help="aggregation: fedavg, zero_padding, hetlora (zero-padding weighted by each update's norm; devices self-prune their rank), flexlora, fedavgm")
     p.add_argument("--configurator", default="uniform",
-                   help="who picks each device's tier: uniform (the job's tier for all), legend, fedspine")
+                   help="who picks each device's tier: uniform (the job's tier for all), legend, fedspine, hetlora")
     p.add_argument("--configurator-options", type=_json_object, default=None, metavar="JSON",
                    help='the configurator\'s options as a JSON object, e.g. \'{"prune_ratios": [0, 0.5]}\'')
     p.add_argument("--prepare-tiers", choices=("on_demand", "all"), default="on_demand",

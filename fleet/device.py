@@ -60,6 +60,7 @@ from fleet.runtimes import get_runtime, runtime_names
 from fleet.shared_downloads import SharedDownloads, is_sha256
 from fleet.transport import CoordinatorClient, IntegrityError, ProtocolError, RetryPolicy
 from fleet.virtual_clock import program_kind, task_cost
+from models.rank_pruning import RankSelfPruning
 from models.tier import LOCAL_SAMPLINGS
 
 if TYPE_CHECKING:
@@ -152,6 +153,9 @@ class TaskOutcome:
     task_flops: float = 0.0
     #: the artifact format (training runtime) of the task, e.g. executorch or onnxruntime
     runtime: str | None = None
+    #: HetLoRA rank self-pruning (``models/rank_pruning.py``): whether this task pruned the
+    #: tail of the device's rank (None: the task did not ask for self-pruning)
+    rank_pruned: bool | None = None
     detail: str = ""
     started_at: float = field(default_factory=time.time)
 
@@ -370,6 +374,10 @@ class DeviceAgent:
         if sampling not in LOCAL_SAMPLINGS:
             raise ProtocolError(0, "inconsistent_task", f"unknown local sampling {sampling!r}; this device "
                                                         f"knows {', '.join(LOCAL_SAMPLINGS)}")
+        try:
+            pruning = RankSelfPruning.from_train(train)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(0, "inconsistent_task", f"bad rank_self_pruning settings: {exc}") from None
         steps = int(train["steps"])
         drop_at = dropout_step(self.config.seed, task["round"], steps, profile.dropout)
 
@@ -378,6 +386,7 @@ class DeviceAgent:
         examples = round_examples(self.config.data.examples, task["round"], steps, batch, sampling)
         batches = self.config.data.task.batches(tokenizer, examples, batch, seq)
         trainer = self._trainer(artifact_dir, manifest, adapter_path, train)
+        start_adapter = read_adapter(adapter_path) if pruning is not None else None
         compute, losses = 0.0, []
         if getattr(trainer, "prefix", None) is not None:
             # The frozen prefix of this round's examples, computed once (cached across rounds).
@@ -397,6 +406,11 @@ class DeviceAgent:
                 return TrainedTask(task, outcome)
             t0 = time.perf_counter()
             losses.append(trainer.step(ids, labels))
+            if pruning is not None:     # the penalty on the rank's tail, as its own step
+                current = trainer.adapter_tensors()
+                changed = pruning.penalty_step(current, float(train["lr"]))
+                if changed:
+                    trainer.load_adapter({**current, **changed})
             compute += time.perf_counter() - t0
         t0 = time.perf_counter()
         loss_after = trainer.loss(*batches[0])   # the first batch again: the before/after pair is comparable
@@ -408,7 +422,12 @@ class DeviceAgent:
 
         from safetensors.torch import save
 
-        update = save(trainer.adapter_tensors())
+        trained = trainer.adapter_tensors()
+        if pruning is not None:
+            outcome.rank_pruned = pruning.decide(start_adapter, trained)
+            if outcome.rank_pruned:
+                trained = pruning.pruned(trained)
+        update = save(trained)
         outcome.bytes_up = len(update)
         # Measured utilization: counted FLOPs over this machine's measured time and peak.
         outcome.peak_gflops = self.host_peak_gflops
@@ -505,6 +524,8 @@ class DeviceAgent:
                   "previous_upload_seconds": self._previous_upload_seconds,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "slowdown": self.config.profile.slowdown}
+        if outcome.rank_pruned is not None:
+            common["rank_pruned"] = outcome.rank_pruned
         if self.config.simulated:
             compute = outcome.virtual_compute_seconds
             achieved = outcome.task_flops / compute / 1e9 if compute > 0 else 0.0     # the profile's rate
@@ -587,3 +608,14 @@ class DeviceAgent:
                 raise IntegrityError("the artifact's tokenizer pads with another id than its manifest says")
             self._tokenizers[key] = tokenizer
         return self._tokenizers[key]
+
+
+def read_adapter(path: Path) -> dict:
+    """A start adapter file's tensors under PEFT keys, as torch tensors (``.ptd`` or safetensors)."""
+    import torch
+
+    from models.adapter_codec import tensors_from_ptd, tensors_from_safetensors
+
+    data = Path(path).read_bytes()
+    arrays = tensors_from_ptd(data) if Path(path).suffix == ".ptd" else tensors_from_safetensors(data)
+    return {key: torch.from_numpy(value) for key, value in arrays.items()}

@@ -15,7 +15,7 @@ import torch
 
 from export.manifest import program_loss_positions
 from fleet.prefix_cache import PrefixCache
-from models.adapter_codec import peft_key
+from models.adapter_codec import peft_key, program_key
 from models.batching import check_loss_positions
 
 
@@ -146,6 +146,18 @@ class ExecuTorchTrainer:
     def loss(self, ids: torch.Tensor, labels: torch.Tensor) -> float:
         """The loss on a batch without updating anything (gradients are computed and discarded)."""
         return float(self._module.forward_backward("forward", self._inputs(ids, labels))[0].item())
+
+    def load_adapter(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Write PEFT-keyed LoRA values into the runtime's own parameter tensors, in place (the
+        optimizer keeps its state: it holds these same tensors). The runtime exposes them only
+        once a method has run. ``ValueError`` for a key or shape the program does not train."""
+        live = self._module.named_parameters()
+        for key, value in tensors.items():
+            target = live.get(program_key(key))
+            if target is None or tuple(target.shape) != tuple(value.shape):
+                raise ValueError(f"adapter tensor {key} {tuple(value.shape)} does not fit this program")
+            with torch.no_grad():
+                target.copy_(value)
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """The current LoRA weights under PEFT adapter-file keys (copies).

@@ -4,7 +4,7 @@
   ``selector.py``, members such as ``first_come.py`` are registered by the import lines below,
   looked up with ``get_selector("first_come")``.
 - Tier configurators (which sub-tier a device trains): the base and registry are
-  ``configurator.py``, members ``uniform.py``, ``legend.py``, ``fedspine.py`` are registered
+  ``configurator.py``, members ``uniform.py``, ``legend.py``, ``fedspine.py``, ``hetlora.py`` are registered
   there on the first lookup (they load torch, which importing this package must not), looked
   up with ``configurator.get_configurator("legend", options)``. Their shared parts:
   ``options.py`` (option checks), :mod:`models.tier_algebra`, :mod:`fleet.task_cost`.

@@ -53,6 +53,9 @@ class PastTask:
     compute_seconds: float | None = None
     upload_bytes: int | None = None
     download_bytes: int | None = None
+    #: the highest LoRA rank the accepted update used, read from its tensors (None: not submitted
+    #: or not recorded); below the tier's rank when the device pruned its own (HetLoRA)
+    effective_rank: int | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ CONFIGURATORS: Registry[Configurator] = Registry("configurator", lazy_members=(
     "coordinator.scheduling.uniform",
     "coordinator.scheduling.legend",
     "coordinator.scheduling.fedspine",
+    "coordinator.scheduling.hetlora",
 ))
 
 #: Class decorator: make a :class:`Configurator` subclass available to jobs under its ``name``.

@@ -102,6 +102,7 @@ def update_payload(update: Update) -> dict:
         "bytes_downloaded": update.bytes_downloaded,
         "bytes_uploaded": update.bytes_uploaded,
         "delta_norm": update.delta_norm,
+        "effective_rank": update.effective_rank,
         "received_at": iso(update.received_at),
         "metrics": update.metrics,
     }

@@ -151,7 +151,8 @@ def device_history(session, job: Job, device_id: int) -> tuple:
             loss_before=update.loss_before if submitted else None,
             loss_after=update.loss_after if submitted else None, seconds=seconds, compute_seconds=compute,
             upload_bytes=update.bytes_uploaded if submitted else None,
-            download_bytes=update.bytes_downloaded if submitted else None))
+            download_bytes=update.bytes_downloaded if submitted else None,
+            effective_rank=update.effective_rank if submitted else None))
     return tuple(history)
 
 

@@ -33,6 +33,7 @@ from coordinator.services import lifecycle
 from coordinator.services.assignment import max_num_examples
 from coordinator.services.state import ServiceState
 from coordinator.services.validation import parse_meta, validate_update
+from models.rank_pruning import effective_rank
 
 
 def _check_state(task: Task, round_: Round, now) -> None:
@@ -85,7 +86,8 @@ def accept_result(state: ServiceState, device: Device, task_id: int, meta_raw: s
                 _check_state(task, round_, now)
                 ref = staged.ref
                 stored = Update(task_id=task.id, round_id=round_.id, device_id=device.id, sha256=ref.sha256,
-                                size=ref.size, delta_norm=validated.delta_norm, received_at=now, **meta.to_dict())
+                                size=ref.size, delta_norm=validated.delta_norm, received_at=now,
+                                effective_rank=effective_rank(validated.tensors), **meta.to_dict())
                 session.add(stored)
                 task.status, task.submitted_at = TaskStatus.SUBMITTED, now
                 froze = lifecycle.count_accepted_update(round_, job, now)

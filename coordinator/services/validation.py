@@ -108,7 +108,16 @@ METRIC_FIELDS = {
     "peak_rss_mb": lambda n, v: _number_field(n, v, 0.0, 1e8),
     "slowdown": lambda n, v: _number_field(n, v, 1.0, 1e6),                 # simulated devices: compute slowdown
     "virtual_seconds": lambda n, v: _number_field(n, v, 0.0, 1e9),          # simulated devices: simulated round time
+    # HetLoRA: the device says it pruned its rank's tail (the coordinator reads the rank itself
+    # from the tensors: services/uploads.py)
+    "rank_pruned": lambda n, v: _bool_field(n, v),
 }
+
+
+def _bool_field(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ApiError("invalid_field", f"{name} must be true or false, got {fields.shown(value)}")
+    return value
 
 
 def parse_metrics(value) -> dict | None:

@@ -25,18 +25,28 @@ Choices where the paper leaves room, and why:
   (``max_update_norm``, ``norm_clip_factor``; services/validation.py), which bounds ``S_k`` too;
   nothing a device *claims* enters the weight, only the tensors it sent.
 
-The device side of HetLoRA (rank self-pruning during local training) is not part of an
-aggregation strategy.
+**The device side.** HetLoRA's devices also prune their own rank during local training
+(:mod:`models.rank_pruning`). A job under this strategy asks every device for it through the
+task's ``train.rank_self_pruning`` (:meth:`HetLoRA.configure_train`, with :attr:`HetLoRA.self_pruning`:
+penalty strength 10 on the tail beyond half the rank, pruned when it shrank over the round).
+A pruned device's update has zeros in its tail, which this aggregation reads as a lower-rank
+update; the ``hetlora`` configurator (``coordinator/scheduling/hetlora.py``) then hands it a
+tier of the lower rank. The strength is not tuned: the paper gives none for this model, and
+with AdamW at the rates used here (4e-3) a strength near 10 is where the penalty's step on the
+tail's B factor (``lr * strength * ||A_tail||``) becomes comparable with the optimizer's
+(``lr`` per element); ``zero_padding`` is the same aggregation without any of it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 
 from coordinator.strategies.base import ClientUpdate, Tensors, lora_keys, module_prefixes, register
 from coordinator.strategies.zero_padding import ZeroPadding
+from models.rank_pruning import RankSelfPruning
 
 
 def product_norm(tensors: Tensors, prefix: str) -> float:
@@ -51,6 +61,12 @@ class HetLoRA(ZeroPadding):
     """Zero-padding in which each device's weight, per module, is its share of ``||B_k A_k||_F``."""
 
     name = "hetlora"
+    #: what devices are asked to do locally (``models/rank_pruning.py``)
+    self_pruning: ClassVar[RankSelfPruning] = RankSelfPruning(strength=10.0, keep=0.5, min_rank=1)
+
+    def configure_train(self, round_number: int, train: dict) -> dict:
+        """Devices prune their own rank (HetLoRA's local half)."""
+        return {**train, "rank_self_pruning": self.self_pruning.to_dict()}
 
     def module_weights(self, current: Tensors, updates: Sequence[ClientUpdate]) -> dict[str, np.ndarray]:
         """Per module prefix, each update's weight ``S_k / sum_j S_j`` (example shares if all are 0)."""

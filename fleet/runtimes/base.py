@@ -49,6 +49,10 @@ class Trainer(Protocol):
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """The current LoRA weights under PEFT adapter-file keys (copies)."""
 
+    def load_adapter(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite the trained LoRA values mid-training (PEFT keys; after the first step), as
+        HetLoRA's rank penalty does between steps (``models/rank_pruning.py``)."""
+
 
 class Runtime(ABC):
     """One on-device training engine; subclasses set ``name`` and implement :meth:`trainer`."""

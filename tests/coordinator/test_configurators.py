@@ -48,7 +48,7 @@ def fedspine_arm(label: str, job: JobView | None = None):
 # --- registry and options ------------------------------------------------------------------------
 
 def test_registry_knows_the_three_configurators_and_refuses_unknown_names():
-    assert {"uniform", "legend", "fedspine"} <= set(configurator_names())
+    assert {"uniform", "legend", "fedspine", "hetlora"} <= set(configurator_names())
     with pytest.raises(KeyError, match="unknown configurator 'nope'.*fedspine.*legend.*uniform"):
         get_configurator("nope")
 
@@ -154,7 +154,7 @@ def _devices(job):
     yield DeviceView(6, MID, (task(0, arm=pruned.label, tier=pruned.tier),))
 
 
-@pytest.mark.parametrize("name", ["uniform", "legend", "fedspine"])
+@pytest.mark.parametrize("name", ["uniform", "legend", "fedspine", "hetlora"])
 @pytest.mark.parametrize("reference", [REFERENCE, sub_tier(REFERENCE, (1, 2, 3, 4, 6, 8)),
                                        Tier(lora_layers=2, lora_rank=2, seq=32, batch=2).to_dict()])
 def test_every_tier_is_a_valid_sub_tier_of_the_reference(name, reference):
@@ -407,3 +407,37 @@ def test_fedspine_is_a_function_of_its_inputs():
     device = DeviceView(1, {}, (task(0, arm=a.label, tier=a.tier, gain=1.0),))
     first = get_configurator("fedspine").choose(job, device)
     assert get_configurator("fedspine").choose(job, device) == first
+
+
+# --- HetLoRA: a rank per device by capability, lowered for good by the device's own pruning ----------
+
+def hetlora_past(rank: int | None, round_number=1, submitted=True) -> PastTask:
+    return PastTask(round=round_number, arm=f"r{rank}", tier=sub_tier(REFERENCE, (8,) * 8), local_steps=20,
+                    submitted=submitted, effective_rank=rank if submitted else None)
+
+
+def test_hetlora_offers_the_reference_rank_halved_to_a_quarter_and_ranks_devices_by_capability():
+    job, configurator = make_job(), get_configurator("hetlora")
+    assert configurator.ranks(job) == [2, 4, 8]
+    assert [tier_ranks(t) for t in configurator.candidate_tiers(job)] == [(2,) * 8, (4,) * 8, (8,) * 8]
+    ranks_of = {name: [tier_ranks(c.tier)[-1] for c in configurator.choose(job, DeviceView(1, caps))]
+                for name, caps in (("fast", FAST), ("mid", MID), ("slow", SLOW))}
+    # the slowest third gets the lowest rank, the fastest the highest; lower ranks are fallbacks
+    assert ranks_of == {"fast": [8, 4, 2], "mid": [4, 2], "slow": [2]}
+    assert get_configurator("hetlora", {"ranks": [16, 1, 4]}).ranks(job) == [1, 4, 8]   # clipped to the reference
+
+
+def test_hetlora_never_hands_a_device_more_than_the_rank_it_pruned_itself_to():
+    job, configurator = make_job(), get_configurator("hetlora")
+    def top(history):
+        return tier_ranks(configurator.choose(job, DeviceView(1, FAST, tuple(history)))[0].tier)[-1]
+    assert top([hetlora_past(8)]) == 8
+    assert top([hetlora_past(8), hetlora_past(4, 2)]) == 4
+    assert top([hetlora_past(3, 1), hetlora_past(8, 2)]) == 2        # one-way, and to an offered rank
+    assert top([hetlora_past(None, 1, submitted=False)]) == 8         # a dropout says nothing
+    assert top([hetlora_past(1)]) == 2                               # never below the lowest offered
+
+
+def test_hetlora_refuses_bad_ranks():
+    with pytest.raises(ValueError, match=r"ranks\[0\]"):
+        get_configurator("hetlora", {"ranks": [0, 2]})

@@ -310,3 +310,14 @@ def test_every_reference_key_comes_back_float32_with_its_shape(name):
         assert list(out) == list(current)
         for key, value in current.items():
             assert out[key].dtype == np.float32 and out[key].shape == value.shape, key
+
+
+def test_hetlora_asks_devices_to_prune_their_own_rank_and_the_other_strategies_do_not():
+    from models.rank_pruning import RankSelfPruning
+
+    train = {"steps": 8, "lr": 0.1}
+    asked = get_strategy("hetlora").configure_train(3, train)
+    assert RankSelfPruning.from_train(asked) == get_strategy("hetlora").self_pruning
+    assert train == {"steps": 8, "lr": 0.1}                     # the caller's dict is left alone
+    for name in ("fedavg", "zero_padding", "flexlora"):
+        assert "rank_self_pruning" not in get_strategy(name).configure_train(3, train)

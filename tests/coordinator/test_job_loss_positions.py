@@ -68,7 +68,7 @@ def test_a_model_whose_tokenizer_does_not_load_is_refused_not_waved_through(tmp_
     assert "leave loss_positions out" in message
 
 
-@pytest.mark.parametrize("name", ["legend", "fedspine"])
+@pytest.mark.parametrize("name", ["legend", "fedspine", "hetlora"])
 def test_every_tier_a_configurator_derives_keeps_the_jobs_k(name):
     """Why checking the job's tier is enough: sub-tiers are built from it and keep K."""
     from models.registry import TINY_CONFIG

@@ -90,6 +90,35 @@ def test_device_round_matches_eager_pytorch(artifact_cache, tmp_path, sampling):
     assert worst <= 1e-5, f"device update differs from eager PyTorch by {worst}"
 
 
+def test_hetlora_devices_prune_their_own_rank_and_the_coordinator_reads_it_from_the_tensors(artifact_cache, tmp_path):
+    """Under the ``hetlora`` strategy a task asks the device to self-prune (models/rank_pruning.py).
+    Round 1 starts from lora_B = 0, so nothing can have shrunk: no pruning. In round 2 the device
+    decides for itself; whatever it decides, its update's zeros and the rank the coordinator
+    records (read from the tensors) must agree with it."""
+    from coordinator_harness import JOB_TIER
+    from models.rank_pruning import effective_rank
+
+    server = private_server(tmp_path / "coordinator", artifact_cache)
+    try:
+        admin = server.admin()
+        job = admin.running_job(rounds=2, devices_per_round=1, min_updates=1, local_steps=LOCAL_STEPS, lr=LR,
+                                tier=dict(JOB_TIER), strategy="hetlora")
+        device = start_device(server, tmp_path / "device", tmp_path / "device.log", "--task", "bbcnews",
+                              "--shard", "1/4", "--max-tasks", "2", "--name", "hetlora")
+        assert _wait(device) == 0, (tmp_path / "device.log").read_text()
+        admin.wait_job(job["job_id"], lambda j: j["status"] == "completed", what="completed")
+        rank = JOB_TIER.get("lora_rank", 8)
+        for round_number in (1, 2):
+            [update] = _round_updates(admin, job["job_id"], round_number)
+            pruned = update["metrics"]["rank_pruned"]
+            tensors = _update_tensors(admin, update["sha256"])
+            assert update["effective_rank"] == effective_rank(tensors) == (rank // 2 if pruned else rank)
+            if round_number == 1:
+                assert pruned is False
+    finally:
+        server.stop()
+
+
 def _program_entry(admin, job: dict) -> dict:
     """The manifest's entry (sha256, size) for the job's training program."""
     manifest = admin.get(f"/api/v1/blobs/{job['artifact']['sha256']}").json()

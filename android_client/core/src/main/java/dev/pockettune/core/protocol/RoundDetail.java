@@ -82,6 +82,8 @@ public final class RoundDetail extends RoundSummary implements JsonModel {
         public final long bytesDownloaded;
         public final long bytesUploaded;
         public final Number deltaNorm;
+        /** The highest LoRA rank the update uses, read by the coordinator from its tensors (null for old updates). */
+        public final Long effectiveRank;
         public final String receivedAt;
         public final DeviceMetrics metrics;
         public final JSONObject extra;
@@ -99,6 +101,7 @@ public final class RoundDetail extends RoundSummary implements JsonModel {
             bytesDownloaded = f.requireLong("bytes_downloaded");
             bytesUploaded = f.requireLong("bytes_uploaded");
             deltaNorm = f.requireNumber("delta_norm");
+            effectiveRank = f.optLong("effective_rank");
             receivedAt = f.requireString("received_at");
             metrics = f.opt("metrics", DeviceMetrics::fromJson);
             extra = f.unknown();
@@ -110,7 +113,8 @@ public final class RoundDetail extends RoundSummary implements JsonModel {
                     .put("url", url).put("num_examples", numExamples).put("loss_before", lossBefore)
                     .put("loss_after", lossAfter).put("train_seconds", trainSeconds)
                     .put("bytes_downloaded", bytesDownloaded).put("bytes_uploaded", bytesUploaded)
-                    .put("delta_norm", deltaNorm).put("received_at", receivedAt).put("metrics", metrics)
+                    .put("delta_norm", deltaNorm).put("effective_rank", effectiveRank)
+                    .put("received_at", receivedAt).put("metrics", metrics)
                     .with(extra);
         }
     }
