@@ -153,6 +153,10 @@ class TaskOutcome:
     task_flops: float = 0.0
     #: the artifact format (training runtime) of the task, e.g. executorch or onnxruntime
     runtime: str | None = None
+    #: the loss on the batch held out of training (``probe_split``), before and after the task
+    #: (None unless the task asked: ``train.probe_loss``)
+    probe_loss_before: float | None = None
+    probe_loss_after: float | None = None
     #: HetLoRA rank self-pruning (``models/rank_pruning.py``): whether this task pruned the
     #: tail of the device's rank (None: the task did not ask for self-pruning)
     rank_pruned: bool | None = None
@@ -378,13 +382,20 @@ class DeviceAgent:
             pruning = RankSelfPruning.from_train(train)
         except (TypeError, ValueError) as exc:
             raise ProtocolError(0, "inconsistent_task", f"bad rank_self_pruning settings: {exc}") from None
+        probe_wanted = train.get("probe_loss", False)
+        if not isinstance(probe_wanted, bool):
+            raise ProtocolError(0, "inconsistent_task", f"train.probe_loss must be true or false, got {probe_wanted!r}")
         steps = int(train["steps"])
         drop_at = dropout_step(self.config.seed, task["round"], steps, profile.dropout)
 
         started = time.perf_counter()
         tokenizer = self._tokenizer(artifact_dir, manifest)
-        examples = round_examples(self.config.data.examples, task["round"], steps, batch, sampling)
+        trainable, probe_examples = probe_split(self.config.data.examples, batch, probe_wanted)
+        examples = round_examples(trainable, task["round"], steps, batch, sampling)
         batches = self.config.data.task.batches(tokenizer, examples, batch, seq)
+        probe = self.config.data.task.batches(tokenizer, probe_examples, batch, seq)[0] if probe_examples else None
+        # the frozen prefix (and its charge) covers the probe batch too
+        prefix_batches = batches + [probe] if probe is not None else batches
         trainer = self._trainer(artifact_dir, manifest, adapter_path, train)
         start_adapter = read_adapter(adapter_path) if pruning is not None else None
         compute, losses = 0.0, []
@@ -392,14 +403,19 @@ class DeviceAgent:
             # The frozen prefix of this round's examples, computed once (cached across rounds).
             computed_before = trainer.prefix.stats.computed     # the cache outlives this task
             t0 = time.perf_counter()
-            trainer.prepare(batches)
+            trainer.prepare(prefix_batches)
             compute += time.perf_counter() - t0
             outcome.prefix_computed = trainer.prefix.stats.computed - computed_before
-            outcome.prefix_charged = self._charge_prefix(trainer.prefix.version, batches)
+            outcome.prefix_charged = self._charge_prefix(trainer.prefix.version, prefix_batches)
+        if probe is not None:
+            t0 = time.perf_counter()
+            outcome.probe_loss_before = trainer.loss(*probe)
+            compute += time.perf_counter() - t0
         for step, (ids, labels) in enumerate(batches):
             if drop_at is not None and step == drop_at:
                 self._abandoned.add(task["task_id"])
-                outcome.status, outcome.steps, outcome.compute_seconds = "dropped", step, compute
+                outcome.status, outcome.compute_seconds = "dropped", compute
+                outcome.steps = step + (1 if probe is not None else 0)     # the probe's first pass ran too
                 outcome.detail = f"dropped out after {step} of {steps} steps"
                 self._cost(outcome, manifest)
                 log.info("%s: %s (task %s)", self.config.name, outcome.detail, task["task_id"])
@@ -414,11 +430,14 @@ class DeviceAgent:
             compute += time.perf_counter() - t0
         t0 = time.perf_counter()
         loss_after = trainer.loss(*batches[0])   # the first batch again: the before/after pair is comparable
+        if probe is not None:
+            outcome.probe_loss_after = trainer.loss(*probe)
         compute += time.perf_counter() - t0
         outcome.train_seconds = time.perf_counter() - started
-        outcome.compute_seconds, outcome.steps = compute, steps + 1
+        # every pass is charged: the steps, the in-sample loss pass and the two probe passes
+        outcome.compute_seconds, outcome.steps = compute, steps + 1 + (2 if probe is not None else 0)
         outcome.loss_before, outcome.loss_after = losses[0], loss_after
-        outcome.num_examples = min(len(self.config.data.examples), steps * batch)
+        outcome.num_examples = min(len(trainable), steps * batch)
 
         from safetensors.torch import save
 
@@ -526,6 +545,9 @@ class DeviceAgent:
                   "slowdown": self.config.profile.slowdown}
         if outcome.rank_pruned is not None:
             common["rank_pruned"] = outcome.rank_pruned
+        if outcome.probe_loss_before is not None:
+            common.update(probe_loss_before=outcome.probe_loss_before, probe_loss_after=outcome.probe_loss_after)
+        common["artifact_bytes_downloaded"] = outcome.artifact_bytes_down
         if self.config.simulated:
             compute = outcome.virtual_compute_seconds
             achieved = outcome.task_flops / compute / 1e9 if compute > 0 else 0.0     # the profile's rate
@@ -608,6 +630,19 @@ class DeviceAgent:
                 raise IntegrityError("the artifact's tokenizer pads with another id than its manifest says")
             self._tokenizers[key] = tokenizer
         return self._tokenizers[key]
+
+
+def probe_split(examples: list, batch: int, wanted: bool) -> tuple[list, list]:
+    """(examples to train on, examples of the probe batch): the last ``batch`` examples of the
+    shard are held out of training, the same every round, when the task asks for a probe and the
+    shard can spare them (at least two batches left to train on); otherwise no probe.
+
+    A probe the device also trained on would reward memorizing it (the loss on a batch just
+    trained falls whatever the arm), which is what the in-sample pair measures.
+    """
+    if not wanted or len(examples) < 3 * batch:
+        return list(examples), []
+    return list(examples[:-batch]), list(examples[-batch:])
 
 
 def read_adapter(path: Path) -> dict:

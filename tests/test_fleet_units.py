@@ -262,3 +262,14 @@ def test_report_shows_an_evaluation_with_its_interval_when_there_is_one():
     table = format_report({"initial_evaluation": {"metric": "accuracy", "value": 0.2, "ci95": [0.1, 0.3]},
                            "rounds": [round_one]})
     assert "accuracy 0.200 [0.100, 0.300]" in table and "accuracy 0.600 [0.500, 0.700]" in table
+
+
+def test_the_probe_batch_is_held_out_of_training_and_the_same_every_round():
+    from fleet.device import probe_split
+
+    examples = list(range(20))
+    assert probe_split(examples, 4, False) == (examples, [])
+    trainable, probe = probe_split(examples, 4, True)
+    assert probe == [16, 17, 18, 19] and trainable == list(range(16))
+    assert probe_split(examples, 4, True) == (trainable, probe)
+    assert probe_split(list(range(11)), 4, True) == (list(range(11)), [])   # too small to spare a batch

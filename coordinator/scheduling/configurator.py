@@ -53,6 +53,13 @@ class PastTask:
     compute_seconds: float | None = None
     upload_bytes: int | None = None
     download_bytes: int | None = None
+    #: the loss on a batch the device held out of its training data, before and after the task
+    #: (reported when the configurator asks for it: :attr:`Configurator.wants_probe_loss`)
+    probe_loss_before: float | None = None
+    probe_loss_after: float | None = None
+    #: the part of ``seconds`` spent downloading the artifact, which a device pays once per tier
+    #: (0 when the artifact was already on the device or it did not say)
+    one_off_seconds: float = 0.0
     #: the highest LoRA rank the accepted update used, read from its tensors (None: not submitted
     #: or not recorded); below the tier's rank when the device pruned its own (HetLoRA)
     effective_rank: int | None = None
@@ -123,6 +130,9 @@ class Configurator(ABC):
     #: steps, whatever the device: the coordinator then has nothing to choose per device and no
     #: other tier to prepare, so it may skip building the views and placing the device.
     always_reference_tier: ClassVar[bool] = False
+    #: Whether devices should measure the loss on a batch held out of their training data, before
+    #: and after each task (``PastTask.probe_loss_*``): one more loss pass each, on the device.
+    wants_probe_loss: ClassVar[bool] = False
 
     def __init__(self, options: dict | None = None):
         if options is None:

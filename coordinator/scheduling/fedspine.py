@@ -10,9 +10,15 @@ the reference's ratio dropped) and the rank from ``ranks`` (default ``[2, 4, R]`
 reference's top rank; ranks above ``R`` dropped). An arm's tier has the reference's LoRA depth,
 each layer at ``min(rank, reference rank of that layer)``. Labels read ``p0.25-r4``.
 
-**Reward.** A task's reward is its loss improvement per second of round time,
-``(loss_before - loss_after) / seconds`` (:func:`task_reward`); a task without a result (a
-dropout, a missed deadline) earns 0, so an arm a device cannot finish looks bad. Rewards are
+**Reward.** A task's reward is what the arm bought per second of the work that recurs
+(:func:`task_reward`): the loss improvement on a batch the device held out of its training
+data (``probe_loss_before - probe_loss_after``; devices measure it because this configurator
+asks, :attr:`wants_probe_loss`), over the task's seconds less its one-off artifact download
+(compute and the adapter's transfer are paid every round; the artifact once per tier, so
+counting it would make every newly tried arm look bad for a reason that never recurs). The
+in-sample loss pair (the first batch again) is used only when a device reported no probe (a
+shard too small to spare a batch). A task without a result (a dropout, a missed deadline)
+earns 0, so an arm a device cannot finish looks bad. Rewards are
 divided by the largest ``|reward|`` among the device's recent tasks (the discount's window),
 so that the exploration constant means the same for every device and, since losses fall over
 rounds and with them the rewards, for every stage of the job.
@@ -69,11 +75,15 @@ class Arm:
 
 
 def task_reward(task: PastTask) -> float:
-    """Loss improvement per second of ``task``; 0 for a task without a usable result."""
-    values = (task.loss_before, task.loss_after, task.seconds)
-    if not task.submitted or any(v is None or not math.isfinite(v) for v in values) or task.seconds <= 0:
+    """Held-out loss improvement per recurring second of ``task`` (in-sample when it has no
+    probe); 0 for a task without a usable result."""
+    probe = (task.probe_loss_before, task.probe_loss_after)
+    before, after = probe if None not in probe else (task.loss_before, task.loss_after)
+    if not task.submitted or any(v is None or not math.isfinite(v) for v in (before, after, task.seconds)) \
+            or task.seconds <= 0:
         return 0.0
-    return (task.loss_before - task.loss_after) / task.seconds
+    recurring = task.seconds - task.one_off_seconds
+    return (before - after) / (recurring if recurring > 0 else task.seconds)
 
 
 @register
@@ -81,6 +91,7 @@ class FedSpine(Configurator):
     """Per-device discounted-UCB bandit over pruning ratio and LoRA rank."""
 
     name = "fedspine"
+    wants_probe_loss = True
     option_defaults = {
         "prune_ratios": [0.0, 0.25, 0.5],
         "ranks": None,                 # None: [2, 4, R]

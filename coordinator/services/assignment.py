@@ -127,6 +127,8 @@ def task_offer(state: ServiceState, task_id: int) -> dict:
         train.update(betas=list(tier_train.get("betas", (0.9, 0.999))), eps=tier_train.get("eps", 1e-8))
     if job_train.get("local_sampling", "sequential") != "sequential":
         train["sampling"] = job_train["local_sampling"]    # absent = sequential, as before the setting existed
+    if configurator_class(job.configurator).wants_probe_loss:
+        train["probe_loss"] = True     # measure a held-out batch's loss before and after training
     train = get_strategy(job.strategy).configure_train(round_.number, train)
     adapter = _start_adapter(state, get_format(info.format).start_adapter_kind, task, start)
     return task_payload(task, round_, job, info.artifact, info.files, start.round, adapter, train,

@@ -142,9 +142,13 @@ def device_history(session, job: Job, device_id: int) -> tuple:
             continue  # still training: neither a result nor a dropout yet
         metrics = (update.metrics or {}) if update is not None else {}
         seconds = compute = None
+        one_off = 0.0
         if submitted:
             compute = float(metrics.get("compute_seconds", update.train_seconds))
             seconds = float(metrics.get("virtual_seconds") or update.train_seconds)
+            artifact_bytes, download_seconds = metrics.get("artifact_bytes_downloaded"), metrics.get("download_seconds")
+            if artifact_bytes and download_seconds and update.bytes_downloaded > 0:
+                one_off = min(seconds, download_seconds * artifact_bytes / update.bytes_downloaded)
         history.append(PastTask(
             round=number, arm=task.arm or "reference", tier=task.tier or job.tier,
             local_steps=task.local_steps or job.local_steps, submitted=submitted,
@@ -152,7 +156,9 @@ def device_history(session, job: Job, device_id: int) -> tuple:
             loss_after=update.loss_after if submitted else None, seconds=seconds, compute_seconds=compute,
             upload_bytes=update.bytes_uploaded if submitted else None,
             download_bytes=update.bytes_downloaded if submitted else None,
-            effective_rank=update.effective_rank if submitted else None))
+            effective_rank=update.effective_rank if submitted else None,
+            probe_loss_before=metrics.get("probe_loss_before"), probe_loss_after=metrics.get("probe_loss_after"),
+            one_off_seconds=one_off))
     return tuple(history)
 
 

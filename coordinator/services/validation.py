@@ -108,6 +108,12 @@ METRIC_FIELDS = {
     "peak_rss_mb": lambda n, v: _number_field(n, v, 0.0, 1e8),
     "slowdown": lambda n, v: _number_field(n, v, 1.0, 1e6),                 # simulated devices: compute slowdown
     "virtual_seconds": lambda n, v: _number_field(n, v, 0.0, 1e9),          # simulated devices: simulated round time
+    # Asked for by configurators that learn from losses (FedSpine): the loss on a batch the device
+    # held out of its training data, before and after this task's training
+    "probe_loss_before": lambda n, v: _number_field(n, v, 0.0, MAX_LOSS),
+    "probe_loss_after": lambda n, v: _number_field(n, v, 0.0, MAX_LOSS),
+    # the part of bytes_downloaded that was the artifact (paid once per tier, not every round)
+    "artifact_bytes_downloaded": lambda n, v: _int_field(n, v, 0, MAX_TRANSFER_BYTES),
     # HetLoRA: the device says it pruned its rank's tail (the coordinator reads the rank itself
     # from the tensors: services/uploads.py)
     "rank_pruned": lambda n, v: _bool_field(n, v),
@@ -116,7 +122,7 @@ METRIC_FIELDS = {
 
 def _bool_field(name: str, value) -> bool:
     if not isinstance(value, bool):
-        raise ApiError("invalid_field", f"{name} must be true or false, got {fields.shown(value)}")
+        raise ApiError("invalid_field", f"meta.{name} must be true or false, got {fields.shown(value)}")
     return value
 
 
@@ -176,6 +182,10 @@ def parse_meta(raw: str | bytes, *, max_num_examples: int, start_adapters: Colle
                                         "this task started from (the task's adapter.sha256): the update was "
                                         "trained for another task or round")
     values.update({name: check(data.get(name)) for name, check in _OPTIONAL_META_FIELDS.items()})
+    artifact_bytes = (values["metrics"] or {}).get("artifact_bytes_downloaded")
+    if artifact_bytes is not None and artifact_bytes > values["bytes_downloaded"]:
+        raise ApiError("invalid_field", f"meta.metrics.artifact_bytes_downloaded is {artifact_bytes}, more than "
+                                        f"the task's bytes_downloaded ({values['bytes_downloaded']})")
     return UpdateMeta(**values)
 
 

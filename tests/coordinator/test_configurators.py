@@ -310,6 +310,22 @@ def test_task_reward_is_loss_gain_per_second_and_zero_without_a_result():
     assert task_reward(task(0, arm=arm.label, tier=arm.tier, gain=float("nan"))) == 0.0
 
 
+def test_task_reward_prefers_the_held_out_probe_and_leaves_out_the_one_off_download():
+    in_sample = PastTask(round=1, arm="a", tier=REFERENCE, local_steps=20, submitted=True,
+                         loss_before=5.0, loss_after=3.0, seconds=10.0)
+    assert task_reward(in_sample) == pytest.approx(0.2)
+    probed = PastTask(round=1, arm="a", tier=REFERENCE, local_steps=20, submitted=True, loss_before=5.0,
+                      loss_after=3.0, seconds=10.0, probe_loss_before=4.0, probe_loss_after=3.5)
+    assert task_reward(probed) == pytest.approx(0.05)            # memorizing the first batch earns nothing
+    first_of_tier = PastTask(round=1, arm="a", tier=REFERENCE, local_steps=20, submitted=True, loss_before=5.0,
+                             loss_after=3.0, seconds=10.0, probe_loss_before=4.0, probe_loss_after=3.5,
+                             one_off_seconds=8.0)
+    assert task_reward(first_of_tier) == pytest.approx(0.25)     # 0.5 over the 2 s that recur
+    odd = PastTask(round=1, arm="a", tier=REFERENCE, local_steps=20, submitted=True, loss_before=5.0,
+                   loss_after=3.0, seconds=10.0, one_off_seconds=10.0)
+    assert task_reward(odd) == pytest.approx(0.2)                # nothing recurring left: the whole task
+
+
 def test_fedspine_arms():
     arms = get_configurator("fedspine").arms(make_job())
     assert [a.label for a in arms] == ["p0-r2", "p0-r4", "p0-r8", "p0.25-r2", "p0.25-r4", "p0.25-r8",

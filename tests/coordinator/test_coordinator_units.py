@@ -171,6 +171,8 @@ def test_meta_metrics_are_optional_and_checked_key_by_key():
     assert parsed == METRICS and isinstance(parsed["flops_per_step"], float) and isinstance(parsed["steps"], int)
     assert parse_meta(json.dumps({**good, "metrics": {"previous_upload_seconds": 0.25}})).metrics == {
         "previous_upload_seconds": 0.25}
+    extra = {"probe_loss_before": 2.0, "probe_loss_after": 1.5, "artifact_bytes_downloaded": 7, "rank_pruned": False}
+    assert parse_meta(json.dumps({**good, "bytes_downloaded": 7, "metrics": extra})).metrics == extra
     for metrics, snippet in [
         ([1, 2], "meta.metrics must be a JSON object"),
         ({"accuracy": 0.9}, 'unknown fields ["accuracy"]'),
@@ -181,6 +183,10 @@ def test_meta_metrics_are_optional_and_checked_key_by_key():
         ({"flop_utilization": "high"}, "meta.metrics.flop_utilization"),
         ({"download_seconds": None}, "meta.metrics.download_seconds"),
         ({"virtual_seconds": 1e400}, "meta.metrics.virtual_seconds"),  # JSON's 1e400 parses as inf
+        ({"probe_loss_before": -1}, "meta.metrics.probe_loss_before"),
+        ({"rank_pruned": 1}, "meta.metrics.rank_pruned"),
+        # the artifact cannot be more than everything the task downloaded
+        ({"artifact_bytes_downloaded": 1}, "more than the task's bytes_downloaded"),
     ]:
         with pytest.raises(ApiError) as caught:
             parse_meta(json.dumps({**good, "metrics": metrics}).replace("Infinity", "1e400"))

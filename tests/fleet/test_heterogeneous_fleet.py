@@ -54,6 +54,10 @@ def test_mixed_tier_rounds_complete_and_keep_the_reference_shapes(artifact_cache
     arms = [task["arm"] for r in rounds for task in r["tasks"]]
     assert set(arms) == {"p0.5-r2", "p0.5-r4"}, arms
     assert all(task["tier"]["prune_ratio"] == 0.5 for r in rounds for task in r["tasks"])
+    # FedSpine asks devices for the loss of a batch held out of their training: every pass charged
+    metrics = [task["update"]["metrics"] for r in rounds for task in r["tasks"]]
+    assert all(m["probe_loss_before"] > 0 and m["probe_loss_after"] > 0 and m["steps"] == 2 + 3 for m in metrics)
+    assert all(0 <= m["artifact_bytes_downloaded"] for m in metrics)
     # The global adapter kept the reference's keys and shapes, and training changed it.
     assert {k: v.shape for k, v in final.items()} == {k: v.shape for k, v in initial.items()}
     assert any(not np.allclose(final[k], initial[k]) for k in initial if "lora_B" in k)
