@@ -34,7 +34,7 @@ REFERENCE_TIER = {"prune_ratio": 0.0, "lora_rank": 8, "lora_layers": 4, "quantiz
 #: more arms than a device has tasks never leaves exploration (FedSpine ran hundreds of rounds).
 CONFIGURATOR_OPTIONS = {
     "uniform": {},
-    "legend": {"depths": [1, 4], "slack": 2.0, "min_steps": 2},
+    "legend": {"depths": [2, 4], "slack": 2.0, "min_steps": 2},
     "fedspine": {"prune_ratios": [0.0, 0.5], "ranks": [8], "monotone_pruning": False},
 }
 

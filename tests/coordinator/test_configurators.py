@@ -184,8 +184,12 @@ def test_uniform_gives_everyone_the_reference():
 
 # --- LEGEND ---------------------------------------------------------------------------------------
 
+# The depth mechanics are tested with every depth allowed (min_depth 1); the learnable minimum below.
+SHALLOW_OK = {"min_depth": 1}
+
+
 def test_legend_ranks_rise_towards_the_output():
-    legend = get_configurator("legend")
+    legend = get_configurator("legend", SHALLOW_OK)
     configs = legend.configs(make_job())
     assert [c.depth for c in configs] == [1, 2, 4, 8]
     deepest = tier_ranks(configs[-1].tier)
@@ -196,7 +200,7 @@ def test_legend_ranks_rise_towards_the_output():
 
 
 def test_legend_gives_a_slow_device_a_smaller_tier_than_a_fast_one():
-    job, legend = make_job(), get_configurator("legend")
+    job, legend = make_job(), get_configurator("legend", SHALLOW_OK)
     fast, mid, slow = (legend.choose(job, DeviceView(i, caps)) for i, caps in enumerate(FLEET))
     depth = lambda choice: Tier.from_dict(choice.tier).lora_layers  # noqa: E731
     assert depth(fast[0]) == 8 and fast[0].local_steps == 20
@@ -209,9 +213,25 @@ def test_legend_gives_a_slow_device_a_smaller_tier_than_a_fast_one():
     assert estimate_task_seconds(slow[0].tier, slow[0].local_steps, SHAPE, SLOW) <= target
     assert estimate_task_seconds(slow[0].tier, slow[0].local_steps + 1, SHAPE, SLOW) > target
     # min_steps bounds the cut; a generous target lets everyone train the deepest tier.
-    assert get_configurator("legend", {"min_steps": 15}).choose(job, DeviceView(3, SLOW))[0].local_steps == 15
-    generous = get_configurator("legend", {"target_seconds": 1e6})
+    assert get_configurator("legend", {"min_steps": 15, **SHALLOW_OK}).choose(job, DeviceView(3, SLOW))[0].local_steps == 15
+    generous = get_configurator("legend", {"target_seconds": 1e6, **SHALLOW_OK})
     assert depth(generous.choose(job, DeviceView(3, SLOW))[0]) == 8
+
+
+def test_legend_never_hands_out_a_tier_below_its_learnable_minimum():
+    job = make_job()                                        # reference depth 8: the minimum is 4
+    legend = get_configurator("legend")
+    assert [c.depth for c in legend.configs(job)] == [4, 8]
+    for caps in (*FLEET, {"ram_mb": 1024, "gflops": 0.01, "bandwidth_mbps": 0.1, "runtimes": ["executorch"]}):
+        choices = legend.choose(job, DeviceView(1, caps))
+        assert all(Tier.from_dict(c.tier).lora_layers >= 4 for c in choices)
+    # far too slow for even the minimum: the minimum depth with fewer steps, not a shallower tier
+    hopeless = legend.choose(job, DeviceView(1, SLOW))
+    assert [Tier.from_dict(c.tier).lora_layers for c in hopeless] == [4] and hopeless[0].local_steps < 20
+    assert [c.depth for c in get_configurator("legend", {"min_depth": 2}).configs(job)] == [2, 4, 8]
+    assert [c.depth for c in get_configurator("legend", {"min_depth": 99}).configs(job)] == [8]
+    with pytest.raises(ValueError, match="min_depth"):
+        get_configurator("legend", {"min_depth": 0})
 
 
 def test_legend_target_defaults_to_the_fastest_device_on_the_reference_tier():
@@ -228,7 +248,7 @@ def test_legend_target_defaults_to_the_fastest_device_on_the_reference_tier():
 
 @pytest.mark.parametrize("with_compute_seconds", [True, False])
 def test_legend_calibrates_from_the_seconds_tasks_really_took(with_compute_seconds):
-    job, legend = make_job(), get_configurator("legend")
+    job, legend = make_job(), get_configurator("legend", SHALLOW_OK)
     first = legend.choose(job, DeviceView(1, FAST))[0]
     assert Tier.from_dict(first.tier).lora_layers == 8
     estimate = estimate_task_time(first.tier, first.local_steps, SHAPE, FAST)
