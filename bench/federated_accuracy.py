@@ -70,11 +70,16 @@ def cpu_model() -> str:
 
 # --- federated arms -----------------------------------------------------------------------------
 
-def federated_run(args, coordinator, partition: str, seed: int, workdir: Path) -> dict:
+def federated_run(args, coordinator, partition: str, seed: int, workdir: Path, job_extra: dict | None = None,
+                  summarize_outcomes=None) -> dict:
+    """One simulated fleet's job to the end. ``job_extra`` adds job fields (a configurator and
+    its options, a strategy); ``summarize_outcomes(report)`` may read the per-task outcomes
+    before they are dropped from the report (they are large), and its result is kept under
+    ``report["outcome_summary"]``."""
     from fleet.simulator import FleetSimulation, FleetSpec, format_report
 
     job = {"model": args.model, "tier": experiment_tier(args), "local_steps": args.local_steps, "lr": args.lr,
-           "strategy": args.strategy, "eval_every": args.eval_every}
+           "strategy": args.strategy, "eval_every": args.eval_every, **(job_extra or {})}
     if args.eval_examples is not None:
         job["eval_examples"] = args.eval_examples
     spec = FleetSpec(devices=args.devices, fleet=args.profile, rounds=args.rounds, task="bbcnews",
@@ -93,6 +98,8 @@ def federated_run(args, coordinator, partition: str, seed: int, workdir: Path) -
                                     for r in range(0, len(report["rounds"]) + 1)]
     print(f"\nfederated, {partition}, seed {seed}:\n{format_report(report)}\n", flush=True)
     shutil.rmtree(workdir / "devices", ignore_errors=True)   # 20 copies of the program: GBs
+    if summarize_outcomes is not None:
+        report["outcome_summary"] = summarize_outcomes(report)
     report.pop("outcomes", None)
     return report
 
@@ -468,11 +475,12 @@ def plot(results: dict, out: Path) -> list[Path]:
 
 # --- the command --------------------------------------------------------------------------------
 
-def parse_args(argv=None):
+def add_fleet_arguments(parser) -> None:
+    """The simulated fleets' settings (defaults chosen on validation), shared with the other
+    benches that run the same harness (bench/heterogeneity.py)."""
     from fleet.cli import FLEETS
     from models.tier import LOCAL_SAMPLINGS
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (each arm runs once per seed)")
     parser.add_argument("--devices", type=int, default=20)
@@ -502,6 +510,18 @@ def parse_args(argv=None):
                         help="the coordinator scores every K-th global adapter (round 0 and the last always)")
     parser.add_argument("--eval-examples", type=int, default=None,
                         help="held-out articles scored per adapter (default: the whole held-out split)")
+
+
+def check_fleet_arguments(parser, args) -> None:
+    """Parse the seeds and refuse settings no fleet can run."""
+    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if not args.seeds or args.devices < 1 or args.rounds < 1 or args.local_steps < 1 or args.lr <= 0:
+        parser.error("need at least one seed, device, round and local step, and a positive --lr")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_fleet_arguments(parser)
     parser.add_argument("--central-lrs", default="1e-3,2e-3,4e-3,8e-3",
                         help="the centralized arm's AdamW sweep (4e-3 won the last one: 8e-3 checks it is not the edge)")
     parser.add_argument("--central-steps", default="150",
@@ -518,7 +538,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results")
     parser.add_argument("--run-root", type=Path, default=Path("runs") / "federated_accuracy")
     args = parser.parse_args(argv)
-    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    check_fleet_arguments(parser, args)
     args.central_lrs = [float(s) for s in args.central_lrs.split(",") if s.strip()]
     try:
         args.central_steps = sorted({int(s) for s in str(args.central_steps).split(",") if s.strip()})
@@ -526,8 +546,6 @@ def parse_args(argv=None):
         parser.error(f"--central-steps must be step counts separated by commas, got {args.central_steps!r}")
     if not args.central_steps or min(args.central_steps) < 1 or not args.central_lrs:
         parser.error("--central-steps and --central-lrs need at least one positive value each")
-    if not args.seeds or args.devices < 1 or args.rounds < 1 or args.local_steps < 1 or args.lr <= 0:
-        parser.error("need at least one seed, device, round and local step, and a positive --lr")
     return args
 
 

@@ -1,133 +1,228 @@
-"""Heterogeneity-aware tuning against the uniform baseline, on one simulated fleet.
+"""Heterogeneity-aware configurators against uniform tiers, over several seeds, in one invocation.
 
-Runs the same fleet (profiles, shards, dropout, seed) once per configurator: ``uniform``
-(every device the job's tier), ``legend`` (LoRA depth and rising ranks sized to each
-device) and ``fedspine`` (a bandit per device over pruning ratio and rank), each against a
-real coordinator that exports the tiers, cuts and lifts adapters, and aggregates with the
-chosen strategy. Reports, per configurator: virtual time to the target accuracy, final
-accuracy with its 95% interval over the held-out articles (Wilson, the coordinator's), and
-bytes uploaded and downloaded; writes ``<out>/heterogeneity.json`` and plots.
+Every arm is a (configurator, aggregation strategy) pair run on the same simulated fleets as
+bench/federated_accuracy.py (the trusted harness: the same tier, data, devices' settings chosen
+on validation, Dirichlet(alpha) shards, real devices training the real ExecuTorch programs
+against one real coordinator, one job per run, every held-out article scored with its 95%
+interval). Per seed every arm sees the same shards, device profiles and dropout draws, so the
+arms differ only in what each device is given to train and how the updates are combined:
 
-The virtual clock is the simulator's (``fleet/simulator.py``, ``fleet/virtual_clock.py``):
-each task costs its transfers at the device's link plus its counted FLOPs at the profile's
-calibrated sustained rate (nothing measured on the host), a round accepts results in virtual
-finish order, and it lasts until its last accepted result (or its virtual deadline).
+- ``uniform:fedavg``: every device trains the job's tier (the baseline);
+- ``legend:fedavg``: LoRA depth and rising ranks sized to each device, never below the
+  learnable minimum (coordinator/scheduling/legend.py);
+- ``fedspine:fedavg``: a bandit per device over pruning ratio x rank (both axes), rewarded by
+  the loss on a batch the device held out, per recurring second
+  (coordinator/scheduling/fedspine.py);
+- ``hetlora:hetlora``: a rank per device by capability, lowered by the devices' own rank
+  self-pruning, aggregated with HetLoRA's sparsity weights (models/rank_pruning.py).
 
-    python bench/heterogeneity.py --model smollm2-135m --devices 20 --rounds 5 --out docs/heterogeneity
+Other pairs (``fedspine:flexlora``, ``legend:zero_padding``, ...) are one ``--arms`` entry away.
+
+**Clocks.** Virtual time comes from the cost model (counted FLOPs at each profile's calibrated
+rate, bytes at its link, fleet/virtual_clock.py), so the host's load moves no result, only this
+script's wall time. The *virtual* clock includes one-off artifact downloads (every device
+fetches each new tier once); the *steady* clock leaves them out, as for a fleet that fetched
+its artifacts ahead of time.
+
+**Target.** Per seed, uniform's final accuracy minus 1 point (``--target`` for a fixed one).
+Time to target is the virtual time at the end of the first *scored* round at or above it
+(``--eval-every`` sets the resolution); speedups are per seed (uniform's time over the arm's),
+reported as the median over seeds. Bytes are counted up to the round that reached the target,
+and over the whole run.
+
+Writes ``<out>/results.json`` (every round of every run), ``<out>/summary.json`` (per arm:
+``time_to_target_s``, ``speedup_vs_uniform``, ``final_accuracy``, ``ci95``, ``upload_bytes``,
+``download_bytes``, per-seed values, tiers handed out per profile) and plots::
+
+    python bench/heterogeneity.py --out docs/heterogeneity
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-CONFIGURATORS = ("uniform", "legend", "fedspine")
-#: The job's (reference) tier: the demo's, int8 SmolLM2 with LoRA r8 on the last 4 layers.
-REFERENCE_TIER = {"prune_ratio": 0.0, "lora_rank": 8, "lora_layers": 4, "quantize": "int8", "batch": 4, "seq": 64,
-                  "train": {"momentum": 0.5}}
-#: Few arms on purpose: each device takes part in about five rounds here, and a bandit with
-#: more arms than a device has tasks never leaves exploration (FedSpine ran hundreds of rounds).
+DEFAULT_ARMS = "uniform:fedavg,legend:fedavg,fedspine:fedavg,hetlora:hetlora"
+#: Each configurator's options in this comparison. The reference tier has LoRA on the last 4
+#: layers at rank 8, so LEGEND chooses depth 2 or 4 (2 is its learnable minimum), FedSpine's
+#: arms are 2 pruning ratios x 2 ranks, HetLoRA's ranks are 2, 4 and 8.
 CONFIGURATOR_OPTIONS = {
     "uniform": {},
     "legend": {"depths": [2, 4], "slack": 2.0, "min_steps": 2},
-    "fedspine": {"prune_ratios": [0.0, 0.5], "ranks": [8], "monotone_pruning": False},
+    "fedspine": {"prune_ratios": [0.0, 0.5], "ranks": [4, 8]},
+    "hetlora": {},
 }
 
 
-def run_fleet(args, configurator: str, workdir: Path, cache: Path) -> dict:
-    from fleet.local_coordinator import LocalCoordinator
-    from fleet.simulator import FleetSimulation, FleetSpec, format_report
+def parse_arms(text: str) -> list[tuple[str, str]]:
+    """``"uniform:fedavg,legend:fedavg"`` -> [("uniform", "fedavg"), ...] (uniform first, once)."""
+    from coordinator.scheduling.configurator import configurator_names
+    from coordinator.strategies import strategy_names
 
-    job = {"model": args.model, "tier": dict(args.tier), "local_steps": args.local_steps, "lr": args.lr,
-           "eval_examples": args.eval_examples, "strategy": args.strategy, "configurator": configurator,
-           "configurator_options": CONFIGURATOR_OPTIONS[configurator], "prepare_tiers": "all"}
-    spec = FleetSpec(devices=args.devices, fleet=args.profile, rounds=args.rounds, task="bbcnews",
-                     partition=f"dirichlet:{args.alpha:g}", seed=args.seed, dropout=args.dropout,
-                     workers=args.workers, devices_per_round=args.devices_per_round, min_updates=args.min_updates,
-                     round_deadline_s=args.round_deadline, job=job)
-    with LocalCoordinator(workdir, artifact_cache=cache, extra_args=["--tick", "0.5"]) as coordinator:
-        sim = FleetSimulation(spec, coordinator.base_url, coordinator.admin_token, coordinator.enrollment_key,
-                              workdir, progress=not args.no_progress)
-        report = sim.run(timeout_s=6 * 3600)
-    print(f"\n{configurator}:\n{format_report(report)}\n", flush=True)
-    return report
+    arms = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        configurator, _, strategy = item.partition(":")
+        strategy = strategy or "fedavg"
+        if configurator not in configurator_names() or strategy not in strategy_names():
+            raise ValueError(f"unknown arm {item!r}: configurators {configurator_names()}, strategies {strategy_names()}")
+        if (configurator, strategy) not in arms:
+            arms.append((configurator, strategy))
+    if ("uniform", "fedavg") not in arms:
+        raise ValueError("the arms must include uniform:fedavg, the baseline every speedup is measured against")
+    arms.remove(("uniform", "fedavg"))
+    return [("uniform", "fedavg"), *arms]
 
 
-def steady_round_seconds(report: dict, number: int) -> float:
-    """A round's virtual length without one-off artifact downloads (artifacts fetched ahead of time).
+def arm_label(configurator: str, strategy: str) -> str:
+    return f"{configurator}:{strategy}"
 
-    Each accepted task's virtual seconds minus its artifact bytes at its profile's bandwidth;
-    the round lasts as long as the slowest of them.
-    """
+
+# --- one run --------------------------------------------------------------------------------------
+
+def outcome_summary(report: dict) -> dict:
+    """What the per-task outcomes say that the rounds do not: each round's steady length (without
+    one-off artifact downloads) and the tiers handed out per device profile."""
     from fleet.profiles import PROFILES
 
-    times = [o["virtual_seconds"] - o.get("artifact_bytes_down", 0) * 8 / (PROFILES[o["profile"]].bandwidth_mbps * 1e6)
-             for o in report["outcomes"] if o["round"] == number and o["status"] == "accepted"]
-    return max(times, default=0.0)
+    steady: dict[int, float] = {}
+    tiers: dict[str, dict[str, int]] = {}
+    for o in report.get("outcomes", []):
+        tiers.setdefault(o["profile"], {}).setdefault(o.get("arm") or "reference", 0)
+        tiers[o["profile"]][o.get("arm") or "reference"] += 1
+        if o["status"] == "accepted":
+            one_off = o.get("artifact_bytes_down", 0) * 8 / (PROFILES[o["profile"]].bandwidth_mbps * 1e6)
+            steady[o["round"]] = max(steady.get(o["round"], 0.0), o["virtual_seconds"] - one_off)
+    return {"steady_round_seconds": {str(k): v for k, v in sorted(steady.items())},
+            "tiers_by_profile": {p: dict(sorted(t.items())) for p, t in sorted(tiers.items())}}
 
 
-def summarize(report: dict, target: float) -> dict:
-    """Virtual seconds to the first round at or above ``target`` (with and without one-off
-    artifact downloads), final and best accuracy with their 95% intervals (``*_ci95``, from the
-    coordinator's evaluations; ``curve_ci95`` for each curve point), bytes moved, and how often
-    each arm was handed out."""
-    clocks = {"virtual": 0.0, "steady": 0.0}
-    reached: dict[str, float | None] = {"virtual": None, "steady": None}
+def curve(report: dict) -> list[dict]:
+    """Per round (0 = zero-shot): cumulative virtual and steady seconds, bytes, and the score
+    with its interval (None for a round the coordinator did not score)."""
+    steady_of = report.get("outcome_summary", {}).get("steady_round_seconds", {})
     initial = report["initial_evaluation"]
-    curves = {name: [(0.0, initial["value"])] for name in clocks}
-    intervals = [initial.get("ci95")]       # the 95% interval of each curve point (both clocks share them)
+    points = [{"round": 0, "virtual_s": 0.0, "steady_s": 0.0, "bytes_up": 0, "bytes_down": 0,
+               "accuracy": initial["value"], "ci95": initial.get("ci95")}]
     for r in report["rounds"]:
-        clocks["virtual"] += r["virtual_seconds"] or 0.0
-        clocks["steady"] += steady_round_seconds(report, r["round"])
-        intervals.append(r.get("ci95"))
-        for name in clocks:
-            curves[name].append((clocks[name], r["value"]))
-            if reached[name] is None and r["value"] is not None and r["value"] >= target:
-                reached[name] = clocks[name]
-    final = report["rounds"][-1]
-    best = max((r for r in report["rounds"] if r["value"] is not None), key=lambda r: r["value"], default=final)
-    arms: dict[str, int] = {}
-    for outcome in report["outcomes"]:
-        arm = f"{outcome['profile']}:{outcome.get('arm') or 'reference'}"
-        arms[arm] = arms.get(arm, 0) + 1
-    return {"virtual_seconds_to_target": reached["virtual"], "steady_seconds_to_target": reached["steady"],
-            "final_accuracy": final["value"], "final_accuracy_ci95": final.get("ci95"),
-            "best_accuracy": best["value"], "best_accuracy_ci95": best.get("ci95"),
-            "virtual_seconds_total": clocks["virtual"], "steady_seconds_total": clocks["steady"],
-            "curve": curves["virtual"], "steady_curve": curves["steady"], "curve_ci95": intervals,
-            "bytes_uploaded": sum(r["bytes_up"] for r in report["rounds"]),
-            "bytes_downloaded": sum(r["bytes_down"] for r in report["rounds"]), "arms": dict(sorted(arms.items()))}
+        last = points[-1]
+        points.append({"round": r["round"], "virtual_s": last["virtual_s"] + (r["virtual_seconds"] or 0.0),
+                       "steady_s": last["steady_s"] + steady_of.get(str(r["round"]), r["virtual_seconds"] or 0.0),
+                       "bytes_up": last["bytes_up"] + r["bytes_up"], "bytes_down": last["bytes_down"] + r["bytes_down"],
+                       "accuracy": r["value"], "ci95": r.get("ci95")})
+    return points
 
 
-def plot(summaries: dict, target: float, out: Path) -> list[Path]:
+def reached(points: list[dict], target: float) -> dict | None:
+    """The first scored point at or above ``target`` (None if the run never got there)."""
+    return next((p for p in points[1:] if p["accuracy"] is not None and p["accuracy"] >= target), None)
+
+
+# --- across seeds ---------------------------------------------------------------------------------
+
+def summarize(runs: dict[str, list[dict]], seeds: list[int], fixed_target: float | None) -> dict:
+    """Per arm: time to target (virtual, steady), speedups, accuracy, bytes; every figure per seed
+    and as the median (times, speedups, bytes) or the mean with its t interval (accuracy)."""
+    from models.intervals import mean_interval
+
+    targets = [fixed_target if fixed_target is not None else runs["uniform:fedavg"][i]["curve"][-1]["accuracy"] - 0.01
+               for i in range(len(seeds))]
+    summary = {"seeds": seeds, "targets": targets, "arms": {}}
+    for label, per_seed in runs.items():
+        arm = {"per_seed": []}
+        for i, run in enumerate(per_seed):
+            points, target = run["curve"], targets[i]
+            hit = reached(points, target)
+            base = reached(runs["uniform:fedavg"][i]["curve"], target)
+            arm["per_seed"].append({
+                "seed": seeds[i], "target": target, "final_accuracy": points[-1]["accuracy"],
+                "final_ci95": points[-1]["ci95"],
+                "time_to_target_s": hit["virtual_s"] if hit else None,
+                "steady_time_to_target_s": hit["steady_s"] if hit else None,
+                "speedup_vs_uniform": base["virtual_s"] / hit["virtual_s"] if hit and base and hit["virtual_s"] else None,
+                "steady_speedup_vs_uniform": (base["steady_s"] / hit["steady_s"]
+                                              if hit and base and hit["steady_s"] else None),
+                "upload_bytes": hit["bytes_up"] if hit else None, "download_bytes": hit["bytes_down"] if hit else None,
+                "upload_bytes_total": points[-1]["bytes_up"], "download_bytes_total": points[-1]["bytes_down"],
+                "tiers_by_profile": run.get("tiers_by_profile", {})})
+        finals = [s["final_accuracy"] for s in arm["per_seed"] if s["final_accuracy"] is not None]
+        arm["final_accuracy"] = statistics.fmean(finals) if finals else None
+        arm["ci95"] = list(mean_interval(finals)) if len(finals) > 1 else None
+        for key in ("time_to_target_s", "steady_time_to_target_s", "speedup_vs_uniform", "steady_speedup_vs_uniform",
+                    "upload_bytes", "download_bytes", "upload_bytes_total", "download_bytes_total"):
+            values = [s[key] for s in arm["per_seed"]]
+            # a seed that never reached the target makes the median undefined when it is the middle one
+            known = sorted(v for v in values if v is not None)
+            arm[key] = statistics.median(values) if len(known) == len(values) and values else None
+            arm[f"{key}_reached_in"] = len(known)
+        summary["arms"][label] = arm
+    return summary
+
+
+def table(summary: dict) -> str:
+    """The headline table, one line per arm (medians over seeds; accuracy: mean [t interval])."""
+    from models.intervals import formatted
+
+    def seconds(value):
+        return f"{value:,.0f}" if value is not None else "not all"
+
+    def ratio(value):
+        return f"{value:.2f}x" if value is not None else "-"
+
+    def megabytes(value):
+        return f"{value / 1e6:,.1f}" if value is not None else "-"
+
+    lines = [f"| arm | virtual s to target | vs uniform | steady s | vs uniform | final accuracy [95% CI over seeds] "
+             f"| MB up to target | MB down to target | MB up, whole run |", "|" + "---|" * 9]
+    for label, arm in summary["arms"].items():
+        accuracy = formatted(arm["final_accuracy"], arm["ci95"], "accuracy") if arm["final_accuracy"] is not None else "-"
+        lines.append(f"| {label} | {seconds(arm['time_to_target_s'])} | {ratio(arm['speedup_vs_uniform'])} | "
+                     f"{seconds(arm['steady_time_to_target_s'])} | {ratio(arm['steady_speedup_vs_uniform'])} | "
+                     f"{accuracy} | {megabytes(arm['upload_bytes'])} | {megabytes(arm['download_bytes'])} | "
+                     f"{megabytes(arm['upload_bytes_total'])} |")
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, list[dict]], summary: dict, out: Path) -> list[Path]:
+    """Accuracy against virtual and steady time, the mean over seeds of the scored rounds with a
+    band from the lowest to the highest seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
-    for key, xlabel, name in (
-            ("curve", "virtual time (s): transfers at each link's speed + counted FLOPs at the profile's rate",
-             "accuracy_by_virtual_time.png"),
-            ("steady_curve", "virtual time (s) without one-off artifact downloads", "accuracy_by_steady_time.png")):
+    for key, xlabel, name in (("virtual_s", "virtual time (s), one-off artifact downloads included",
+                               "accuracy_by_virtual_time.png"),
+                              ("steady_s", "virtual time (s) without one-off artifact downloads",
+                               "accuracy_by_steady_time.png")):
         fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-        for label, summary in summaries.items():
-            xs, ys = zip(*summary[key])
-            bands = summary.get("curve_ci95") or []
-            if len(bands) == len(ys) and all(bands) and None not in ys:     # 95% intervals as error bars
-                yerr = [[y - band[0] for y, band in zip(ys, bands)], [band[1] - y for y, band in zip(ys, bands)]]
-                ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=label)
-            else:
-                ax.plot(xs, ys, marker="o", label=label)
-        ax.axhline(target, linestyle=":", color="black", label=f"target {target:.0%}")
+        for label, per_seed in runs.items():
+            rounds = [p["round"] for p in per_seed[0]["curve"] if p["accuracy"] is not None]
+            xs, means, lows, highs = [], [], [], []
+            for number in rounds:
+                points = [next(p for p in run["curve"] if p["round"] == number) for run in per_seed]
+                values = [p["accuracy"] for p in points if p["accuracy"] is not None]
+                if len(values) != len(points):
+                    continue
+                xs.append(statistics.fmean(p[key] for p in points))
+                means.append(statistics.fmean(values))
+                lows.append(min(values))
+                highs.append(max(values))
+            line, = ax.plot(xs, means, marker="o", label=label)
+            ax.fill_between(xs, lows, highs, alpha=0.15, color=line.get_color())
+        ax.axhline(statistics.fmean(summary["targets"]), linestyle=":", color="black", label="target (mean over seeds)")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("held-out accuracy (BBC News, 5 topics), 95% interval")
-        ax.set_ylim(0, 1)
+        ax.set_ylabel("held-out accuracy (BBC News, 5 topics)")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
@@ -137,91 +232,71 @@ def plot(summaries: dict, target: float, out: Path) -> list[Path]:
     return paths
 
 
-TABLE_HEADER = (f"{'configurator':>12} {'to target, virtual s':>21} {'speedup':>8} {'steady s':>9} {'speedup':>8} "
-                f"{'final accuracy [95% CI]':>23} {'MB up':>7} {'MB down':>8}")
+# --- the command ----------------------------------------------------------------------------------
 
+def parse_args(argv=None):
+    from federated_accuracy import add_fleet_arguments, check_fleet_arguments
 
-def table_row(name: str, s: dict) -> str:
-    """One configurator's line of the final table (``s``: its :func:`summarize` entry), the final
-    accuracy with its 95% interval over the held-out articles (Wilson) when the report has one."""
-    from models.intervals import formatted
-
-    def seconds(value):
-        return f"{value:.0f}" if value else "not reached"
-
-    def ratio(value):
-        return f"{value:.2f}x" if value else "-"
-
-    final = formatted(s["final_accuracy"], s.get("final_accuracy_ci95"), "accuracy")
-    return (f"{name:>12} {seconds(s['virtual_seconds_to_target']):>21} {ratio(s['virtual_speedup_vs_uniform']):>8} "
-            f"{seconds(s['steady_seconds_to_target']):>9} {ratio(s['steady_speedup_vs_uniform']):>8} "
-            f"{final:>23} {s['bytes_uploaded'] / 1e6:>7.2f} {s['bytes_downloaded'] / 1e6:>8.1f}")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_fleet_arguments(parser)
+    parser.add_argument("--arms", default=DEFAULT_ARMS,
+                        help="comma-separated configurator:strategy pairs; uniform:fedavg is the baseline and runs first")
+    parser.add_argument("--target", type=float, default=None,
+                        help="a fixed target accuracy (default: per seed, uniform's final accuracy minus 1 point)")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "heterogeneity")
+    parser.add_argument("--run-root", type=Path, default=Path("runs") / "heterogeneity",
+                        help="work folders, the shared artifact and prefix caches (exports happen once across runs)")
+    args = parser.parse_args(argv)
+    check_fleet_arguments(parser, args)
+    try:
+        args.arms = parse_arms(args.arms)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
 
 
 def main(argv=None) -> int:
-    from fleet.cli import FLEETS
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--tier", type=json.loads, default=REFERENCE_TIER, metavar="JSON",
-                        help=f"the job's reference tier (default {json.dumps(REFERENCE_TIER)})")
-    parser.add_argument("--devices", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--local-steps", type=int, default=5)
-    parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--strategy", default="fedavg", help="aggregation for every run (fedavg, zero_padding, hetlora, flexlora, fedavgm)")
-    parser.add_argument("--profile", choices=sorted(FLEETS), default="mixed")
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the topic shards")
-    parser.add_argument("--devices-per-round", type=int, default=20)
-    parser.add_argument("--min-updates", type=int, default=16)
-    parser.add_argument("--round-deadline", type=float, default=1800.0)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--eval-examples", type=int, default=100)
-    parser.add_argument("--target", type=float, default=None,
-                        help="target accuracy (default: the uniform run's final accuracy minus 1 point)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=CONFIGURATORS, action="append", help="run only these (repeatable)")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "heterogeneity")
-    parser.add_argument("--runs", type=Path, default=Path("runs") / "heterogeneity",
-                        help="work folders and the shared artifact cache (exports happen once across runs)")
-    args = parser.parse_args(argv)
-
+    args = parse_args(argv)
+    from federated_accuracy import cpu_model, federated_run
+    from fleet.local_coordinator import LocalCoordinator
     from models.console import quiet_library_chatter
 
     quiet_library_chatter()
+    started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
-    results_path = args.out / "heterogeneity.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results.setdefault("reports", {})
-    results["settings"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    run_root = args.runs
-    cache = run_root / "artifact-cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    for name in args.only or CONFIGURATORS:
-        results["reports"][name] = run_fleet(args, name, run_root / name, cache)
-        results_path.write_text(json.dumps(results, indent=1))
-    reports = results["reports"]
-    if "uniform" not in reports:
-        print("no uniform run to compare with; run it first (--only uniform)")
-        return 0
-    target = args.target if args.target is not None else reports["uniform"]["rounds"][-1]["value"] - 0.01
-    summaries = {name: summarize(report, target) for name, report in reports.items()}
-    for clock in ("virtual", "steady"):
-        base = summaries["uniform"][f"{clock}_seconds_to_target"]
-        for summary in summaries.values():
-            mine = summary[f"{clock}_seconds_to_target"]
-            summary[f"{clock}_speedup_vs_uniform"] = (base / mine) if (base and mine) else None
-    results.update(target=target, summaries=summaries)
-    results_path.write_text(json.dumps(results, indent=1))
-    plot(summaries, target, args.out)
-    source = "--target" if args.target is not None else "the uniform run's final accuracy minus 1 point"
-    print(f"target accuracy {target:.3f} (a threshold: {source})")
-    print(TABLE_HEADER)
-    for name, s in summaries.items():
-        print(table_row(name, s))
-    print(f"results: {results_path}")
+    args.run_root.mkdir(parents=True, exist_ok=True)
+    results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "cpu": cpu_model(), "cores": __import__("os").cpu_count(), "options": CONFIGURATOR_OPTIONS, "runs": {}}
+    print(f"CPU: {results['cpu']} ({results['cores']} cores); seeds {args.seeds}; arms "
+          f"{', '.join(arm_label(*arm) for arm in args.arms)}", flush=True)
+    partition = f"dirichlet:{args.alpha:g}"
+    with LocalCoordinator(args.run_root / "coordinator", artifact_cache=args.run_root / "artifact-cache",
+                          extra_args=["--tick", "0.5"]) as coordinator:
+        for seed in args.seeds:
+            for configurator, strategy in args.arms:
+                label = arm_label(configurator, strategy)
+                extra = {"configurator": configurator, "strategy": strategy,
+                         "configurator_options": CONFIGURATOR_OPTIONS.get(configurator, {}), "prepare_tiers": "all"}
+                t0 = time.monotonic()
+                report = federated_run(args, coordinator, partition, seed,
+                                       args.run_root / f"{configurator}-{strategy}-seed{seed}", job_extra=extra,
+                                       summarize_outcomes=outcome_summary)
+                run = {"seed": seed, "curve": curve(report), "wall_seconds": time.monotonic() - t0,
+                       "tiers_by_profile": report["outcome_summary"]["tiers_by_profile"], "report": report}
+                results["runs"].setdefault(label, []).append(run)
+                (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    runs = {label: [{k: v for k, v in run.items() if k != "report"} for run in per_seed]
+            for label, per_seed in results["runs"].items()}
+    summary = summarize(runs, args.seeds, args.target)
+    results["wall_seconds"] = time.monotonic() - started
+    summary.update(cpu=results["cpu"], wall_seconds=results["wall_seconds"],
+                   heldout_examples=results["runs"]["uniform:fedavg"][0]["report"]["initial_evaluation"].get("num_examples"))
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    for path in plot(runs, summary, args.out):
+        print(f"plot: {path}")
+    print(table(summary))
+    print(f"whole comparison: {results['wall_seconds'] / 60:.1f} min on {results['cpu']}")
     return 0
 
 

@@ -48,28 +48,48 @@ def fake_fleet_report(final_correct: int, with_intervals: bool = True) -> dict:
     return {"initial_evaluation": fake_evaluation(40), "rounds": rounds, "outcomes": outcomes}
 
 
-def test_heterogeneity_table_row_prints_the_final_accuracy_with_its_interval():
-    heterogeneity = bench("heterogeneity")
-    summary = heterogeneity.summarize(fake_fleet_report(final_correct=82), target=0.8)
-    summary.update(virtual_speedup_vs_uniform=1.0, steady_speedup_vs_uniform=1.0)
-    interval = accuracy_interval(82, 100)
-    assert summary["final_accuracy"] == pytest.approx(0.82)
-    assert summary["final_accuracy_ci95"] == pytest.approx(list(interval))        # written to the JSON
-    assert summary["best_accuracy_ci95"] == pytest.approx(list(interval))
-    assert len(summary["curve_ci95"]) == len(summary["curve"]) == 4
-    row = heterogeneity.table_row("uniform", summary)
-    assert formatted(0.82, interval, "accuracy") in row
-    assert f"[{interval[0]:.3f}, {interval[1]:.3f}]" in row
-    assert "[95% CI]" in heterogeneity.TABLE_HEADER
-    assert len(row) == len(heterogeneity.TABLE_HEADER)                            # columns still line up
+def _heterogeneity_runs(heterogeneity, finals: dict[str, list[int]]) -> dict:
+    """Fake runs per arm and seed: the arm's final correct count per seed, earlier rounds fixed."""
+    runs = {}
+    for label, per_seed in finals.items():
+        runs[label] = []
+        for final in per_seed:
+            report = fake_fleet_report(final_correct=final)
+            report["outcome_summary"] = heterogeneity.outcome_summary(report)
+            runs[label].append({"curve": heterogeneity.curve(report),
+                                "tiers_by_profile": report["outcome_summary"]["tiers_by_profile"]})
+    return runs
 
 
-def test_heterogeneity_reads_reports_written_before_intervals():
+def test_heterogeneity_summary_has_the_issue_fields_per_arm_with_intervals_over_seeds():
     heterogeneity = bench("heterogeneity")
-    summary = heterogeneity.summarize(fake_fleet_report(final_correct=82, with_intervals=False), target=0.8)
-    summary.update(virtual_speedup_vs_uniform=None, steady_speedup_vs_uniform=None)
-    assert summary["final_accuracy_ci95"] is None
-    assert " 0.820 " in heterogeneity.table_row("uniform", summary) + " "
+    runs = _heterogeneity_runs(heterogeneity, {"uniform:fedavg": [82, 84, 80], "legend:fedavg": [83, 84, 79]})
+    summary = heterogeneity.summarize(runs, [0, 1, 2], None)
+    assert summary["targets"] == pytest.approx([0.81, 0.83, 0.79])          # uniform's final - 1 point, per seed
+    legend = summary["arms"]["legend:fedavg"]
+    for key in ("time_to_target_s", "speedup_vs_uniform", "final_accuracy", "ci95", "upload_bytes", "download_bytes"):
+        assert key in legend
+    assert legend["final_accuracy"] == pytest.approx(0.82)
+    assert legend["ci95"][0] < 0.82 < legend["ci95"][1]                      # t interval over the 3 seeds
+    # Both reach the target in round 3 (the fake rounds before it score 0.55 and 0.70): equal times.
+    assert legend["speedup_vs_uniform"] == pytest.approx(1.0)
+    assert legend["time_to_target_s"] == pytest.approx(600.0)              # 100 + 200 + 300 virtual s
+    assert legend["upload_bytes"] == 3_000_000 and legend["download_bytes"] == 6_000_000
+    assert legend["per_seed"][0]["tiers_by_profile"] == {"flagship": {"reference": 3}}
+    table = heterogeneity.table(summary)
+    assert formatted(0.82, legend["ci95"], "accuracy") in table and "95% CI over seeds" in table
+
+
+def test_heterogeneity_an_arm_that_misses_the_target_in_a_seed_has_no_median_time():
+    heterogeneity = bench("heterogeneity")
+    runs = _heterogeneity_runs(heterogeneity, {"uniform:fedavg": [82, 84, 80], "fedspine:fedavg": [83, 60, 81]})
+    arm = heterogeneity.summarize(runs, [0, 1, 2], None)["arms"]["fedspine:fedavg"]
+    assert arm["per_seed"][1]["time_to_target_s"] is None and arm["time_to_target_s_reached_in"] == 2
+    assert arm["time_to_target_s"] is None and "not all" in heterogeneity.table(
+        heterogeneity.summarize(runs, [0, 1, 2], None))
+    with pytest.raises(ValueError, match="uniform:fedavg"):
+        heterogeneity.parse_arms("legend:fedavg")
+    assert heterogeneity.parse_arms("legend,uniform:fedavg,legend:fedavg") == [("uniform", "fedavg"), ("legend", "fedavg")]
 
 
 def test_fedpt_score_lines_carry_the_interval():
