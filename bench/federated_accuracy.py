@@ -59,7 +59,7 @@ def experiment_tier(args) -> dict:
         train.update(lr_schedule=args.lr_schedule, lr_min=args.lr_min)
     if args.local_sampling != "sequential":
         train.update(local_sampling=args.local_sampling)
-    return {**EXPERIMENT_TIER, "train": train}
+    return {**EXPERIMENT_TIER, **(args.tier or {}), "train": train}
 
 
 def cpu_model() -> str:
@@ -124,7 +124,7 @@ class Centralized:
 
         self.args = args
         self.task = get_task("bbcnews")
-        self.tier = Tier.from_dict({**Tier().to_dict(), **EXPERIMENT_TIER})
+        self.tier = Tier.from_dict({**Tier().to_dict(), **EXPERIMENT_TIER, **(args.tier or {})})
         torch.manual_seed(0)
         self.base = load_base_model(args.model)
         self.tokenizer = self.base.tokenizer
@@ -328,7 +328,7 @@ def device_prefix_cache(args):
         manifest = json.loads(manifest_path.read_text())
         tier = manifest.get("tier", {})
         if manifest.get("prefix") and manifest.get("format") == DEFAULT_FORMAT and all(
-                tier.get(k) == v for k, v in EXPERIMENT_TIER.items() if k != "train"):
+                tier.get(k) == v for k, v in {**EXPERIMENT_TIER, **(args.tier or {})}.items() if k != "train"):
             return PrefixCache.for_artifact(manifest_path.parent, manifest, args.run_root / "prefix-cache")
     return None
 
@@ -482,6 +482,9 @@ def add_fleet_arguments(parser) -> None:
     from models.tier import LOCAL_SAMPLINGS
 
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--tier", type=json.loads, default=None, metavar="JSON",
+                        help="tier fields to change in the experiment's tier (e.g. '{\"lora_layers\": 2}' for a "
+                             "smoke run on the tiny model); the defaults are the tier every published figure used")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (each arm runs once per seed)")
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=15)
