@@ -30,6 +30,11 @@ Time to target is the virtual time at the end of the first *scored* round at or 
 reported as the median over seeds. Bytes are counted up to the round that reached the target,
 and over the whole run.
 
+**Deployed models.** The coordinator scores the global adapter on the reference model. A device
+given a pruned tier deploys that pruned model, so after each run every pruned tier its devices
+trained is scored too: the tier's model with the final global adapter cut to it
+(``deployed`` per seed in the summary).
+
 Writes ``<out>/results.json`` (every round of every run), ``<out>/summary.json`` (per arm:
 ``time_to_target_s``, ``speedup_vs_uniform``, ``final_accuracy``, ``ci95``, ``upload_bytes``,
 ``download_bytes``, per-seed values, tiers handed out per profile) and plots::
@@ -127,6 +132,77 @@ def reached(points: list[dict], target: float) -> dict | None:
     return next((p for p in points[1:] if p["accuracy"] is not None and p["accuracy"] >= target), None)
 
 
+# --- the models devices deploy --------------------------------------------------------------------
+
+def deployed_tiers(admin, job_id: int, rounds: int) -> dict[str, dict]:
+    """Arm label -> tier of every *pruned* tier the job's devices trained (from the rounds' tasks)."""
+    tiers = {}
+    for number in range(1, rounds + 1):
+        for task in admin.json("GET", f"/api/v1/jobs/{job_id}/rounds/{number}")["tasks"]:
+            tier = task.get("tier")
+            if tier and float(tier.get("prune_ratio", 0.0)) > 0:
+                tiers.setdefault(task.get("arm") or "reference", tier)
+    return dict(sorted(tiers.items()))
+
+
+def score_deployed_tier(artifact_dir: Path, reference_dir: Path, global_tensors: dict, examples, seq: int) -> dict:
+    """What a device of a pruned tier deploys, scored: the tier's own pruned model (rebuilt from its
+    artifact) with the global adapter cut to its layout, as the coordinator cuts it for the device.
+
+    The coordinator scores the global adapter on the reference model only; a pruned tier's model
+    has fewer heads and channels, so its accuracy with the same adapter is a separate number.
+    """
+    import torch
+
+    from coordinator.services.adapter_mapping import AdapterLayout, project
+    from export.manifest import read_manifest
+    from export.server_model import load_artifact_model, set_adapter_tensors
+    from models.frozen_prefix import FrozenPrefixModel, first_trained_layer
+    from models.tasks import get_task
+
+    model = load_artifact_model(artifact_dir)
+    reference = AdapterLayout.from_manifest(read_manifest(reference_dir).data)
+    tensors = project(global_tensors, reference, AdapterLayout.from_manifest(model.manifest.data))
+    set_adapter_tensors(model.peft_model, tensors)
+    scorer = FrozenPrefixModel(model.peft_model) if (first_trained_layer(model.peft_model) or 0) > 0 else model.peft_model
+    with torch.no_grad():
+        return get_task("bbcnews").evaluate(scorer, model.tokenizer, examples, seq=seq)
+
+
+def score_deployed(args, coordinator, report: dict) -> dict:
+    """Arm label -> accuracy (with its interval) of each pruned tier's model with the job's final
+    global adapter, on the whole held-out split."""
+    import io
+    import zipfile
+
+    from safetensors.numpy import load
+
+    from coordinator.services.artifacts import artifact_key
+    from fleet.transport import CoordinatorClient
+    from models.tasks import get_task
+
+    admin = CoordinatorClient(coordinator.base_url, token=coordinator.admin_token)
+    job_id = report["job_id"]
+    tiers = deployed_tiers(admin, job_id, len(report["rounds"]))
+    if not tiers:
+        return {}
+    zipped = admin.request("GET", f"api/v1/jobs/{job_id}/adapter").content
+    with zipfile.ZipFile(io.BytesIO(zipped)) as archive:
+        global_tensors = load(archive.read("adapter_model.safetensors"))
+    job_tier = admin.json("GET", f"/api/v1/jobs/{job_id}")["tier"]
+    cache = args.run_root / "artifact-cache"
+    reference_dir = cache / artifact_key(args.model, job_tier)
+    examples = get_task("bbcnews").eval_examples(args.eval_examples)
+    scores = {}
+    for arm, tier in tiers.items():
+        result = score_deployed_tier(cache / artifact_key(args.model, tier), reference_dir, global_tensors,
+                                     examples, seq=int(tier["seq"]))
+        scores[arm] = {"prune_ratio": float(tier["prune_ratio"]), "accuracy": result["value"],
+                       "ci95": result.get("ci95"), "num_examples": result.get("num_examples")}
+        print(f"deployed {arm}: accuracy {result['value']:.3f} {result.get('ci95')}", flush=True)
+    return scores
+
+
 # --- across seeds ---------------------------------------------------------------------------------
 
 def summarize(runs: dict[str, list[dict]], seeds: list[int], fixed_target: float | None) -> dict:
@@ -153,7 +229,14 @@ def summarize(runs: dict[str, list[dict]], seeds: list[int], fixed_target: float
                                               if hit and base and hit["steady_s"] else None),
                 "upload_bytes": hit["bytes_up"] if hit else None, "download_bytes": hit["bytes_down"] if hit else None,
                 "upload_bytes_total": points[-1]["bytes_up"], "download_bytes_total": points[-1]["bytes_down"],
-                "tiers_by_profile": run.get("tiers_by_profile", {})})
+                "tiers_by_profile": run.get("tiers_by_profile", {}), "deployed": run.get("deployed", {})})
+        deployed: dict[str, list[float]] = {}
+        for seed_entry in arm["per_seed"]:
+            for tier_arm, score in seed_entry["deployed"].items():
+                deployed.setdefault(tier_arm, []).append(score["accuracy"])
+        arm["deployed"] = {tier_arm: {"accuracy": statistics.fmean(values), "per_seed": values,
+                                      "ci95": list(mean_interval(values)) if len(values) > 1 else None}
+                           for tier_arm, values in sorted(deployed.items())}
         finals = [s["final_accuracy"] for s in arm["per_seed"] if s["final_accuracy"] is not None]
         arm["final_accuracy"] = statistics.fmean(finals) if finals else None
         arm["ci95"] = list(mean_interval(finals)) if len(finals) > 1 else None
@@ -282,7 +365,8 @@ def main(argv=None) -> int:
                                        args.run_root / f"{configurator}-{strategy}-seed{seed}", job_extra=extra,
                                        summarize_outcomes=outcome_summary)
                 run = {"seed": seed, "curve": curve(report), "wall_seconds": time.monotonic() - t0,
-                       "tiers_by_profile": report["outcome_summary"]["tiers_by_profile"], "report": report}
+                       "tiers_by_profile": report["outcome_summary"]["tiers_by_profile"],
+                       "deployed": score_deployed(args, coordinator, report), "report": report}
                 results["runs"].setdefault(label, []).append(run)
                 (args.out / "results.json").write_text(json.dumps(results, indent=1))
     runs = {label: [{k: v for k, v in run.items() if k != "report"} for run in per_seed]
