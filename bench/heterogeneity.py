@@ -16,7 +16,9 @@ arms differ only in what each device is given to train and how the updates are c
 - ``hetlora:hetlora``: a rank per device by capability, lowered by the devices' own rank
   self-pruning, aggregated with HetLoRA's sparsity weights (models/rank_pruning.py).
 
-Other pairs (``fedspine:flexlora``, ``legend:zero_padding``, ...) are one ``--arms`` entry away.
+Other pairs (``fedspine:flexlora``, ``legend:zero_padding``, ...) are one ``--arms`` entry away,
+and ``uniform@p0.5:fedavg`` is FedSpine's own baseline: the model pruned once at 50% and tuned
+with the reference's fixed rank by every device (its final accuracy is its deployed model's).
 
 **Clocks.** Virtual time comes from the cost model (counted FLOPs at each profile's calibrated
 rate, bytes at its link, fleet/virtual_clock.py), so the host's load moves no result, only this
@@ -49,6 +51,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,8 +70,28 @@ CONFIGURATOR_OPTIONS = {
 }
 
 
-def parse_arms(text: str) -> list[tuple[str, str]]:
-    """``"uniform:fedavg,legend:fedavg"`` -> [("uniform", "fedavg"), ...] (uniform first, once)."""
+@dataclass(frozen=True)
+class Arm:
+    """One arm: a configurator, an aggregation strategy and, for a pruned-once baseline, the
+    pruning ratio of the job's own tier (``uniform@p0.5:fedavg``: every device trains the model
+    pruned once at 50% with the reference's fixed rank, FedSpine's comparison)."""
+
+    configurator: str
+    strategy: str = "fedavg"
+    prune_ratio: float = 0.0
+
+    @property
+    def label(self) -> str:
+        pruned = f"@p{self.prune_ratio:g}" if self.prune_ratio else ""
+        return f"{self.configurator}{pruned}:{self.strategy}"
+
+
+BASELINE = Arm("uniform", "fedavg")
+
+
+def parse_arms(text: str) -> list[Arm]:
+    """``"uniform:fedavg,legend:fedavg,uniform@p0.5:fedavg"`` -> arms, the baseline
+    ``uniform:fedavg`` first and required; a strategy left out is fedavg."""
     from coordinator.scheduling.configurator import configurator_names
     from coordinator.strategies import strategy_names
 
@@ -76,20 +99,23 @@ def parse_arms(text: str) -> list[tuple[str, str]]:
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
-        configurator, _, strategy = item.partition(":")
-        strategy = strategy or "fedavg"
-        if configurator not in configurator_names() or strategy not in strategy_names():
+        head, _, strategy = item.partition(":")
+        configurator, _, pruned = head.partition("@p")
+        try:
+            ratio = float(pruned) if pruned else 0.0
+        except ValueError:
+            raise ValueError(f"arm {item!r}: the pruning ratio after '@p' must be a number") from None
+        if configurator not in configurator_names() or (strategy or "fedavg") not in strategy_names():
             raise ValueError(f"unknown arm {item!r}: configurators {configurator_names()}, strategies {strategy_names()}")
-        if (configurator, strategy) not in arms:
-            arms.append((configurator, strategy))
-    if ("uniform", "fedavg") not in arms:
+        if not 0.0 <= ratio < 1.0 or (ratio and configurator != "uniform"):
+            raise ValueError(f"arm {item!r}: '@pRATIO' (a ratio in [0, 1)) is for the uniform configurator only")
+        arm = Arm(configurator, strategy or "fedavg", ratio)
+        if arm not in arms:
+            arms.append(arm)
+    if BASELINE not in arms:
         raise ValueError("the arms must include uniform:fedavg, the baseline every speedup is measured against")
-    arms.remove(("uniform", "fedavg"))
-    return [("uniform", "fedavg"), *arms]
-
-
-def arm_label(configurator: str, strategy: str) -> str:
-    return f"{configurator}:{strategy}"
+    arms.remove(BASELINE)
+    return [BASELINE, *arms]
 
 
 # --- one run --------------------------------------------------------------------------------------
@@ -340,7 +366,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from federated_accuracy import cpu_model, federated_run
+    from federated_accuracy import cpu_model, experiment_tier, federated_run
     from fleet.local_coordinator import LocalCoordinator
     from models.console import quiet_library_chatter
 
@@ -351,18 +377,21 @@ def main(argv=None) -> int:
     results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "cpu": cpu_model(), "cores": __import__("os").cpu_count(), "options": CONFIGURATOR_OPTIONS, "runs": {}}
     print(f"CPU: {results['cpu']} ({results['cores']} cores); seeds {args.seeds}; arms "
-          f"{', '.join(arm_label(*arm) for arm in args.arms)}", flush=True)
+          f"{', '.join(arm.label for arm in args.arms)}", flush=True)
     partition = f"dirichlet:{args.alpha:g}"
     with LocalCoordinator(args.run_root / "coordinator", artifact_cache=args.run_root / "artifact-cache",
                           extra_args=["--tick", "0.5"]) as coordinator:
         for seed in args.seeds:
-            for configurator, strategy in args.arms:
-                label = arm_label(configurator, strategy)
-                extra = {"configurator": configurator, "strategy": strategy,
-                         "configurator_options": CONFIGURATOR_OPTIONS.get(configurator, {}), "prepare_tiers": "all"}
+            for arm in args.arms:
+                label = arm.label
+                extra = {"configurator": arm.configurator, "strategy": arm.strategy,
+                         "configurator_options": CONFIGURATOR_OPTIONS.get(arm.configurator, {}), "prepare_tiers": "all"}
+                if arm.prune_ratio:
+                    extra["tier"] = {**experiment_tier(args), "prune_ratio": arm.prune_ratio}
                 t0 = time.monotonic()
                 report = federated_run(args, coordinator, partition, seed,
-                                       args.run_root / f"{configurator}-{strategy}-seed{seed}", job_extra=extra,
+                                       args.run_root / f"{label.replace(':', '-').replace('@', '-')}-seed{seed}",
+                                       job_extra=extra,
                                        summarize_outcomes=outcome_summary)
                 run = {"seed": seed, "curve": curve(report), "wall_seconds": time.monotonic() - t0,
                        "tiers_by_profile": report["outcome_summary"]["tiers_by_profile"],

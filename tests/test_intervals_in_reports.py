@@ -89,7 +89,12 @@ def test_heterogeneity_an_arm_that_misses_the_target_in_a_seed_has_no_median_tim
         heterogeneity.summarize(runs, [0, 1, 2], None))
     with pytest.raises(ValueError, match="uniform:fedavg"):
         heterogeneity.parse_arms("legend:fedavg")
-    assert heterogeneity.parse_arms("legend,uniform:fedavg,legend:fedavg") == [("uniform", "fedavg"), ("legend", "fedavg")]
+    arms = heterogeneity.parse_arms("legend,uniform:fedavg,legend:fedavg,uniform@p0.5:fedavg")
+    assert [arm.label for arm in arms] == ["uniform:fedavg", "legend:fedavg", "uniform@p0.5:fedavg"]
+    assert arms[2].prune_ratio == 0.5
+    for bad in ("uniform:fedavg,legend@p0.5:fedavg", "uniform:fedavg,uniform@px:fedavg", "uniform:fedavg,nope:fedavg"):
+        with pytest.raises(ValueError):
+            heterogeneity.parse_arms(bad)
 
 
 def test_fedpt_score_lines_carry_the_interval():
