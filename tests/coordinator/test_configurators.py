@@ -416,6 +416,30 @@ def test_fedspine_dropouts_penalise_an_arm():
     assert order[0] == "p0-r4" and order.index("p0-r8") > order.index("p0-r2")
 
 
+def test_fedspine_prefers_the_faster_arm_when_arms_differ_only_in_speed():
+    """A simulated device whose arms buy the same held-out loss gain (noisy) but take different
+    times: the bandit, told nothing about speeds, settles on the fastest; the first task on each
+    arm also paid a one-off download that must not count against it."""
+    from dataclasses import replace
+
+    job = make_job()
+    fedspine = get_configurator("fedspine", {"monotone_pruning": False})
+    seconds = {arm.label: 10.0 * (1 + i % 3) for i, arm in enumerate(fedspine.arms(job))}
+    fastest = {label for label, s in seconds.items() if s == 10.0}
+    rng = np.random.default_rng(7)
+    history, picks, seen = [], [], set()
+    for r in range(150):
+        choice = fedspine.choose(job, DeviceView(7, {}, tuple(history)))[0]
+        gain = max(0.0, rng.normal(1.0, 0.3))
+        one_off = 0.0 if choice.arm in seen else 500.0       # the artifact, once per tier
+        seen.add(choice.arm)
+        past = task(r, choice, gain=0.0, seconds=seconds[choice.arm] + one_off)
+        history.append(replace(past, probe_loss_before=3.0, probe_loss_after=3.0 - gain, one_off_seconds=one_off))
+        picks.append(choice.arm)
+    late = picks[-50:]
+    assert sum(arm in fastest for arm in late) >= 40, late
+
+
 def test_fedspine_converges_to_the_best_arm():
     job = make_job()
     fedspine = get_configurator("fedspine", {"monotone_pruning": False})
