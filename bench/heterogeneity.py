@@ -350,6 +350,9 @@ def parse_args(argv=None):
     add_fleet_arguments(parser)
     parser.add_argument("--arms", default=DEFAULT_ARMS,
                         help="comma-separated configurator:strategy pairs; uniform:fedavg is the baseline and runs first")
+    parser.add_argument("--configurator-options", type=json.loads, default={}, metavar="JSON",
+                        help="per configurator, options replacing this comparison's (CONFIGURATOR_OPTIONS), "
+                             "e.g. '{\"fedspine\": {\"prune_ratios\": [0.5], \"ranks\": [4, 8]}}'")
     parser.add_argument("--target", type=float, default=None,
                         help="a fixed target accuracy (default: per seed, uniform's final accuracy minus 1 point)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "heterogeneity")
@@ -361,6 +364,10 @@ def parse_args(argv=None):
         args.arms = parse_arms(args.arms)
     except ValueError as exc:
         parser.error(str(exc))
+    if not isinstance(args.configurator_options, dict) or not all(
+            isinstance(v, dict) for v in args.configurator_options.values()):
+        parser.error("--configurator-options must map configurator names to objects of options")
+    args.options = {**CONFIGURATOR_OPTIONS, **args.configurator_options}
     return args
 
 
@@ -374,8 +381,10 @@ def main(argv=None) -> int:
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
     args.run_root.mkdir(parents=True, exist_ok=True)
-    results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "cpu": cpu_model(), "cores": __import__("os").cpu_count(), "options": CONFIGURATOR_OPTIONS, "runs": {}}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    settings["arms"] = [arm.label for arm in args.arms]
+    results = {"settings": settings,
+               "cpu": cpu_model(), "cores": __import__("os").cpu_count(), "options": args.options, "runs": {}}
     print(f"CPU: {results['cpu']} ({results['cores']} cores); seeds {args.seeds}; arms "
           f"{', '.join(arm.label for arm in args.arms)}", flush=True)
     partition = f"dirichlet:{args.alpha:g}"
@@ -385,7 +394,7 @@ def main(argv=None) -> int:
             for arm in args.arms:
                 label = arm.label
                 extra = {"configurator": arm.configurator, "strategy": arm.strategy,
-                         "configurator_options": CONFIGURATOR_OPTIONS.get(arm.configurator, {}), "prepare_tiers": "all"}
+                         "configurator_options": args.options.get(arm.configurator, {}), "prepare_tiers": "all"}
                 if arm.prune_ratio:
                     extra["tier"] = {**experiment_tier(args), "prune_ratio": arm.prune_ratio}
                 t0 = time.monotonic()
