@@ -74,7 +74,7 @@ def _loss_and_grads(model, module, ids, labels):
     model.zero_grad(set_to_none=True)
     loss = module(ids, labels)
     loss.backward()
-    return float(loss), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _max_gap(a: dict, b: dict) -> float:
