@@ -97,6 +97,10 @@ def federated_run(args, coordinator, partition: str, seed: int, workdir: Path, j
     report["evaluation_seconds"] = [(evaluation_of(sim.job, r) or {}).get("seconds")
                                     for r in range(0, len(report["rounds"]) + 1)]
     print(f"\nfederated, {partition}, seed {seed}:\n{format_report(report)}\n", flush=True)
+    trained = devices_trained(report)
+    if trained < args.devices:
+        print(f"note: {trained} of the {args.devices} devices trained; the others were never given a task "
+              "(too little RAM for the tier, or never placed), so their shards did not train", flush=True)
     shutil.rmtree(workdir / "devices", ignore_errors=True)   # 20 copies of the program: GBs
     if summarize_outcomes is not None:
         report["outcome_summary"] = summarize_outcomes(report)
@@ -360,6 +364,12 @@ def arm_summary(values: list[float], intervals: list[list[float]], seeds: list[i
             [statistics.fmean(i[0] for i in intervals), statistics.fmean(i[1] for i in intervals)]}
 
 
+def devices_trained(report: dict) -> int:
+    """How many distinct devices had an update accepted in a run (a device the coordinator never
+    offers a task, e.g. one with too little RAM for the tier, holds a shard that never trains)."""
+    return len({name for r in report["rounds"] for name in (r.get("accepted_devices") or [])})
+
+
 def summarize(results: dict) -> dict:
     seeds = results["settings"]["seeds"]
     arms = {}
@@ -370,7 +380,9 @@ def summarize(results: dict) -> dict:
     for label, runs in results.get("federated", {}).items():
         finals = [run["rounds"][-1] for run in runs]
         arms["iid" if label == "iid" else "dirichlet"] = {
-            **arm_summary([r["value"] for r in finals], [r["ci95"] for r in finals], seeds), "partition": label}
+            **arm_summary([r["value"] for r in finals], [r["ci95"] for r in finals], seeds), "partition": label,
+            "devices": [run.get("spec", {}).get("devices") for run in runs],
+            "devices_trained": [devices_trained(run) for run in runs]}
     summary = {"task": "bbcnews", "model": results["settings"]["model"],
                "heldout_examples": (central or {}).get("per_seed", [{}])[0].get("num_examples")
                or results["federated"][next(iter(results["federated"]))][0]["rounds"][-1].get("num_examples"),

@@ -21,10 +21,12 @@ def _bench():
 
 
 def _fake_run(values):
-    """A fake federated report: round 0 at 0.6, then ``values``, with Wilson-like intervals."""
-    return {"initial_evaluation": {"value": 0.6, "ci95": [0.55, 0.65], "num_examples": 334},
+    """A fake federated report: round 0 at 0.6, then ``values``, with Wilson-like intervals;
+    devices 0-13 of 20 have updates accepted (6 never train)."""
+    return {"initial_evaluation": {"value": 0.6, "ci95": [0.55, 0.65], "num_examples": 334}, "spec": {"devices": 20},
             "rounds": [{"round": i + 1, "value": v, "ci95": [v - 0.03, v + 0.03], "num_examples": 334,
-                        "virtual_seconds": 600.0} for i, v in enumerate(values)]}
+                        "virtual_seconds": 600.0, "accepted_devices": [f"d{(5 * i + k) % 14}" for k in range(5)]}
+                       for i, v in enumerate(values)]}
 
 
 def _fake_results():
@@ -89,3 +91,10 @@ def test_help_and_bad_arguments_do_not_load_models(capsys):
         assert says in capsys.readouterr().err
     assert bench.parse_args(["--central-steps", "300,150,300"]).central_steps == [150, 300]
     assert bench.parse_args([]).local_sampling == "class_balanced"
+
+
+def test_summary_says_how_many_devices_trained():
+    bench = _bench()
+    summary = bench.summarize(_fake_results())
+    assert summary["arms"]["iid"]["devices"] == [20, 20, 20]
+    assert summary["arms"]["dirichlet"]["devices_trained"] == [14, 14, 14]
