@@ -40,6 +40,13 @@ def integer(name: str, value, minimum: int, maximum: int) -> int:
     return value
 
 
+def boolean(name: str, value) -> bool:
+    """``value`` if it is true or false (not 0/1, not a string); else 422 naming ``name``."""
+    if not isinstance(value, bool):
+        raise ApiError("invalid_field", f"{name} must be true or false, got {shown(value)}")
+    return value
+
+
 def number(name: str, value, minimum: float, maximum: float, *, exclusive_minimum: bool = False) -> float:
     """``value`` as a float if it is a finite number in range; else 422 naming ``name``.
 

@@ -646,11 +646,12 @@ def probe_split(examples: list, batch: int, wanted: bool) -> tuple[list, list]:
 
 
 def read_adapter(path: Path) -> dict:
-    """A start adapter file's tensors under PEFT keys, as torch tensors (``.ptd`` or safetensors)."""
-    import torch
+    """A start adapter file's tensors under PEFT keys, as torch tensors (``.ptd`` or safetensors,
+    by the encoding :meth:`DeviceAgent.fetch_adapter` named it with)."""
+    if Path(path).suffix == ".ptd":
+        from export.executorch import read_adapter_ptd
 
-    from models.adapter_codec import tensors_from_ptd, tensors_from_safetensors
+        return read_adapter_ptd(path)
+    from fleet.runtime_onnxruntime import read_start_adapter
 
-    data = Path(path).read_bytes()
-    arrays = tensors_from_ptd(data) if Path(path).suffix == ".ptd" else tensors_from_safetensors(data)
-    return {key: torch.from_numpy(value) for key, value in arrays.items()}
+    return read_start_adapter(path)

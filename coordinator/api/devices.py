@@ -95,9 +95,7 @@ def _battery(body):
 
 def _charging(body):
     value = body.get("charging")
-    if value is not None and not isinstance(value, bool):
-        raise ApiError("invalid_field", f"charging must be true or false, got {fields.shown(value)}")
-    return value
+    return None if value is None else fields.boolean("charging", value)
 
 
 def _text(body, name, max_len):

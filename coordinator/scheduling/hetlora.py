@@ -57,10 +57,8 @@ class HetLoRA(Configurator):
         """The ranks on offer, ascending, none above the reference's top rank."""
         top = tier_ranks(job.reference_tier)[-1]
         if self.options["ranks"] is not None:
-            offered = sorted({min(r, top) for r in self.options["ranks"]})
-        else:
-            offered = sorted({max(1, top // 4), max(1, top // 2), top})
-        return offered
+            return sorted({min(r, top) for r in self.options["ranks"]})
+        return sorted({max(1, top // 4), max(1, top // 2), top})
 
     def tier_of(self, job: JobView, rank: int) -> dict:
         """The reference tier with every LoRA layer's rank at most ``rank``."""
@@ -79,6 +77,6 @@ class HetLoRA(Configurator):
         gflops, _ = reported_speed(device.capabilities)
         rank = capability_rank(ranks, gflops, [reported_speed(caps)[0] for caps in job.fleet])
         pruned = self.pruned_to(device)
-        if pruned is not None:
-            rank = max([r for r in ranks if r <= pruned] or ranks[:1]) if pruned < rank else rank
+        if pruned is not None:    # the largest offered rank not above it (the lowest if none is)
+            rank = min(rank, max((r for r in ranks if r <= pruned), default=ranks[0]))
         return [TierChoice(self.tier_of(job, r), job.local_steps, f"r{r}") for r in reversed(ranks) if r <= rank]

@@ -85,9 +85,7 @@ def parse_generate_request(body: dict) -> GenerateRequest:
         raise ApiError("invalid_field", f"large must name a base model (tiny, smollm2-135m or a model directory "
                                         f"on the coordinator), got {fields.shown(large)}; leave it out to use the "
                                         "job's base model")
-    compare = body.get("compare", False)
-    if not isinstance(compare, bool):
-        raise ApiError("invalid_field", f"compare must be true or false, got {fields.shown(compare)}")
+    compare = fields.boolean("compare", body.get("compare", False))
     return GenerateRequest(prompt=prompt, settings=settings, round=round_number, large=large, compare=compare)
 
 

@@ -72,6 +72,7 @@ def accept_result(state: ServiceState, device: Device, task_id: int, meta_raw: s
     validated = validate_update(update, info.tensors,
                                 state.adapters.tensors(task.start_weights_sha256 or start.weights_sha256),
                                 job.max_update_norm)
+    rank = effective_rank(validated.tensors)
 
     late, froze = False, False
     with state.blobs.stage(update) as staged:
@@ -87,7 +88,7 @@ def accept_result(state: ServiceState, device: Device, task_id: int, meta_raw: s
                 ref = staged.ref
                 stored = Update(task_id=task.id, round_id=round_.id, device_id=device.id, sha256=ref.sha256,
                                 size=ref.size, delta_norm=validated.delta_norm, received_at=now,
-                                effective_rank=effective_rank(validated.tensors), **meta.to_dict())
+                                effective_rank=rank, **meta.to_dict())
                 session.add(stored)
                 task.status, task.submitted_at = TaskStatus.SUBMITTED, now
                 froze = lifecycle.count_accepted_update(round_, job, now)

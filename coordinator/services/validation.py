@@ -89,6 +89,10 @@ def _number_field(name: str, value, minimum: float, maximum: float, *, exclusive
     return fields.number(f"meta.{name}", value, minimum, maximum, exclusive_minimum=exclusive)
 
 
+def _bool_field(name: str, value) -> bool:
+    return fields.boolean(f"meta.{name}", value)
+
+
 def _optional(check):
     return lambda name, value: None if value is None else check(name, value)
 
@@ -116,14 +120,8 @@ METRIC_FIELDS = {
     "artifact_bytes_downloaded": lambda n, v: _int_field(n, v, 0, MAX_TRANSFER_BYTES),
     # HetLoRA: the device says it pruned its rank's tail (the coordinator reads the rank itself
     # from the tensors: services/uploads.py)
-    "rank_pruned": lambda n, v: _bool_field(n, v),
+    "rank_pruned": _bool_field,
 }
-
-
-def _bool_field(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ApiError("invalid_field", f"meta.{name} must be true or false, got {fields.shown(value)}")
-    return value
 
 
 def parse_metrics(value) -> dict | None:
