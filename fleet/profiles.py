@@ -80,9 +80,14 @@ PROFILES = {
 }
 
 #: Fleets: (profile, share) lists; ``mixed`` is the heterogeneous fleet the issues study.
+#: ``flagship_midrange`` is ``mixed`` without its budget phones, in the same 3:4 proportion: a
+#: fleet where every device has the RAM for an fp32 tier (about 2.1 GB for SmolLM2's), so that a
+#: comparison of aggregation against centralized training is not confounded by data on devices
+#: that can never train.
 FLEETS = {
     "uniform": [("flagship", 1.0)],
     "mixed": [("flagship", 0.3), ("midrange", 0.4), ("budget", 0.3)],
+    "flagship_midrange": [("flagship", 3 / 7), ("midrange", 4 / 7)],
     "native": [("native", 1.0)],
 }
 
