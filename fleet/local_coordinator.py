@@ -40,8 +40,8 @@ class LocalCoordinator:
     def start(self) -> "LocalCoordinator":
         self.instance.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "pockettune", "coordinator", "--host", "127.0.0.1", "--port", "0",
-                   "--instance", str(self.instance), "--admin-token", self.admin_token,
-                   "--enrollment-key", self.enrollment_key, *self.extra_args]
+                   "--instance", str(self.instance), f"--admin-token={self.admin_token}",
+                   f"--enrollment-key={self.enrollment_key}", *self.extra_args]
         if self.db_url:
             command += ["--db", self.db_url]
         if self.artifact_cache:
