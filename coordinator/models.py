@@ -244,6 +244,24 @@ class GlobalAdapter(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class PruningSource(Base):
+    """Which global adapter chose what a job's ``prune_ratio`` tier keeps (FedSpine's iterative
+    prune-and-tune): fixed the first time the job hands that ratio out, so every device at the
+    ratio trains one pruned base (an artifact) however many rounds later it arrives."""
+
+    __tablename__ = "pruning_sources"
+    __table_args__ = (UniqueConstraint("job_id", "prune_ratio"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    prune_ratio: Mapped[float] = mapped_column(Float)
+    #: the global adapter after this round (0: the untrained one, so the base alone decides).
+    round: Mapped[int] = mapped_column(Integer)
+    #: its adapter_model.safetensors blob; None for round 0 (nothing tuned yet to merge).
+    adapter_sha256: Mapped[str | None] = mapped_column(String(SHA256_HEX), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class Task(Base):
     """A device's place in a round: it trains from the round's start adapter and uploads once."""
 

@@ -27,7 +27,7 @@ from export.formats import DEFAULT_FORMAT, get_format
 from export.manifest import describe_files, write_manifest
 from models.adapters import peft_config_dict, save_adapter
 from models.batching import pad_token_id
-from models.lora import LoraLayout, apply_lora, resolve_layout
+from models.lora import LoraLayout, apply_lora, merged_copy, resolve_layout
 from models.pruning import calibration_ids, prune_model
 from models.quantize import quantize_frozen_base
 from models.registry import BaseModel, load_base_model
@@ -50,17 +50,28 @@ class TrainingModel:
 
 
 def build_training_model(base: BaseModel, tier: Tier, on_stage=None,
-                         pruned_base_dir: Path | None = None) -> TrainingModel:
+                         pruned_base_dir: Path | None = None, importance_adapter: dict | None = None) -> TrainingModel:
     """Prune, attach LoRA and quantize ``base`` as ``tier`` says (mutates ``base.model``).
 
     With ``pruned_base_dir``, a pruned base is also saved there (fp32, before LoRA and
     quantization) so the server can evaluate and merge adapters on exactly that model.
+    ``importance_adapter``: the tensors of the adapter ``tier.prune_importance_adapter`` names
+    (PEFT-keyed, over the unpruned base), merged into a copy of the base to choose what the
+    pruning keeps; required exactly when the tier names one.
     """
     notify = on_stage or (lambda stage: None)
     tier.validate(base.config.num_hidden_layers)
+    if (importance_adapter is None) != (tier.prune_importance_adapter is None):
+        raise ValueError("the tier prunes by a tuned adapter's importance but none was given"
+                         if importance_adapter is None else
+                         "an importance adapter was given but the tier does not name one (prune_importance_adapter)")
     notify("prune")
     calibration = calibration_ids(base.tokenizer) if tier.prune_ratio > 0 else None
-    prune_report = prune_model(base.model, tier.pruning, calibration)
+    tuned = merged_copy(base.model, importance_adapter) if importance_adapter is not None else None
+    prune_report = prune_model(base.model, tier.pruning, calibration, importance_model=tuned)
+    del tuned
+    if importance_adapter is not None:
+        prune_report["importance_adapter"] = tier.prune_importance_adapter
     if pruned_base_dir is not None and tier.prune_ratio > 0:
         base.model.save_pretrained(pruned_base_dir, safe_serialization=True)
     depth = base.model.config.num_hidden_layers
@@ -110,7 +121,7 @@ def staged_output_dir(out_dir: Path, replace: bool):
 
 def export_artifact(model_name: str, tier: Tier, out_dir: Path, *, replace: bool = False,
                     save_pruned_base: bool = True, on_stage=None, artifact_format: str = DEFAULT_FORMAT,
-                    ort_format: bool = False) -> tuple[TrainingModel, dict]:
+                    ort_format: bool = False, importance_adapter: dict | None = None) -> tuple[TrainingModel, dict]:
     """Build and compile ``model_name`` at ``tier`` into ``out_dir``; returns the eager model and manifest.
 
     ``artifact_format`` names the runtime's format (:mod:`export.formats`): ``executorch``
@@ -121,6 +132,8 @@ def export_artifact(model_name: str, tier: Tier, out_dir: Path, *, replace: bool
 
     The returned eager model is exactly what was compiled (same weights, same LoRA
     initialization), which is what :mod:`fleet.verify` compares the runtime against.
+    ``importance_adapter``: the tensors of the adapter a tier's ``prune_importance_adapter``
+    names (see :func:`build_training_model`).
     """
     notify = on_stage or (lambda stage: None)
     export_format = get_format(artifact_format)
@@ -135,7 +148,8 @@ def export_artifact(model_name: str, tier: Tier, out_dir: Path, *, replace: bool
         base = load_base_model(model_name)
         base_config = base.config.to_dict()
         training = build_training_model(base, tier, notify,
-                                        staging / PRUNED_BASE_DIR if save_pruned_base else None)
+                                        staging / PRUNED_BASE_DIR if save_pruned_base else None,
+                                        importance_adapter=importance_adapter)
         peft_model = training.peft_model
         report = export_format.build(training, staging, options, notify)
         device_files = export_format.device_files(options) | {TOKENIZER_DIR}

@@ -63,7 +63,7 @@ def load_artifact_model(artifact_dir: Path) -> ArtifactModel:
     base = _load_base(artifact_dir, manifest, tier)
     base.tokenizer = AutoTokenizer.from_pretrained(str(artifact_dir / TOKENIZER_DIR))
     # The base is already pruned: build_training_model then only adds LoRA and quantizes.
-    unpruned_tier = dataclasses.replace(tier, prune_ratio=0.0)
+    unpruned_tier = dataclasses.replace(tier, prune_ratio=0.0, prune_importance_adapter=None)
     training = build_training_model(base, unpruned_tier)
     layout = training.layout.to_dict()
     if layout != manifest.data["lora"]["layout"]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 DEFAULT_TARGETS = ("q_proj", "v_proj")
@@ -148,3 +149,46 @@ def apply_lora(model: torch.nn.Module, layout: LoraLayout, seed: int = 0):
 
 def _module_path(target: str) -> str:
     return ("self_attn." if target in ATTENTION_TARGETS else "mlp.") + target
+
+
+#: How PEFT's adapter files name a LoRA tensor: ``base_model.model.<module path>.lora_A.weight``.
+_PEFT_FILE_PREFIX = "base_model.model."
+
+
+@torch.no_grad()
+def merged_copy(model: torch.nn.Module, adapter: dict, scale: float = LORA_SCALE) -> torch.nn.Module:
+    """A deep copy of plain ``model`` with a PEFT-keyed LoRA adapter merged into its linears.
+
+    ``W + scale * B @ A`` for every (A, B) pair in ``adapter`` (tensors or arrays keyed as in
+    ``adapter_model.safetensors``); ``model`` itself is left as it was. This is "the tuned model"
+    whose activations choose the next pruning step (``models.pruning.prune_model``'s
+    ``importance_model``). ``ValueError`` for a tensor without its pair, a module the model lacks
+    or a shape that does not fit, before anything is merged.
+    """
+    import copy
+
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in adapter.items():
+        if not key.startswith(_PEFT_FILE_PREFIX) or not key.endswith((".lora_A.weight", ".lora_B.weight")):
+            raise ValueError(f"{key!r} is not a LoRA tensor of a PEFT adapter file")
+        path, part = key[len(_PEFT_FILE_PREFIX):].rsplit(".", 2)[:2]
+        pairs.setdefault(path, {})[part] = (value.detach().float() if isinstance(value, torch.Tensor)
+                                            else torch.tensor(np.asarray(value), dtype=torch.float32))
+    modules = dict(model.named_modules())
+    for path, pair in pairs.items():
+        if set(pair) != {"lora_A", "lora_B"}:
+            raise ValueError(f"the adapter has only {sorted(pair)} for {path}")
+        linear = modules.get(path)
+        if not isinstance(linear, torch.nn.Linear):
+            raise ValueError(f"the adapter targets {path}, which is not a linear layer of the model")
+        a, b = pair["lora_A"], pair["lora_B"]
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1] or (b.shape[0], a.shape[1]) != tuple(
+                linear.weight.shape):
+            raise ValueError(f"the adapter's {path} A {list(a.shape)} and B {list(b.shape)} do not fit the "
+                             f"layer's weight {list(linear.weight.shape)}")
+    merged = copy.deepcopy(model)
+    merged_modules = dict(merged.named_modules())
+    for path, pair in pairs.items():
+        weight = merged_modules[path].weight
+        weight += (scale * pair["lora_B"] @ pair["lora_A"]).to(weight.dtype)
+    return merged

@@ -490,8 +490,14 @@ def drop_layers(model, dropped: list[int]) -> None:
 # --- the entry point ----------------------------------------------------------------------------
 
 def prune_model(model, config: PruningConfig, calibration_ids: torch.Tensor | None = None, *,
-                refit: bool = True) -> dict:
+                refit: bool = True, importance_model=None) -> dict:
     """Prune ``model`` in place as ``config`` says and return a JSON-serializable report.
+
+    ``importance_model`` (same shape as ``model``, e.g. ``model`` with a tuned LoRA adapter
+    merged, :func:`models.lora.merged_copy`) is the model whose activations and weights decide
+    what to keep and drive the refit, while the cut is applied to ``model``'s own weights:
+    FedSpine's iterative prune-and-tune, where the next pruning step is chosen on the tuned
+    model but devices keep training an adapter over the untuned base. Default: ``model`` itself.
 
     ``calibration_ids`` (LongTensor ``[N, S]``, e.g. from :func:`calibration_ids`) drive the
     importance scores and, for ``width`` with ``refit``, the least-squares refit of the output
@@ -509,8 +515,15 @@ def prune_model(model, config: PruningConfig, calibration_ids: torch.Tensor | No
     report = {"method": config.method, "ratio": config.ratio, "importance": None, "refit": False,
               "dropped_layers": [],
               "layers": [_unpruned_layer_entry(model, i) for i in range(len(_decoder_layers(model)))]}
+    if importance_model is not None:
+        _check_prunable(importance_model)
+        for key in ("num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size"):
+            if getattr(importance_model.config, key) != getattr(model.config, key):
+                raise ValueError(f"the importance model's {key} ({getattr(importance_model.config, key)}) "
+                                 f"differs from the pruned model's ({getattr(model.config, key)})")
     if config.ratio > 0:
-        report.update(_PRUNERS[config.method](model, config.ratio, calibration_ids, refit, report["layers"]))
+        report.update(_PRUNERS[config.method](model, config.ratio, calibration_ids, refit, report["layers"],
+                                              importance_model or model))
         model.config.validate()
     report.update(
         params_before=params_before,
@@ -522,9 +535,9 @@ def prune_model(model, config: PruningConfig, calibration_ids: torch.Tensor | No
     return report
 
 
-def _prune_width(model, ratio, calibration_ids, refit, layers: list[dict]) -> dict:
-    stats = collect_activation_stats(model, calibration_ids) if calibration_ids is not None else None
-    importance = width_importance(model, stats)
+def _prune_width(model, ratio, calibration_ids, refit, layers: list[dict], scorer) -> dict:
+    stats = collect_activation_stats(scorer, calibration_ids) if calibration_ids is not None else None
+    importance = width_importance(scorer, stats)
     plans = plan_width(model, importance, ratio)
     apply_width_plan(model, plans, stats if refit else None)
     for entry, plan in zip(layers, plans):
@@ -533,8 +546,8 @@ def _prune_width(model, ratio, calibration_ids, refit, layers: list[dict]) -> di
     return {"importance": importance.source, "refit": bool(refit and stats is not None), "layers": layers}
 
 
-def _prune_layers(model, ratio, calibration_ids, _refit, layers: list[dict]) -> dict:
-    scores = layer_importance(model, calibration_ids)
+def _prune_layers(model, ratio, calibration_ids, _refit, layers: list[dict], scorer) -> dict:
+    scores = layer_importance(scorer, calibration_ids)
     dropped = plan_layer_drop(scores, ratio)
     drop_layers(model, dropped)
     kept = [entry for entry in layers if entry["source_layer"] not in set(dropped)]

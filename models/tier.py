@@ -144,6 +144,11 @@ class Tier:
     #: the head is about half of a step's work. Trainers refuse batches with a row labelled at
     #: more positions (``models.batching.check_loss_positions``): the program cannot see them.
     loss_positions: int | None = None
+    #: Iterative prune-and-tune (FedSpine): the sha256 of a LoRA adapter (an
+    #: ``adapter_model.safetensors`` over the unpruned base) merged into the base to choose what
+    #: pruning keeps, so the cut follows the *tuned* model; the kept weights are still the base's.
+    #: ``None`` prunes by the base model alone. The exporter must be given the adapter's tensors.
+    prune_importance_adapter: str | None = None
 
     @property
     def pruning(self) -> PruningConfig:
@@ -179,6 +184,13 @@ class Tier:
             raise ValueError(f"prefix_cache must be true or false, got {self.prefix_cache!r}")
         if self.loss_positions is not None:
             check_int("loss positions", self.loss_positions, 1, self.seq - 1)
+        if self.prune_importance_adapter is not None:
+            if not (isinstance(self.prune_importance_adapter, str) and len(self.prune_importance_adapter) == 64
+                    and all(c in "0123456789abcdef" for c in self.prune_importance_adapter)):
+                raise ValueError("prune_importance_adapter must be the lowercase hex sha256 of an adapter, got "
+                                 f"{_shown(self.prune_importance_adapter)}")
+            if not self.prune_ratio:
+                raise ValueError("prune_importance_adapter chooses what pruning keeps; it needs a prune_ratio above 0")
         if self.prefix_cache and num_hidden_layers is not None and self.lora_layers >= num_hidden_layers:
             raise ValueError("prefix caching needs a frozen prefix: LoRA is in every layer "
                              f"({self.lora_layers} of {num_hidden_layers}); use fewer LoRA layers or no prefix cache")
@@ -189,8 +201,9 @@ class Tier:
         exactly the dict (hence the artifact key, the protocol's tier objects and the stored
         jobs' tiers) it had before the field existed."""
         d = asdict(self)
-        if d["loss_positions"] is None:
-            del d["loss_positions"]
+        for key in ("loss_positions", "prune_importance_adapter"):
+            if d[key] is None:
+                del d[key]
         for key in ("lr_schedule", "lr_min", "local_sampling"):    # likewise for a job that keeps the defaults
             if d["train"][key] == getattr(TrainingHyperparameters, key):
                 del d["train"][key]

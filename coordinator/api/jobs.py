@@ -13,6 +13,7 @@ from coordinator.models import (Artifact, Device, Evaluation, GlobalAdapter, Job
 from coordinator.services import lifecycle
 from coordinator.services.jobs import MAX_ROUNDS, parse_job_spec
 from coordinator.services.payloads import job_payload, round_detail_payload
+from coordinator.services.pruning_sources import job_pruning_sources
 
 bp = Blueprint("jobs", __name__)
 
@@ -22,7 +23,8 @@ def _payload(session, job: Job) -> dict:
     rounds = session.scalars(select(Round).where(Round.job_id == job.id)).all()
     adapters = session.scalars(select(GlobalAdapter).where(GlobalAdapter.job_id == job.id)).all()
     evaluations = session.scalars(select(Evaluation).where(Evaluation.job_id == job.id)).all()
-    return job_payload(job, artifact, list(rounds), list(adapters), list(evaluations))
+    return job_payload(job, artifact, list(rounds), list(adapters), list(evaluations),
+                       job_pruning_sources(session, job.id))
 
 
 def _job_or_404(session, job_id: int) -> Job:

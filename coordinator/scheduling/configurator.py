@@ -134,6 +134,14 @@ class Configurator(ABC):
     #: and after each task (``PastTask.probe_loss_*``): one more loss pass each, on the device.
     wants_probe_loss: ClassVar[bool] = False
 
+    @property
+    def prunes_from_tuned_model(self) -> bool:
+        """Whether a pruned tier this configurator hands out should be cut by the importance of
+        the *tuned* model (the global adapter of the round the job first hands out that ratio,
+        merged into the base: ``coordinator.services.pruning_sources``) rather than the base
+        alone. Such tiers cannot be prepared before training, so they are built on demand."""
+        return False
+
     def __init__(self, options: dict | None = None):
         if options is None:
             options = {}
@@ -152,8 +160,14 @@ class Configurator(ABC):
 
     def candidate_tiers(self, job: JobView) -> list[dict]:
         """Every tier :meth:`choose` can return for ``job``, without repeats (override when it
-        can return more than the reference tier)."""
+        can return more than the reference tier). A tier cut from the tuned model is listed as
+        cut from the base; the coordinator adds its pruning source when it hands it out."""
         return unique_tiers([job.reference_tier])
+
+    def preparable_tiers(self, job: JobView) -> list[dict]:
+        """The candidate tiers that can be exported before training starts (``prepare_tiers:
+        "all"``); a tier cut from the tuned model (:attr:`prunes_from_tuned_model`) cannot."""
+        return self.candidate_tiers(job)
 
     @abstractmethod
     def choose(self, job: JobView, device: DeviceView) -> list[TierChoice]:

@@ -38,6 +38,16 @@ Pruning ratio ascending is forced by monotone pruning (below): a device must see
 pruned arms before the more pruned ones, because it can never come back to them. Within a
 ratio the cheapest rank comes first: a small task is the likeliest to finish and report.
 
+**Pruning from the tuned model** (option ``tuned_pruning``, on by default): the base of an arm
+pruned beyond the reference is cut by the importance of the model as tuned so far: the global
+adapter of the round in which the job first hands that ratio out, merged into the base, decides
+which heads and channels stay (the kept weights are still the base's, so every device keeps
+training one adapter over one base). The choice is fixed per ratio from then on
+(``coordinator.services.pruning_sources``), so a ratio is one artifact for the whole job. A
+device reaching a higher ratio later in the job therefore gets a base pruned from a model
+tuned for longer: FedSpine's alternation of pruning and tuning. Off: every ratio is pruned
+once from the untuned base, before training.
+
 **Iterative prune-and-tune** (option ``monotone_pruning``, on by default): once a device's most
 recent task had pruning ratio ``p``, arms with a ratio below ``p`` are no longer offered. A
 device keeps the smaller base it downloaded and tunes it further, as FedSpine prunes and tunes
@@ -98,7 +108,12 @@ class FedSpine(Configurator):
         "exploration": 0.05,
         "discount": 0.98,
         "monotone_pruning": True,
+        "tuned_pruning": True,
     }
+
+    @property
+    def prunes_from_tuned_model(self) -> bool:
+        return self.options["tuned_pruning"]
 
     def check_options(self, options: dict) -> dict:
         options["prune_ratios"] = sorted(list_option("prune_ratios", options["prune_ratios"],
@@ -108,6 +123,7 @@ class FedSpine(Configurator):
         number_option("exploration", options["exploration"], minimum=0.0)
         number_option("discount", options["discount"], minimum=0.0, maximum=1.0, exclusive_minimum=True)
         bool_option("monotone_pruning", options["monotone_pruning"])
+        bool_option("tuned_pruning", options["tuned_pruning"])
         return options
 
     def arms(self, job: JobView) -> list[Arm]:
@@ -125,6 +141,16 @@ class FedSpine(Configurator):
 
     def candidate_tiers(self, job: JobView) -> list[dict]:
         return unique_tiers(arm.tier for arm in self.arms(job))
+
+    def preparable_tiers(self, job: JobView) -> list[dict]:
+        """With ``tuned_pruning`` (and an unpruned reference), only the arms at the lowest ratio,
+        where every device starts (in round 1 nothing is tuned yet, so they are cut from the base
+        alone): the more pruned ones are cut from the tuned model, exported when first handed out."""
+        arms = self.arms(job)
+        if not self.prunes_from_tuned_model or float(job.reference_tier.get("prune_ratio", 0.0)) > 0:
+            return unique_tiers(arm.tier for arm in arms)
+        lowest = min(arm.prune_ratio for arm in arms)
+        return unique_tiers(arm.tier for arm in arms if arm.prune_ratio <= lowest)
 
     def allowed_arms(self, job: JobView, device: DeviceView) -> list[Arm]:
         """The arms ``device`` may get now: with monotone pruning, none below its latest ratio."""

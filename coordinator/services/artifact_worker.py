@@ -131,7 +131,7 @@ class ArtifactWorker:
                     or configurator_class(job.configurator).always_reference_tier):
                 return
             view = job_view(self.state, session, job, 1, reference_artifact_id=artifact_id)
-        tiers = get_configurator(job.configurator, job.configurator_options).candidate_tiers(view)
+        tiers = get_configurator(job.configurator, job.configurator_options).preparable_tiers(view)
         for number, tier in enumerate(tiers, 1):
             log.info("job %s: preparing tier %d of %d", job_id, number, len(tiers))
             self._artifact_for(job.model, tier)
@@ -146,7 +146,8 @@ class ArtifactWorker:
                         artifact.manifest_sha256):
                     return artifact.id
                 log.warning("artifact %s: blobs missing; importing it again", key[:12])
-        return self.import_directory(key, model, self.cache.ensure(model, tier_dict, artifact_format))
+        return self.import_directory(key, model, self.cache.ensure(model, tier_dict, artifact_format,
+                                                                   adapter_tensors=self.state.adapters.tensors))
 
     def import_directory(self, key: str, model: str, directory: Path) -> int:
         """Store every file of an exported artifact as a blob and record it; returns its id."""

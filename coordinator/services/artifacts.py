@@ -104,8 +104,12 @@ class ArtifactCache:
     def directory(self, key: str) -> Path:
         return self.root / key
 
-    def ensure(self, model: str, tier_dict: dict, artifact_format: str = DEFAULT_FORMAT) -> Path:
-        """The artifact directory for (model, tier, format), exporting it if the cache does not have it."""
+    def ensure(self, model: str, tier_dict: dict, artifact_format: str = DEFAULT_FORMAT,
+               adapter_tensors=None) -> Path:
+        """The artifact directory for (model, tier, format), exporting it if the cache does not have it.
+
+        ``adapter_tensors(sha256) -> tensors``: how to read a stored adapter, for a tier pruned by
+        a tuned adapter's importance (``prune_importance_adapter``)."""
         from export.manifest import read_manifest
 
         key = artifact_key(model, tier_dict, artifact_format)
@@ -122,9 +126,13 @@ class ArtifactCache:
 
             log.info("artifact %s: exporting %s for %s (this can take minutes)", key[:12], model, artifact_format)
             self.root.mkdir(parents=True, exist_ok=True)
+            importance = tier_dict.get("prune_importance_adapter")
+            if importance is not None and adapter_tensors is None:
+                raise ValueError("this tier is pruned by a tuned adapter's importance; the cache needs a way to read it")
             try:
                 export_artifact(model, Tier.from_dict(tier_dict), directory, save_pruned_base=True,
-                                artifact_format=artifact_format)
+                                artifact_format=artifact_format,
+                                importance_adapter=adapter_tensors(importance) if importance is not None else None)
             except FileExistsError:
                 # Another process finished the same export first; its result is as good as ours.
                 manifest = read_manifest(directory)

@@ -131,7 +131,7 @@ def round_detail_payload(round_: Round, adapter: GlobalAdapter | None, evaluatio
 
 
 def job_payload(job: Job, artifact: Artifact | None, rounds: list[Round], adapters: list[GlobalAdapter],
-                evaluations: list[Evaluation] = ()) -> dict:
+                evaluations: list[Evaluation] = (), pruning_sources: list[dict] = ()) -> dict:
     by_round = {a.round: a for a in adapters}
     evaluated = {e.round: e for e in evaluations}
     open_rounds = [r.number for r in rounds if r.status in ("open", "aggregating")]
@@ -159,6 +159,7 @@ def job_payload(job: Job, artifact: Artifact | None, rounds: list[Round], adapte
         "min_ram_mb": job.min_ram_mb,
         "eval_examples": job.eval_examples,
         "eval_every": job.eval_every,
+        "pruning_sources": list(pruning_sources),
         "created_at": iso(job.created_at),
         "updated_at": iso(job.updated_at),
         "current_round": open_rounds[-1] if open_rounds else None,

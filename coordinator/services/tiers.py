@@ -14,6 +14,10 @@ and built like any tier), and its update joins the same aggregation: both format
 same LoRA tensors, under the same names, from the same start adapter (sent as ``.ptd`` to
 ExecuTorch and as safetensors to ONNX Runtime).
 
+A configurator that prunes from the tuned model (FedSpine) gets its pruned tiers cut by the
+job's recorded pruning source (``services/pruning_sources.py``); while such a tier's export
+runs, the device is not moved to a still more pruned one.
+
 The chosen tier's start adapter is the round's global adapter cut to the tier
 (:func:`~coordinator.services.adapter_mapping.project`), stored as blobs like any adapter.
 A choice equal to the job's own tier is the plain, unmapped path: the task then carries no
@@ -22,6 +26,7 @@ tier of its own, exactly as under the ``uniform`` configurator.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -31,6 +36,7 @@ from coordinator.models import Artifact, Device, GlobalAdapter, Job, Round, Roun
 from coordinator.scheduling import Requirements
 from coordinator.services.adapter_mapping import project
 from coordinator.services.artifacts import artifact_key, compiled_tier
+from coordinator.services.pruning_sources import needs_pruning_source, with_pruning_source
 from coordinator.services.state import ServiceState
 from export.formats import DEFAULT_FORMAT, FORMATS, get_format
 
@@ -240,10 +246,23 @@ def place_device(state: ServiceState, job: Job, device: Device, round_number: in
     choices = configurator.choose(view, DeviceView(device_id=device.id, capabilities=device.capabilities,
                                                    history=history))
     reasons = []
+    tuned_pruning = configurator.prunes_from_tuned_model
+    waiting_ratio = None   # a tuned-pruned ratio whose artifact is being built
     for choice in choices:
+        if tuned_pruning and needs_pruning_source(job, choice.tier):
+            ratio = float(choice.tier["prune_ratio"])
+            if waiting_ratio is not None and ratio >= waiting_ratio:
+                # Not past the ratio the device is waiting for: it would fix (and build) a more
+                # pruned base before the model has been tuned any further.
+                reasons.append(f"{choice.arm}: waiting for the p{waiting_ratio:g} tier's export")
+                continue
+            choice = dataclasses.replace(choice, tier=with_pruning_source(state, job, round_number, choice.tier))
         artifact_id, skipped = artifact_for_device(state, job, device, choice.tier)
         reasons.extend(f"{choice.arm}: {why}" for why in skipped)
         if artifact_id is None:
+            if tuned_pruning and needs_pruning_source(job, choice.tier):
+                ratio = float(choice.tier["prune_ratio"])
+                waiting_ratio = ratio if waiting_ratio is None else min(waiting_ratio, ratio)
             continue
         why = ineligibility(state, job, device, artifact_id, choice.tier)
         if why is not None:

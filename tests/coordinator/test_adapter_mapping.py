@@ -341,7 +341,7 @@ def test_place_device_skips_a_tier_the_reference_cannot_hold(monkeypatch):
     choices = [TierChoice(tier={"name": "p-bad"}, local_steps=5, arm="bad"),
                TierChoice(tier={"name": "p-good"}, local_steps=5, arm="good")]
     monkeypatch.setattr(configurators, "get_configurator",
-                        lambda *_: SimpleNamespace(choose=lambda view, device: choices))
+                        lambda *_: SimpleNamespace(choose=lambda view, device: choices, prunes_from_tuned_model=False))
     monkeypatch.setattr(tiers, "job_view", lambda *_args, **_kw: None)
     monkeypatch.setattr(tiers, "device_history", lambda *_: ())
     monkeypatch.setattr(tiers, "artifact_for_device",
