@@ -522,9 +522,9 @@ def add_fleet_arguments(parser) -> None:
                              "docs/results/tuning_balance.txt)")
     parser.add_argument("--strategy", default="fedavg", help="the job's aggregation strategy (fedavg, fedavgm, ...)")
     parser.add_argument("--profile", choices=sorted(FLEETS), default="flagship_midrange",
-                        help="fleet mix (default flagship_midrange: every device has the RAM for this fp32 "
-                             "tier, so every shard trains; in 'mixed' the budget phones' 2 GB is below the "
-                             "tier's ~2.1 GB and their ~30%% of the data never trains)")
+                        help="fleet mix (default %(default)s). flagship_midrange: every device has the RAM for "
+                             "the fp32 tier, so every shard trains; mixed: 30%% budget phones, whose 2 GB is below "
+                             "the fp32 tier's ~2.1 GB, so they train only smaller (pruned) tiers")
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the non-IID arm")
     parser.add_argument("--virtual-deadline", type=float, default=900.0, help="a round's deadline on the virtual clock (s)")

@@ -348,6 +348,8 @@ def parse_args(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_fleet_arguments(parser)
+    # The three profiles, budget phones included: which tiers fit them is part of what is compared.
+    parser.set_defaults(profile="mixed")
     parser.add_argument("--arms", default=DEFAULT_ARMS,
                         help="comma-separated configurator:strategy pairs; uniform:fedavg is the baseline and runs first")
     parser.add_argument("--configurator-options", type=json.loads, default={}, metavar="JSON",
