@@ -245,12 +245,11 @@ class GlobalAdapter(Base):
 
 
 class PruningSource(Base):
-    """Which global adapter chose what a job's ``prune_ratio`` tier keeps (FedSpine's iterative
-    prune-and-tune): fixed the first time the job hands that ratio out, so every device at the
-    ratio trains one pruned base (an artifact) however many rounds later it arrives."""
+    """A global adapter that chose what one of a job's pruned tiers keeps (FedSpine's iterative
+    prune-and-tune; which devices get which source: ``services/pruning_sources.py``)."""
 
     __tablename__ = "pruning_sources"
-    __table_args__ = (UniqueConstraint("job_id", "prune_ratio"),)
+    __table_args__ = (UniqueConstraint("job_id", "prune_ratio", "round"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)

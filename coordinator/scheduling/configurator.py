@@ -142,6 +142,12 @@ class Configurator(ABC):
         alone. Such tiers cannot be prepared before training, so they are built on demand."""
         return False
 
+    @property
+    def tuned_pruning_refresh_rounds(self) -> int | None:
+        """With :attr:`prunes_from_tuned_model`: after how many rounds a device moving up to a
+        ratio gets a fresh cut of the tuned model rather than the ratio's newest (None: never)."""
+        return None
+
     def __init__(self, options: dict | None = None):
         if options is None:
             options = {}

@@ -39,14 +39,15 @@ pruned arms before the more pruned ones, because it can never come back to them.
 ratio the cheapest rank comes first: a small task is the likeliest to finish and report.
 
 **Pruning from the tuned model** (option ``tuned_pruning``, on by default): the base of an arm
-pruned beyond the reference is cut by the importance of the model as tuned so far: the global
-adapter of the round in which the job first hands that ratio out, merged into the base, decides
-which heads and channels stay (the kept weights are still the base's, so every device keeps
-training one adapter over one base). The choice is fixed per ratio from then on
-(``coordinator.services.pruning_sources``), so a ratio is one artifact for the whole job. A
-device reaching a higher ratio later in the job therefore gets a base pruned from a model
-tuned for longer: FedSpine's alternation of pruning and tuning. Off: every ratio is pruned
-once from the untuned base, before training.
+pruned beyond an unpruned reference is cut by the importance of the model as tuned so far: a
+global adapter merged into the base decides which heads and channels stay (the kept weights
+are still the base's, so every device keeps training one adapter over one base). A device that
+moves up to a more pruned ratio gets a cut of the tuned model (the first mover's round's start
+adapter; option ``prune_refresh_rounds`` re-cuts for movers after that many rounds), a device
+that stays at its ratio keeps the base it has, and a device that can only ever run the pruned
+tier (too little RAM for the others) takes whatever cut exists, from the untuned base if it
+arrives first (``coordinator.services.pruning_sources``). Off: every ratio is pruned once from
+the untuned base, before training.
 
 **Iterative prune-and-tune** (option ``monotone_pruning``, on by default): once a device's most
 recent task had pruning ratio ``p``, arms with a ratio below ``p`` are no longer offered. A
@@ -109,11 +110,16 @@ class FedSpine(Configurator):
         "discount": 0.98,
         "monotone_pruning": True,
         "tuned_pruning": True,
+        "prune_refresh_rounds": None,
     }
 
     @property
     def prunes_from_tuned_model(self) -> bool:
         return self.options["tuned_pruning"]
+
+    @property
+    def tuned_pruning_refresh_rounds(self) -> int | None:
+        return self.options["prune_refresh_rounds"]
 
     def check_options(self, options: dict) -> dict:
         options["prune_ratios"] = sorted(list_option("prune_ratios", options["prune_ratios"],
@@ -124,6 +130,8 @@ class FedSpine(Configurator):
         number_option("discount", options["discount"], minimum=0.0, maximum=1.0, exclusive_minimum=True)
         bool_option("monotone_pruning", options["monotone_pruning"])
         bool_option("tuned_pruning", options["tuned_pruning"])
+        if options["prune_refresh_rounds"] is not None:
+            number_option("prune_refresh_rounds", options["prune_refresh_rounds"], minimum=1, integer=True)
         return options
 
     def arms(self, job: JobView) -> list[Arm]:

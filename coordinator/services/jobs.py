@@ -132,6 +132,9 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
     if not isinstance(tier_body, dict):
         raise _bad("tier", "must be a JSON object of models.tier.Tier fields")
     tier_body = dict(tier_body)
+    if "prune_importance_adapter" in tier_body:
+        raise _bad("tier.prune_importance_adapter", "is set by the coordinator on the pruned tiers it cuts from a "
+                   "job's tuned model (configurator fedspine); a job's own tier cannot name one")
     train = tier_body.pop("train", {}) or {}
     if not isinstance(train, dict) or set(train) - _TIER_TRAIN_KEYS:
         raise _bad("tier.train", f"may only set {sorted(_TIER_TRAIN_KEYS)}; lr and local_steps are job fields")

@@ -1,13 +1,20 @@
 """Which tuned model a job's pruned tier is cut from (FedSpine's iterative prune-and-tune).
 
 A configurator whose :attr:`~coordinator.scheduling.configurator.Configurator.prunes_from_tuned_model`
-is on hands out pruned tiers whose pruning is chosen on the model *as tuned so far*: the
-global adapter at the start of the round in which the job first hands out that pruning ratio,
-merged into the base (``models.pruning.prune_model``'s ``importance_model``). The choice is
-recorded once per (job, ratio) in ``pruning_sources`` and every later device at that ratio gets
-the same tier, hence the same artifact: a device that moves up to a higher ratio later in the
-job receives a base pruned from a model tuned for longer, while devices at one ratio never
-split over several bases that their updates would have to be reconciled across.
+is on hands out pruned tiers whose pruning is chosen on the model *as tuned so far*: a global
+adapter merged into the base decides which heads and channels stay
+(``models.pruning.prune_model``'s ``importance_model``); the kept weights stay the base's, so
+every device keeps training one adapter over one base, and each pruned artifact's own layout
+lifts its updates back into the reference (devices at one ratio on different cuts aggregate
+like devices on different tiers).
+
+Sources are recorded per (job, ratio, round) in ``pruning_sources``, and which one a device
+gets follows :func:`with_pruning_source`: a device that moves up to a more pruned ratio gets a
+cut of the tuned model, one that stays keeps the base it has downloaded, and one that can only
+run the pruned tier from the start (a 2 GB phone) takes whatever cut exists. A source once
+recorded serves every later mover (option ``prune_refresh_rounds`` makes movers re-cut after
+that many rounds): every new source is a new export of minutes and a new download for the
+devices that take it.
 
 Only when the job's reference tier is unpruned: the global adapter then lives on the unpruned
 base, which is what the merge needs. A job with a pruned reference prunes further from the
@@ -32,25 +39,47 @@ def needs_pruning_source(job: Job, tier: dict) -> bool:
     return reference_ratio == 0.0 and float(tier.get("prune_ratio", 0.0) or 0.0) > 0.0
 
 
-def with_pruning_source(state: ServiceState, job: Job, round_number: int, tier: dict) -> dict:
-    """``tier`` with ``prune_importance_adapter`` set to the job's recorded source for its ratio
-    (recording the start adapter of ``round_number`` if this is the ratio's first hand-out);
-    ``tier`` unchanged when it needs none or the source is round 0's untrained adapter."""
+def with_pruning_source(state: ServiceState, job: Job, round_number: int, tier: dict, history: tuple = (),
+                        refresh_rounds: int | None = None) -> dict:
+    """``tier`` with ``prune_importance_adapter`` set to the base the device should train at its ratio.
+
+    - A device whose latest task was at this ratio keeps the base it has (no new download).
+    - A device *moving up* to this ratio from a less pruned one gets a base cut from the tuned
+      model: the ratio's newest source, unless that is still round 0's untrained adapter or
+      older than ``refresh_rounds`` rounds, in which case this round's start adapter is
+      recorded as a new source.
+    - A device at this ratio for the first time without having trained a less pruned tier (one
+      that can run nothing larger) gets the ratio's newest source, recording this round's
+      start adapter only if there is none yet.
+
+    ``tier`` is returned unchanged when it needs no source or its source is round 0's adapter.
+    """
     if not needs_pruning_source(job, tier):
         return tier
-    source = pruning_source(state, job.id, float(tier["prune_ratio"]), round_number)
-    if source.adapter_sha256 is None:
-        return tier
-    return {**tier, "prune_importance_adapter": source.adapter_sha256}
+    ratio = round(float(tier["prune_ratio"]), _RATIO_DECIMALS)
+    latest = max(history, key=lambda task: task.round) if history else None
+    if latest is not None and _ratio_of(latest.tier) == ratio:
+        adapter = latest.tier.get("prune_importance_adapter")
+    else:
+        moving_up = any(_ratio_of(task.tier) < ratio for task in history)
+        newest = _newest(state, job.id, ratio)
+        stale = newest is None or (moving_up and (
+            newest.adapter_sha256 is None
+            or (refresh_rounds is not None and round_number - 1 - newest.round >= refresh_rounds)))
+        if stale and (newest is None or newest.round < round_number - 1):
+            newest = record_source(state, job.id, ratio, round_number)
+        adapter = newest.adapter_sha256
+    return {**tier, "prune_importance_adapter": adapter} if adapter else tier
 
 
-def pruning_source(state: ServiceState, job_id: int, prune_ratio: float, round_number: int) -> PruningSource:
-    """The job's recorded source for ``prune_ratio``, recorded now (round ``round_number``'s
-    start adapter) if there is none yet; the first of two concurrent recorders wins."""
+def _ratio_of(tier: dict) -> float:
+    return round(float(tier.get("prune_ratio", 0.0) or 0.0), _RATIO_DECIMALS)
+
+
+def record_source(state: ServiceState, job_id: int, prune_ratio: float, round_number: int) -> PruningSource:
+    """Record round ``round_number``'s start adapter as a source for ``prune_ratio`` (or return
+    the one a concurrent request recorded for the same round first)."""
     ratio = round(prune_ratio, _RATIO_DECIMALS)
-    existing = _recorded(state, job_id, ratio)
-    if existing is not None:
-        return existing
     with state.db.read() as session:
         start = session.scalars(select(GlobalAdapter).where(GlobalAdapter.job_id == job_id,
                                                             GlobalAdapter.round == round_number - 1)).one()
@@ -62,19 +91,23 @@ def pruning_source(state: ServiceState, job_id: int, prune_ratio: float, round_n
             session.add(source)
         return source
     except IntegrityError:
-        # Another request (or coordinator process) recorded this ratio first; its choice stands.
-        return _recorded(state, job_id, ratio)
+        # Another request (or coordinator process) recorded this ratio and round first.
+        with state.db.read() as session:
+            return session.scalars(select(PruningSource).where(
+                PruningSource.job_id == job_id, PruningSource.prune_ratio == ratio,
+                PruningSource.round == round_number - 1)).one()
 
 
-def _recorded(state: ServiceState, job_id: int, ratio: float) -> PruningSource | None:
+def _newest(state: ServiceState, job_id: int, ratio: float) -> PruningSource | None:
     with state.db.read() as session:
         return session.scalars(select(PruningSource).where(PruningSource.job_id == job_id,
-                                                           PruningSource.prune_ratio == ratio)).one_or_none()
+                                                           PruningSource.prune_ratio == ratio)
+                               .order_by(PruningSource.round.desc()).limit(1)).one_or_none()
 
 
 def job_pruning_sources(session, job_id: int) -> list[dict]:
     """A job's recorded sources, for its API payload and the benches: ratio, round, adapter."""
     rows = session.scalars(select(PruningSource).where(PruningSource.job_id == job_id)
-                           .order_by(PruningSource.prune_ratio)).all()
+                           .order_by(PruningSource.prune_ratio, PruningSource.round)).all()
     return [{"prune_ratio": row.prune_ratio, "round": row.round, "adapter_sha256": row.adapter_sha256}
             for row in rows]

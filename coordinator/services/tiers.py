@@ -14,9 +14,9 @@ and built like any tier), and its update joins the same aggregation: both format
 same LoRA tensors, under the same names, from the same start adapter (sent as ``.ptd`` to
 ExecuTorch and as safetensors to ONNX Runtime).
 
-A configurator that prunes from the tuned model (FedSpine) gets its pruned tiers cut by the
-job's recorded pruning source (``services/pruning_sources.py``); while such a tier's export
-runs, the device is not moved to a still more pruned one.
+A configurator that prunes from the tuned model (FedSpine) gets its pruned tiers cut by one of
+the job's recorded pruning sources (``services/pruning_sources.py`` says which device gets
+which); while such a tier's export runs, the device is not moved to a still more pruned one.
 
 The chosen tier's start adapter is the round's global adapter cut to the tier
 (:func:`~coordinator.services.adapter_mapping.project`), stored as blobs like any adapter.
@@ -256,7 +256,8 @@ def place_device(state: ServiceState, job: Job, device: Device, round_number: in
                 # pruned base before the model has been tuned any further.
                 reasons.append(f"{choice.arm}: waiting for the p{waiting_ratio:g} tier's export")
                 continue
-            choice = dataclasses.replace(choice, tier=with_pruning_source(state, job, round_number, choice.tier))
+            choice = dataclasses.replace(choice, tier=with_pruning_source(
+                state, job, round_number, choice.tier, history, configurator.tuned_pruning_refresh_rounds))
         artifact_id, skipped = artifact_for_device(state, job, device, choice.tier)
         reasons.extend(f"{choice.arm}: {why}" for why in skipped)
         if artifact_id is None:

@@ -147,6 +147,9 @@ def test_missing_or_wrong_token_is_401_and_wrong_role_is_403(server):
     ({"configurator": "fedspine", "configurator_options": {"ranks": [0]}}, "configurator_options"),
     ({"configurator": "legend", "configurator_options": {"fastest": True}}, "configurator_options"),
     ({"configurator": "fedspine", "configurator_options": [0.5]}, "JSON object"),
+    ({"configurator": "fedspine", "configurator_options": {"prune_refresh_rounds": 0}}, "configurator_options"),
+    ({"configurator": "fedspine", "configurator_options": {"tuned_pruning": "yes"}}, "configurator_options"),
+    ({"tier": {"prune_ratio": 0.5, "prune_importance_adapter": "ab" * 32}}, "set by the coordinator"),
     ({"prepare_tiers": "sometimes"}, "prepare_tiers"),
 ])
 def test_bad_job_is_422_and_creates_nothing(server, fields, snippet):

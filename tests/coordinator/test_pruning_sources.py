@@ -76,25 +76,43 @@ def _sources(state, job_id):
         return job_pruning_sources(session, job_id)
 
 
-def test_each_ratio_is_cut_from_the_adapter_of_its_first_hand_out_and_exported_from_it(tmp_path):
-    from coordinator.services.pruning_sources import pruning_source, with_pruning_source
+def _history(*tiers_by_round):
+    """A device's past tasks: (round, tier) pairs."""
+    from coordinator.scheduling.configurator import PastTask
+
+    return tuple(PastTask(round=r, arm="a", tier=tier, local_steps=1, submitted=True) for r, tier in tiers_by_round)
+
+
+def test_movers_get_a_cut_of_the_tuned_model_stayers_keep_theirs_and_the_worker_exports_it(tmp_path):
+    from coordinator.services.pruning_sources import record_source, with_pruning_source
 
     app, state = _state(tmp_path)
     job_id = _fedspine_job(state, [0.0, 0.25, 0.5])
     job = _job(state, job_id)
+    p0 = job.tier
     p25, p50 = (tiny_tier(prune_ratio=p, **PORTABLE).to_dict() for p in (0.25, 0.5))
-    assert with_pruning_source(state, job, 1, job.tier) == job.tier           # the reference: nothing to cut
-    # Round 1 starts from the untrained adapter: the base alone decides, and that stays so.
+    assert with_pruning_source(state, job, 1, p0) == p0                        # the reference: nothing to cut
+    # A device that can only run p0.25 arrives in round 1: nothing is tuned, the base alone decides.
     assert with_pruning_source(state, job, 1, p25) == p25
     tuned_1, tuned_2 = _store_global_adapter(state, job_id, 1, seed=1), _store_global_adapter(state, job_id, 2, seed=2)
+    # Later arrivals of that kind, and devices staying at p0.25, keep that cut (no new download) ...
     assert with_pruning_source(state, job, 3, p25) == p25
-    # p0.5 is first handed out in round 2: round 1's adapter chooses its cut, in every later round too.
-    assert with_pruning_source(state, job, 2, p50) == {**p50, "prune_importance_adapter": tuned_1}
-    assert with_pruning_source(state, job, 3, p50)["prune_importance_adapter"] == tuned_1 != tuned_2
-    # Concurrent first hand-outs of a new ratio agree on one source (one row, the first writer's).
+    assert with_pruning_source(state, job, 3, p25, _history((1, p25))) == p25
+    # ... but a device moving up from p0 gets a cut of the tuned model: round 3 starts from round 2's adapter.
+    assert with_pruning_source(state, job, 3, p25, _history((1, p0), (2, p0))) == {
+        **p25, "prune_importance_adapter": tuned_2}
+    # The first mover to p0.5 (round 2) fixes its cut for later movers (no refresh by default).
+    assert with_pruning_source(state, job, 2, p50, _history((1, p0)))["prune_importance_adapter"] == tuned_1
+    assert with_pruning_source(state, job, 3, p50, _history((2, p25)))["prune_importance_adapter"] == tuned_1
+    # With a refresh after 1 round, a mover in round 3 gets a fresh cut; a device already at p0.5 keeps its own.
+    mover = with_pruning_source(state, job, 3, p50, _history((2, p0)), refresh_rounds=1)
+    assert mover["prune_importance_adapter"] == tuned_2
+    stayer = with_pruning_source(state, job, 3, p50, _history((2, {**p50, "prune_importance_adapter": tuned_1})),
+                                 refresh_rounds=1)
+    assert stayer["prune_importance_adapter"] == tuned_1
+    # Concurrent recorders of one (ratio, round) agree on one row, the first writer's.
     found = []
-    threads = [threading.Thread(target=lambda: found.append(pruning_source(state, job_id, 0.75, 3)))
-               for _ in range(6)]
+    threads = [threading.Thread(target=lambda: found.append(record_source(state, job_id, 0.75, 3))) for _ in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -102,13 +120,16 @@ def test_each_ratio_is_cut_from_the_adapter_of_its_first_hand_out_and_exported_f
     assert {(s.round, s.adapter_sha256) for s in found} == {(2, tuned_2)}
     assert _sources(state, job_id) == [
         {"prune_ratio": 0.25, "round": 0, "adapter_sha256": None},
+        {"prune_ratio": 0.25, "round": 2, "adapter_sha256": tuned_2},
         {"prune_ratio": 0.5, "round": 1, "adapter_sha256": tuned_1},
+        {"prune_ratio": 0.5, "round": 2, "adapter_sha256": tuned_2},
         {"prune_ratio": 0.75, "round": 2, "adapter_sha256": tuned_2}]
     shown = app.test_client().get(f"/api/v1/jobs/{job_id}", headers={"Authorization": "Bearer a"}).get_json()
-    assert [s["prune_ratio"] for s in shown["pruning_sources"]] == [0.25, 0.5, 0.75]
+    assert [(s["prune_ratio"], s["round"]) for s in shown["pruning_sources"]] == [
+        (0.25, 0), (0.25, 2), (0.5, 1), (0.5, 2), (0.75, 2)]
 
-    # The artifact worker exports the p0.5 tier by merging round 1's adapter, read from the blob store.
-    artifact_id = state.worker._artifact_for("tiny", with_pruning_source(state, job, 3, p50))
+    # The artifact worker exports the p0.5 cut of round 1's adapter, read from the blob store.
+    artifact_id = state.worker._artifact_for("tiny", {**p50, "prune_importance_adapter": tuned_1})
     manifest = state.artifact_info(artifact_id).artifact.manifest
     assert manifest["pruned_model"]["pruning"]["importance_adapter"] == tuned_1
     assert manifest["tier"]["prune_importance_adapter"] == tuned_1

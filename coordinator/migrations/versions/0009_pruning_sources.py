@@ -1,4 +1,4 @@
-"""Pruning sources: the global adapter whose merge chose what each of a job's pruned tiers keeps.
+"""Pruning sources: the global adapters whose merge chose what a job's pruned tiers keep.
 
 Revision ID: 0009
 Revises: 0008
@@ -31,7 +31,7 @@ def upgrade() -> None:
         sa.Column('created_at', sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(['job_id'], ['jobs.id']),
         sa.PrimaryKeyConstraint('id'),
-        sa.UniqueConstraint('job_id', 'prune_ratio'),
+        sa.UniqueConstraint('job_id', 'prune_ratio', 'round'),
     )
     op.create_index('ix_pruning_sources_job_id', 'pruning_sources', ['job_id'])
 
