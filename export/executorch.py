@@ -22,6 +22,9 @@ PEFT adapter tensors and that file, through the torch-free codec :mod:`models.ad
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -157,10 +160,61 @@ def compile_program(module: torch.nn.Module, inputs: tuple, *, train: bool, kern
     return executorch_program, report
 
 
+def prefix_program_key(prefix: PrefixProgram, batch: int, seq: int, kernels: str) -> str:
+    """A content key for the compiled prefix program of ``prefix`` (call inside its ``cut()``).
+
+    Everything the program is compiled from: every tensor the cut module still holds (the
+    frozen bottom's weights, after pruning and quantization; the layers above the cut are
+    pass-throughs and hold none), the config, the fixed shapes, the kernels and the versions of
+    the compilers. Tiers that differ only above the cut (LoRA rank, targets, optimizer) share it.
+    """
+    import hashlib
+    import json
+    from importlib import metadata
+
+    digest = hashlib.sha256()
+    described = {"batch": batch, "seq": seq, "kernels": kernels, "first_trained_layer": prefix.first_trained_layer,
+                 "config": prefix.causal_lm.config.to_dict(),
+                 "versions": {name: metadata.version(name) for name in ("torch", "executorch")}}
+    digest.update(json.dumps(described, sort_keys=True, default=str).encode())
+    for name, tensor in [*prefix.named_parameters(), *prefix.named_buffers()]:
+        digest.update(f"{name}:{tensor.dtype}:{list(tensor.shape)}".encode())
+        digest.update(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _compiled_prefix(prefix: PrefixProgram, ids: torch.Tensor, kernels: str, timed: _StageTimer,
+                     program_cache: Path | None) -> tuple[object, dict]:
+    """The prefix program and its lowering report: from ``program_cache`` when an identical
+    prefix was compiled before (minutes of XNNPACK lowering for SmolLM2), else compiled now
+    (and stored there). Returns (program bytes or an ExecuTorch program, report)."""
+    import json
+
+    if program_cache is None:
+        return compile_program(prefix, (ids,), train=False, kernels=kernels, timed=timed, stage_prefix="prefix_")
+    key = timed("prefix_key", lambda: prefix_program_key(prefix, ids.size(0), ids.size(1), kernels))
+    entry = Path(program_cache) / f"prefix-{key}"
+    if (entry / PREFIX_PROGRAM_FILE).is_file() and (entry / "report.json").is_file():
+        report = json.loads((entry / "report.json").read_text())
+        return (entry / PREFIX_PROGRAM_FILE).read_bytes(), {**report, "reused": key}
+    program, report = compile_program(prefix, (ids,), train=False, kernels=kernels, timed=timed,
+                                      stage_prefix="prefix_")
+    staging = Path(program_cache) / f".prefix-{key}.partial-{os.getpid()}-{threading.get_ident()}"
+    staging.mkdir(parents=True, exist_ok=True)
+    with open(staging / PREFIX_PROGRAM_FILE, "wb") as f:
+        program.write_to_file(f)
+    (staging / "report.json").write_text(json.dumps(report))
+    try:
+        os.replace(staging, entry)
+    except OSError:   # another export stored the same prefix first
+        shutil.rmtree(staging, ignore_errors=True)
+    return program, report
+
+
 def export_training_program(peft_model: torch.nn.Module, batch: int, seq: int, out_dir: Path, *,
                             kernels: str = "xnnpack", first_trained_layer: int | None = None,
                             loss_positions: int | None = None,
-                            on_stage: ExportStageCallback | None = None) -> dict:
+                            on_stage: ExportStageCallback | None = None, program_cache: Path | None = None) -> dict:
     """Write ``model.pte`` and ``lora.ptd`` for ``peft_model`` into ``out_dir``.
 
     With ``first_trained_layer`` (frozen-prefix caching), ``model.pte`` trains from the hidden
@@ -171,6 +225,9 @@ def export_training_program(peft_model: torch.nn.Module, batch: int, seq: int, o
 
     Returns a report with the time of each stage and what the graph passes changed.
     ``on_stage`` is called with each stage's name before it starts (for progress displays).
+    ``program_cache``: a folder of compiled prefix programs by content
+    (:func:`prefix_program_key`), so that tiers sharing a frozen bottom (ranks of one pruned
+    base) compile it once.
     """
     out_dir = Path(out_dir)
     timed = _StageTimer(on_stage)
@@ -182,8 +239,7 @@ def export_training_program(peft_model: torch.nn.Module, batch: int, seq: int, o
     else:
         prefix = PrefixProgram(peft_model, first_trained_layer)
         with prefix.cut():
-            programs[PREFIX_PROGRAM_FILE], prefix_report = compile_program(
-                prefix, (ids,), train=False, kernels=kernels, timed=timed, stage_prefix="prefix_")
+            programs[PREFIX_PROGRAM_FILE], prefix_report = _compiled_prefix(prefix, ids, kernels, timed, program_cache)
             hidden = prefix(ids)
         top = TopTrainingProgram(peft_model, first_trained_layer, loss_positions)
         with top.cut():
@@ -194,7 +250,10 @@ def export_training_program(peft_model: torch.nn.Module, batch: int, seq: int, o
     def write():
         for name, program in programs.items():
             with open(out_dir / name, "wb") as f:
-                program.write_to_file(f)
+                if isinstance(program, bytes):   # a prefix compiled before (program_cache)
+                    f.write(program)
+                else:
+                    program.write_to_file(f)
         # The exporter's own .ptd deduplicates identical tensors (every zero lora_B would share
         # one buffer, so training one would train them all): write our own, one buffer each.
         write_adapter_ptd(trainable_adapter_tensors(peft_model), out_dir / ADAPTER_DATA_FILE)

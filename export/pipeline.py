@@ -121,7 +121,8 @@ def staged_output_dir(out_dir: Path, replace: bool):
 
 def export_artifact(model_name: str, tier: Tier, out_dir: Path, *, replace: bool = False,
                     save_pruned_base: bool = True, on_stage=None, artifact_format: str = DEFAULT_FORMAT,
-                    ort_format: bool = False, importance_adapter: dict | None = None) -> tuple[TrainingModel, dict]:
+                    ort_format: bool = False, importance_adapter: dict | None = None,
+                    program_cache: Path | None = None) -> tuple[TrainingModel, dict]:
     """Build and compile ``model_name`` at ``tier`` into ``out_dir``; returns the eager model and manifest.
 
     ``artifact_format`` names the runtime's format (:mod:`export.formats`): ``executorch``
@@ -133,7 +134,8 @@ def export_artifact(model_name: str, tier: Tier, out_dir: Path, *, replace: bool
     The returned eager model is exactly what was compiled (same weights, same LoRA
     initialization), which is what :mod:`fleet.verify` compares the runtime against.
     ``importance_adapter``: the tensors of the adapter a tier's ``prune_importance_adapter``
-    names (see :func:`build_training_model`).
+    names (see :func:`build_training_model`). ``program_cache``: a folder where formats keep
+    compiled parts that several tiers share (ExecuTorch: the frozen-prefix program).
     """
     notify = on_stage or (lambda stage: None)
     export_format = get_format(artifact_format)
@@ -141,7 +143,7 @@ def export_artifact(model_name: str, tier: Tier, out_dir: Path, *, replace: bool
     unsupported = export_format.unsupported(tier.to_dict())
     if unsupported is not None:
         raise ValueError(unsupported)  # before minutes of work, not after
-    options = {"ort_format": ort_format}
+    options = {"ort_format": ort_format, "program_cache": program_cache}
     started = time.perf_counter()
     with staged_output_dir(out_dir, replace) as staging:
         notify("load")

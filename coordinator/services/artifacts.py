@@ -45,6 +45,8 @@ INITIAL_ADAPTER_CONFIG = "initial_adapter/adapter_config.json"
 INITIAL_ADAPTER_WEIGHTS = "initial_adapter/adapter_model.safetensors"
 ADAPTER_PTD = "lora.ptd"
 _KEY_VERSION = 1
+#: Inside the cache: compiled program parts several tiers share (export_artifact's program_cache).
+PROGRAM_CACHE_DIR = "programs"
 
 
 def compiled_tier(tier: dict) -> dict:
@@ -132,7 +134,8 @@ class ArtifactCache:
             try:
                 export_artifact(model, Tier.from_dict(tier_dict), directory, save_pruned_base=True,
                                 artifact_format=artifact_format,
-                                importance_adapter=adapter_tensors(importance) if importance is not None else None)
+                                importance_adapter=adapter_tensors(importance) if importance is not None else None,
+                                program_cache=self.root / PROGRAM_CACHE_DIR)
             except FileExistsError:
                 # Another process finished the same export first; its result is as good as ours.
                 manifest = read_manifest(directory)

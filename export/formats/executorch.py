@@ -44,7 +44,7 @@ class ExecuTorchFormat(ArtifactFormat):
         first_trained_layer = training.layout.first_layer if tier.prefix_cache else None
         return export_training_program(training.peft_model, tier.batch, tier.seq, out_dir, kernels=tier.kernels,
                                        first_trained_layer=first_trained_layer, loss_positions=tier.loss_positions,
-                                       on_stage=on_stage)
+                                       on_stage=on_stage, program_cache=options.get("program_cache"))
 
     def device_files(self, options: Mapping[str, object]) -> set[str]:
         from export.executorch import ADAPTER_DATA_FILE, PREFIX_PROGRAM_FILE, PROGRAM_FILE
@@ -81,6 +81,9 @@ class ExecuTorchFormat(ArtifactFormat):
             "prefix": _prefix_section(training, hidden_size, PREFIX_PROGRAM_FILE) if tier.prefix_cache else None,
             "export": {
                 "stage_seconds": report["stage_seconds"],
+                # A frozen prefix identical to one compiled for another tier was taken from the
+                # exporter's program cache (export.executorch.prefix_program_key) instead.
+                "prefix_reused": bool((report.get("prefix") or {}).get("reused")),
                 "graph_passes": {key: report[key] for key in _PASS_REPORT_KEYS if key in report},
                 "delegate_calls": report["delegate_calls"],
                 "planned_memory_bytes": report["planned_memory_bytes"],
