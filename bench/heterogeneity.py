@@ -17,8 +17,10 @@ arms differ only in what each device is given to train and how the updates are c
   self-pruning, aggregated with HetLoRA's sparsity weights (models/rank_pruning.py).
 
 Other pairs (``fedspine:flexlora``, ``legend:zero_padding``, ...) are one ``--arms`` entry away,
-and ``uniform@p0.5:fedavg`` is FedSpine's own baseline: the model pruned once at 50% and tuned
-with the reference's fixed rank by every device (its final accuracy is its deployed model's).
+and ``uniform@p0.5:fedavg`` (in the default arms) is FedSpine's own baseline: the model pruned
+once at 50% and tuned with the reference's fixed rank by every device (its final accuracy is
+its deployed model's); ``deployed_vs_pruned_once`` in the summary compares each arm's deployed
+model at 50% with it, seed by seed.
 
 **Clocks.** Virtual time comes from the cost model (counted FLOPs at each profile's calibrated
 rate, bytes at its link, fleet/virtual_clock.py), so the host's load moves no result, only this
@@ -35,7 +37,9 @@ and over the whole run.
 **Deployed models.** The coordinator scores the global adapter on the reference model. A device
 given a pruned tier deploys that pruned model, so after each run every pruned tier its devices
 trained is scored too: the tier's model with the final global adapter cut to it
-(``deployed`` per seed in the summary).
+(``deployed`` per seed in the summary; FedSpine's cuts of the tuned model are labelled with the
+round of the adapter that chose them, ``p0.5-r8 cut@6``). The model a device of ratio p deploys
+at the end is the tier at p with the highest rank and the newest cut (:func:`deployed_model`).
 
 Writes ``<out>/results.json`` (every round of every run), ``<out>/summary.json`` (per arm:
 ``time_to_target_s``, ``speedup_vs_uniform``, ``final_accuracy``, ``ci95``, ``upload_bytes``,
@@ -58,7 +62,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-DEFAULT_ARMS = "uniform:fedavg,legend:fedavg,fedspine:fedavg,hetlora:hetlora"
+DEFAULT_ARMS = "uniform:fedavg,legend:fedavg,fedspine:fedavg,hetlora:hetlora,uniform@p0.5:fedavg"
 #: Each configurator's options in this comparison. The reference tier has LoRA on the last 4
 #: layers at rank 8, so LEGEND chooses depth 2 or 4 (2 is its learnable minimum), FedSpine's
 #: arms are 2 pruning ratios x 2 ranks, HetLoRA's ranks are 2, 4 and 8.
@@ -161,13 +165,23 @@ def reached(points: list[dict], target: float) -> dict | None:
 # --- the models devices deploy --------------------------------------------------------------------
 
 def deployed_tiers(admin, job_id: int, rounds: int) -> dict[str, dict]:
-    """Arm label -> tier of every *pruned* tier the job's devices trained (from the rounds' tasks)."""
+    """Label -> tier of every *pruned* tier the job's devices trained (from the rounds' tasks).
+
+    One arm can have several cuts of its pruned base (FedSpine prunes from the tuned model: a
+    device moving up gets a cut of the model as tuned then, a 2 GB phone arriving first a cut of
+    the untuned base), so a tier with ``prune_importance_adapter`` is labelled with the round of
+    the adapter that chose its cut: ``p0.5-r8 cut@6``; an untuned cut keeps the arm's label.
+    """
+    sources = {s["adapter_sha256"]: s["round"]
+               for s in admin.json("GET", f"/api/v1/jobs/{job_id}").get("pruning_sources", [])}
     tiers = {}
     for number in range(1, rounds + 1):
         for task in admin.json("GET", f"/api/v1/jobs/{job_id}/rounds/{number}")["tasks"]:
             tier = task.get("tier")
             if tier and float(tier.get("prune_ratio", 0.0)) > 0:
-                tiers.setdefault(task.get("arm") or "reference", tier)
+                adapter = tier.get("prune_importance_adapter")
+                label = (task.get("arm") or "reference") + (f" cut@{sources.get(adapter, '?')}" if adapter else "")
+                tiers.setdefault(label, tier)
     return dict(sorted(tiers.items()))
 
 
@@ -206,6 +220,7 @@ def score_deployed(args, coordinator, report: dict) -> dict:
     from coordinator.services.artifacts import artifact_key
     from fleet.transport import CoordinatorClient
     from models.tasks import get_task
+    from models.tier_algebra import tier_ranks
 
     admin = CoordinatorClient(coordinator.base_url, token=coordinator.admin_token)
     job_id = report["job_id"]
@@ -223,7 +238,9 @@ def score_deployed(args, coordinator, report: dict) -> dict:
     for arm, tier in tiers.items():
         result = score_deployed_tier(cache / artifact_key(args.model, tier), reference_dir, global_tensors,
                                      examples, seq=int(tier["seq"]))
-        scores[arm] = {"prune_ratio": float(tier["prune_ratio"]), "accuracy": result["value"],
+        cut = arm.partition(" cut@")[2]
+        scores[arm] = {"prune_ratio": float(tier["prune_ratio"]), "rank": max(tier_ranks(tier)),
+                       "cut_round": int(cut) if cut.isdigit() else None, "accuracy": result["value"],
                        "ci95": result.get("ci95"), "num_examples": result.get("num_examples")}
         print(f"deployed {arm}: accuracy {result['value']:.3f} {result.get('ci95')}", flush=True)
     return scores
@@ -274,7 +291,51 @@ def summarize(runs: dict[str, list[dict]], seeds: list[int], fixed_target: float
             arm[key] = statistics.median(values) if len(known) == len(values) and values else None
             arm[f"{key}_reached_in"] = len(known)
         summary["arms"][label] = arm
+    summary["deployed_vs_pruned_once"] = deployed_vs_pruned_once(summary)
     return summary
+
+
+def deployed_model(deployed: dict, prune_ratio: float) -> tuple[str, dict] | None:
+    """The model a device of ``prune_ratio`` deploys at the end of a run: the tier at that ratio
+    with the highest rank (the global adapter uncut) and the newest cut of the base (the most
+    tuned; an untuned cut counts as oldest). None when no device trained that ratio."""
+    at_ratio = [(label, d) for label, d in deployed.items() if abs(d["prune_ratio"] - prune_ratio) < 1e-9]
+    if not at_ratio:
+        return None
+    return max(at_ratio, key=lambda item: (item[1].get("rank") or 0,
+                                           -1 if item[1].get("cut_round") is None else item[1]["cut_round"]))
+
+
+def deployed_vs_pruned_once(summary: dict) -> dict:
+    """FedSpine's comparison: each arm's deployed model at ratio p against ``uniform@p:fedavg``,
+    the base pruned once at p and tuned by every device with the reference's fixed rank (whose
+    final accuracy is its deployed model's). Per seed and the mean difference with its interval."""
+    from models.intervals import mean_interval
+
+    out = {}
+    for baseline_label, baseline in summary["arms"].items():
+        head, _, _ = baseline_label.partition(":")
+        if not head.startswith("uniform@p"):
+            continue
+        ratio = float(head.partition("@p")[2])
+        for label, arm in summary["arms"].items():
+            if label == baseline_label:
+                continue
+            pairs = []
+            for seed_entry, base_entry in zip(arm["per_seed"], baseline["per_seed"]):
+                chosen = deployed_model(seed_entry["deployed"], ratio)
+                if chosen is None or base_entry["final_accuracy"] is None:
+                    break
+                pairs.append({"seed": seed_entry["seed"], "deployed": chosen[0], "accuracy": chosen[1]["accuracy"],
+                              "pruned_once": base_entry["final_accuracy"],
+                              "difference": chosen[1]["accuracy"] - base_entry["final_accuracy"]})
+            else:
+                if pairs:
+                    differences = [p["difference"] for p in pairs]
+                    out[f"{label} vs {baseline_label}"] = {
+                        "prune_ratio": ratio, "per_seed": pairs, "mean_difference": statistics.fmean(differences),
+                        "ci95": list(mean_interval(differences)) if len(differences) > 1 else None}
+    return out
 
 
 def table(summary: dict) -> str:
@@ -420,6 +481,11 @@ def main(argv=None) -> int:
     for path in plot(runs, summary, args.out):
         print(f"plot: {path}")
     print(table(summary))
+    for label, comparison in summary["deployed_vs_pruned_once"].items():
+        interval = comparison["ci95"]
+        print(f"deployed at p{comparison['prune_ratio']:g}, {label}: {100 * comparison['mean_difference']:+.1f} points"
+              + (f" [{100 * interval[0]:+.1f}, {100 * interval[1]:+.1f}]" if interval else "")
+              + " (mean over seeds" + (", 95% t interval)" if interval else ")"))
     print(f"whole comparison: {results['wall_seconds'] / 60:.1f} min on {results['cpu']}")
     return 0
 

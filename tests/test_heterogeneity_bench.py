@@ -40,6 +40,9 @@ def test_the_heterogeneity_bench_writes_the_summary_the_issue_asks_for(tmp_path)
     for score in deployed.values():
         assert 0.0 <= score["accuracy"] <= 1.0 and len(score["ci95"]) == 2 and score["num_examples"] == 40
     assert summary["arms"]["fedspine:fedavg"]["deployed"]
+    # FedSpine's comparison: its deployed p0.5 model against the base pruned once at p0.5 with a fixed rank.
+    [pair] = summary["deployed_vs_pruned_once"]["fedspine:fedavg vs uniform@p0.5:fedavg"]["per_seed"]
+    assert pair["deployed"] in deployed and pair["difference"] == pair["accuracy"] - pair["pruned_once"]
     # HetLoRA's devices were handed ranks by capability (the arm labels are r<rank>).
     hetlora_tiers = summary["arms"]["hetlora:hetlora"]["per_seed"][0]["tiers_by_profile"]
     assert all(label.startswith("r") for per_profile in hetlora_tiers.values() for label in per_profile)
