@@ -31,6 +31,14 @@ full configuration. When not even the shallowest depth fits, it is handed out al
 local steps cut to what fits (never below ``min_steps``) so that a very slow device still
 reports near the target.
 
+**Staying put.** A depth is an artifact the device downloads once (hundreds of MB), so a device
+keeps the depth it trained last while that depth's estimate is within ``switch_margin`` (default
+1.25) of the target, moves deeper only to a depth that fits with that margin to spare, and
+shallower only when over the target by more than the margin (hysteresis: in the first run on
+the trusted harness, mid-range phones near the target flipped between depths 2 and 4 and paid
+a 616-second download on their 10 Mbit/s link at most switches). The default margin is a
+reading of how much calibrated estimates move between tasks, not a tuned value.
+
 **Calibration.** Estimates (:func:`~fleet.task_cost.estimate_task_time`)
 start from the device's reported GFLOP/s and bandwidth, which a phone's benchmark can get
 badly wrong. Once the device has submitted tasks, its speed is taken from them instead
@@ -115,6 +123,7 @@ class Legend(Configurator):
         "history_window": 5,
         "bottom_rank_fraction": 0.25,
         "min_depth": None,             # None: ceil(K / 2), the learnable minimum
+        "switch_margin": 1.25,         # hysteresis: 1 switches whenever the estimate crosses the target
     }
 
     def check_options(self, options: dict) -> dict:
@@ -129,6 +138,7 @@ class Legend(Configurator):
                       exclusive_minimum=True)
         if options["min_depth"] is not None:
             number_option("min_depth", options["min_depth"], minimum=1, integer=True)
+        number_option("switch_margin", options["switch_margin"], minimum=1.0)
         return options
 
     def min_depth(self, job: JobView) -> int:
@@ -177,13 +187,36 @@ class Legend(Configurator):
         caps = calibrated_capabilities(device, job.model_shape, self.options["history_window"])
         target = self.target_seconds(job, device)
         configs = self.configs(job)
-        fitting = [c.depth for c in configs
-                   if estimate_task_seconds(c.tier, job.local_steps, job.model_shape, caps) <= target]
-        if fitting:
-            best = max(fitting)
+        seconds = {c.depth: estimate_task_seconds(c.tier, job.local_steps, job.model_shape, caps) for c in configs}
+        fitting = [c.depth for c in configs if seconds[c.depth] <= target]
+        best = self._switching_with_margin(job, device, configs, seconds, target, max(fitting) if fitting else None)
+        if best is not None:
             return [TierChoice(c.tier, job.local_steps, c.arm) for c in reversed(configs) if c.depth <= best]
         shallowest = configs[0]
         return [TierChoice(shallowest.tier, self._steps_within(shallowest.tier, target, job, caps), shallowest.arm)]
+
+    def _switching_with_margin(self, job: JobView, device: DeviceView, configs: list[DepthConfig],
+                               seconds: dict[int, float], target: float, deepest_fitting: int | None) -> int | None:
+        """The depth to hand out given the depth the device trained last (hysteresis).
+
+        A new depth is a new artifact to download (hundreds of MB, minutes on a mid-range
+        phone's link), and calibrated estimates move a little with every task, so a device near
+        the target would otherwise flip between two depths and pay the download each time. The
+        device keeps its last depth while that depth's estimate is within ``switch_margin`` of
+        the target; it goes deeper only to a depth that fits with the same margin to spare
+        (``seconds <= target / margin``), and shallower only when its depth is over the target by
+        more than the margin. Without history, or with ``switch_margin`` 1: the deepest depth
+        that fits (None: none fits).
+        """
+        margin = self.options["switch_margin"]
+        latest = max(device.history, key=lambda t: t.round) if device.history else None
+        current = next((c.depth for c in configs if latest is not None and c.arm == latest.arm), None)
+        if current is None or margin <= 1.0:
+            return deepest_fitting
+        if seconds[current] > target * margin:
+            return deepest_fitting                       # clearly too slow now: shallower (or fewer steps)
+        deeper = [d for d in seconds if d > current and seconds[d] <= target / margin]
+        return max(deeper) if deeper else current
 
     def _steps_within(self, tier: dict, target: float, job: JobView, caps: dict) -> int:
         """Local steps of ``tier`` that fit ``target`` on a device with ``caps``, in [min_steps, job's]."""

@@ -285,6 +285,31 @@ def test_legend_target_is_on_the_scale_of_measured_times():
     assert legend.choose(slow_fleet, DeviceView(1, FAST, history))[0] == first
 
 
+def test_legend_keeps_a_devices_depth_unless_another_fits_clearly_better():
+    """Hysteresis: a new depth is a new download, so estimates near the target do not flip it."""
+    job = make_job()                                                  # depths 4 and 8 (min depth 4)
+    configs = {c.depth: c for c in get_configurator("legend").configs(job)}
+    secs = {d: estimate_task_seconds(c.tier, 20, SHAPE, MID) for d, c in configs.items()}
+    assert secs[4] < secs[8]
+
+    def depth_after(last_depth, target, margin=1.25):
+        legend = get_configurator("legend", {"target_seconds": target, "switch_margin": margin})
+        history = (task(1, arm=configs[last_depth].arm, tier=configs[last_depth].tier, seconds=None),) \
+            if last_depth else ()
+        return Tier.from_dict(legend.choose(job, DeviceView(1, MID, history))[0].tier).lora_layers
+
+    # Depth 8 a little over the target: a device that trained 8 keeps it; a new device gets 4.
+    assert depth_after(8, secs[8] / 1.1) == 8 and depth_after(None, secs[8] / 1.1) == 4
+    assert depth_after(8, secs[8] / 1.1, margin=1.0) == 4            # no hysteresis: it flips
+    # Well over (more than the margin): down to 4.
+    assert depth_after(8, secs[8] / 1.5) == 4
+    # Depth 8 just fits: a device at 4 stays at 4 until 8 fits with the margin to spare.
+    assert depth_after(4, secs[8] * 1.1) == 4 and depth_after(None, secs[8] * 1.1) == 8
+    assert depth_after(4, secs[8] * 1.3) == 8
+    with pytest.raises(ValueError, match="switch_margin"):
+        get_configurator("legend", {"switch_margin": 0.5})
+
+
 def test_legend_measures_bandwidth_from_bytes_moved():
     legend = get_configurator("legend")
     first = legend.choose(make_job(), DeviceView(1, FAST))[0]
