@@ -36,6 +36,7 @@ class LocalCoordinator:
         self.base_url = ""
         self.process: subprocess.Popen | None = None
         self.log_path = self.workdir / "coordinator.log"
+        self._log_start = 0
 
     def start(self) -> "LocalCoordinator":
         self.instance.mkdir(parents=True, exist_ok=True)
@@ -47,6 +48,9 @@ class LocalCoordinator:
         if self.artifact_cache:
             command += ["--artifact-cache", str(self.artifact_cache)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # The log is appended to across runs in one folder: only what this process writes counts
+        # (an earlier run's "listening on" line names a port nobody listens on any more).
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.startup_timeout_s
@@ -67,7 +71,12 @@ class LocalCoordinator:
         raise RuntimeError(f"the coordinator did not start within {self.startup_timeout_s:.0f} s; see {self.log_path}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """What this coordinator process wrote to the log (since :meth:`start`)."""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_start)
+            return f.read().decode(errors="replace")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
