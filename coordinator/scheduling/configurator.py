@@ -137,9 +137,9 @@ class Configurator(ABC):
     @property
     def prunes_from_tuned_model(self) -> bool:
         """Whether a pruned tier this configurator hands out should be cut by the importance of
-        the *tuned* model (the global adapter of the round the job first hands out that ratio,
-        merged into the base: ``coordinator.services.pruning_sources``) rather than the base
-        alone. Such tiers cannot be prepared before training, so they are built on demand."""
+        the *tuned* model (a global adapter merged into the base; which one a device gets:
+        ``coordinator.services.pruning_sources``) rather than the base alone. Such tiers cannot
+        be prepared before training, so they are built on demand."""
         return False
 
     @property

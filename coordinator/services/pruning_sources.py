@@ -35,8 +35,7 @@ _RATIO_DECIMALS = 6
 
 def needs_pruning_source(job: Job, tier: dict) -> bool:
     """Whether ``tier`` prunes beyond the job's reference and can be cut from the tuned model."""
-    reference_ratio = float(job.tier.get("prune_ratio", 0.0) or 0.0)
-    return reference_ratio == 0.0 and float(tier.get("prune_ratio", 0.0) or 0.0) > 0.0
+    return _ratio_of(job.tier) == 0.0 and _ratio_of(tier) > 0.0
 
 
 def with_pruning_source(state: ServiceState, job: Job, round_number: int, tier: dict, history: tuple = (),
@@ -56,7 +55,7 @@ def with_pruning_source(state: ServiceState, job: Job, round_number: int, tier: 
     """
     if not needs_pruning_source(job, tier):
         return tier
-    ratio = round(float(tier["prune_ratio"]), _RATIO_DECIMALS)
+    ratio = _ratio_of(tier)
     latest = max(history, key=lambda task: task.round) if history else None
     if latest is not None and _ratio_of(latest.tier) == ratio:
         adapter = latest.tier.get("prune_importance_adapter")

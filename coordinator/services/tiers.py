@@ -249,9 +249,10 @@ def place_device(state: ServiceState, job: Job, device: Device, round_number: in
     tuned_pruning = configurator.prunes_from_tuned_model
     waiting_ratio = None   # a tuned-pruned ratio whose artifact is being built
     for choice in choices:
-        if tuned_pruning and needs_pruning_source(job, choice.tier):
-            ratio = float(choice.tier["prune_ratio"])
-            if waiting_ratio is not None and ratio >= waiting_ratio:
+        tuned_ratio = float(choice.tier["prune_ratio"]) if tuned_pruning and needs_pruning_source(job, choice.tier) \
+            else None
+        if tuned_ratio is not None:
+            if waiting_ratio is not None and tuned_ratio >= waiting_ratio:
                 # Not past the ratio the device is waiting for: it would fix (and build) a more
                 # pruned base before the model has been tuned any further.
                 reasons.append(f"{choice.arm}: waiting for the p{waiting_ratio:g} tier's export")
@@ -261,9 +262,8 @@ def place_device(state: ServiceState, job: Job, device: Device, round_number: in
         artifact_id, skipped = artifact_for_device(state, job, device, choice.tier)
         reasons.extend(f"{choice.arm}: {why}" for why in skipped)
         if artifact_id is None:
-            if tuned_pruning and needs_pruning_source(job, choice.tier):
-                ratio = float(choice.tier["prune_ratio"])
-                waiting_ratio = ratio if waiting_ratio is None else min(waiting_ratio, ratio)
+            if tuned_ratio is not None:
+                waiting_ratio = tuned_ratio if waiting_ratio is None else min(waiting_ratio, tuned_ratio)
             continue
         why = ineligibility(state, job, device, artifact_id, choice.tier)
         if why is not None:

@@ -465,3 +465,17 @@ def record_measurement(name: str, value: dict) -> None:
         data = json.loads(path.read_text()) if path.exists() else {}
         data[name] = value
         path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def add_global_adapter(state, job_id: int, round_number: int, tensors, config_sha256: str | None = None) -> str:
+    """Store ``tensors`` as job ``job_id``'s global adapter after ``round_number`` through an
+    in-process app's state (``config_sha256`` defaults to the weights' own); returns the weights' sha256."""
+    from coordinator.models import GlobalAdapter, utcnow
+
+    weights, ptd = state.adapters.store(tensors)
+    with state.db.write() as session:
+        session.add(GlobalAdapter(job_id=job_id, round=round_number, config_sha256=config_sha256 or weights.sha256,
+                                  weights_sha256=weights.sha256, weights_size=weights.size, ptd_sha256=ptd.sha256,
+                                  ptd_size=ptd.size, num_updates=1, num_examples=1, strategy="fedavg",
+                                  created_at=utcnow()))
+    return weights.sha256

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from coordinator_harness import (  # noqa: F401 (fixtures are used by name)
-    DEVICE_METRICS, FakeTrainer, artifact_cache, assert_error, backend, cleanup_jobs, count_rows, manifest_of, meta,
-    query, register, server, start_adapter, upload)
+    DEVICE_METRICS, FakeTrainer, add_global_adapter, artifact_cache, assert_error, backend, cleanup_jobs, count_rows,
+    manifest_of, meta, query, register, server, start_adapter, upload)
 
 
 def _wait(admin, job_id: int, predicate, what: str, timeout: float = 120.0) -> dict:
@@ -229,17 +229,6 @@ def _prepared_job(state, eval_examples: int = 7, rounds: int = 2, eval_every: in
     return job_id
 
 
-def _add_global_adapter(state, job_id: int, round_number: int, tensors) -> None:
-    from coordinator.models import GlobalAdapter, utcnow
-
-    weights, ptd = state.adapters.store(tensors)
-    with state.db.write() as session:
-        session.add(GlobalAdapter(job_id=job_id, round=round_number, config_sha256=weights.sha256,
-                                  weights_sha256=weights.sha256, weights_size=weights.size, ptd_sha256=ptd.sha256,
-                                  ptd_size=ptd.size, num_updates=1, num_examples=1, strategy="fedavg",
-                                  created_at=utcnow()))
-
-
 def test_worker_swaps_adapters_into_one_loaded_model(tmp_path, artifact_cache, fake_task, monkeypatch):
     import export.server_model
     from coordinator.models import Artifact, GlobalAdapter, Job
@@ -263,7 +252,7 @@ def test_worker_swaps_adapters_into_one_loaded_model(tmp_path, artifact_cache, f
 
         start = state.adapters.tensors(initial.weights_sha256)
         changed = {k: v + np.float32(0.1) for k, v in start.items()}
-        _add_global_adapter(state, job_id, 1, changed)
+        add_global_adapter(state, job_id, 1, changed)
         round1 = state.evaluator.evaluate(job_id, 1)
         assert round1.error is None
         assert len(loads) == 1, "the model is loaded once per artifact, not per round"
@@ -289,7 +278,7 @@ def test_eval_every_scores_round_0_every_kth_round_and_the_last_only(tmp_path, a
             initial = session.query(GlobalAdapter).filter_by(job_id=job_id, round=0).one()
         start = state.adapters.tensors(initial.weights_sha256)
         for round_number in range(1, 6):
-            _add_global_adapter(state, job_id, round_number,
+            add_global_adapter(state, job_id, round_number,
                                 {k: v + np.float32(0.01 * round_number) for k, v in start.items()})
         with state.db.read() as session:   # what a restarted coordinator would queue
             assert missing_evaluations(session) == [(job_id, 0), (job_id, 2), (job_id, 4), (job_id, 5)]

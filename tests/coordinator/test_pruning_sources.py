@@ -14,6 +14,7 @@ import threading
 import numpy as np
 
 from conftest import tiny_tier
+from coordinator_harness import add_global_adapter
 
 PORTABLE = {"kernels": "portable"}   # ~10 s exports instead of ~45 s: kernels are not under test
 
@@ -46,20 +47,14 @@ def _fedspine_job(state, prune_ratios) -> int:
 
 def _store_global_adapter(state, job_id: int, round_number: int, seed: int) -> str:
     """A 'tuned' global adapter after ``round_number``: round 0's with large random B matrices."""
-    from coordinator.models import GlobalAdapter, utcnow
+    from coordinator.models import GlobalAdapter
 
     with state.db.read() as session:
         initial = session.query(GlobalAdapter).filter_by(job_id=job_id, round=0).one()
     rng = np.random.default_rng(seed)
     tensors = {k: (rng.normal(0, 2.0, v.shape).astype(np.float32) if "lora_B" in k else np.array(v))
                for k, v in state.adapters.tensors(initial.weights_sha256).items()}
-    weights, ptd = state.adapters.store(tensors)
-    with state.db.write() as session:
-        session.add(GlobalAdapter(job_id=job_id, round=round_number, config_sha256=initial.config_sha256,
-                                  weights_sha256=weights.sha256, weights_size=weights.size, ptd_sha256=ptd.sha256,
-                                  ptd_size=ptd.size, num_updates=1, num_examples=1, strategy="fedavg",
-                                  created_at=utcnow()))
-    return weights.sha256
+    return add_global_adapter(state, job_id, round_number, tensors, config_sha256=initial.config_sha256)
 
 
 def _job(state, job_id):
