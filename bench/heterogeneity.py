@@ -65,11 +65,13 @@ sys.path.insert(0, str(REPO / "bench"))
 DEFAULT_ARMS = "uniform:fedavg,legend:fedavg,fedspine:fedavg,hetlora:hetlora,uniform@p0.5:fedavg"
 #: Each configurator's options in this comparison. The reference tier has LoRA on the last 4
 #: layers at rank 8, so LEGEND chooses depth 2 or 4 (2 is its learnable minimum), FedSpine's
-#: arms are 2 pruning ratios x 2 ranks, HetLoRA's ranks are 2, 4 and 8.
+#: arms are 2 pruning ratios x 2 ranks with every device at the target sparsity (0.5) from
+#: round 6 on (the first third tunes the whole model, whose tuned state then chooses the cut),
+#: HetLoRA's ranks are 2, 4 and 8.
 CONFIGURATOR_OPTIONS = {
     "uniform": {},
     "legend": {"depths": [2, 4], "slack": 2.0, "min_steps": 2},
-    "fedspine": {"prune_ratios": [0.0, 0.5], "ranks": [4, 8]},
+    "fedspine": {"prune_ratios": [0.0, 0.5], "ranks": [4, 8], "sparsity_schedule": [[6, 0.5]]},
     "hetlora": {},
 }
 

@@ -148,6 +148,12 @@ class Configurator(ABC):
         ratio gets a fresh cut of the tuned model rather than the ratio's newest (None: never)."""
         return None
 
+    def tuned_pruning_cut_since(self, round_number: int, prune_ratio: float) -> int | None:
+        """With :attr:`prunes_from_tuned_model`: the oldest round whose start adapter may still
+        have cut the base a device trains at ``prune_ratio`` in ``round_number``; a device on an
+        older cut, even one staying at its ratio, gets a newer one (None: any cut will do)."""
+        return None
+
     def __init__(self, options: dict | None = None):
         if options is None:
             options = {}

@@ -59,6 +59,16 @@ that of an arm seen once with reward 0 (as bad as a dropout, with one observatio
 uncertainty). The device moves up when its current level's best arm no longer beats that, which
 happens sooner when its tasks at this level drop out or improve little, and ``exploration``
 sets how soon. With ``monotone_pruning`` off every untried arm counts as untried.
+
+**Sparsity schedule** (option ``sparsity_schedule``, off by default): ``[[round, ratio], ...]``
+raises the floor of the ratios on offer to ``ratio`` from ``round`` on, so the whole fleet
+reaches a target sparsity in steps, as FedSpine's pruning and tuning alternate until the
+model is as sparse as it will be deployed. Left to the bandit alone, the one-way door opens
+rarely (once in 15 rounds of a pilot run) and the global adapter ends tuned on the unpruned
+model while the devices that need the pruned one deploy it cut, untuned at that sparsity. At
+each step every ratio at or above the step's is re-cut from the model tuned so far (the
+step round's start adapter), devices already there included (:meth:`tuned_pruning_cut_since`),
+so every device of a ratio trains one cut after the step.
 """
 
 from __future__ import annotations
@@ -67,7 +77,7 @@ import math
 from dataclasses import dataclass
 
 from coordinator.scheduling.configurator import Configurator, DeviceView, JobView, PastTask, TierChoice, register
-from coordinator.scheduling.options import bool_option, list_option, number_option
+from coordinator.scheduling.options import bool_option, list_option, number_option, schedule_option
 from models.pruning import MAX_RATIO
 from models.tier_algebra import sub_tier, tier_ranks, unique_tiers
 
@@ -111,6 +121,7 @@ class FedSpine(Configurator):
         "monotone_pruning": True,
         "tuned_pruning": True,
         "prune_refresh_rounds": None,
+        "sparsity_schedule": None,     # None: the bandit alone moves devices up
     }
 
     @property
@@ -120,6 +131,18 @@ class FedSpine(Configurator):
     @property
     def tuned_pruning_refresh_rounds(self) -> int | None:
         return self.options["prune_refresh_rounds"]
+
+    def tuned_pruning_cut_since(self, round_number: int, prune_ratio: float) -> int | None:
+        """The round of the newest sparsity-schedule step at or below ``prune_ratio`` that has
+        begun by ``round_number``: a device at ``prune_ratio`` must train a cut at least that new."""
+        steps = [start for start, floor in self.options["sparsity_schedule"] or ()
+                 if start <= round_number and floor <= prune_ratio + 1e-9]
+        return max(steps, default=None)
+
+    def ratio_floor(self, round_number: int) -> float:
+        """The lowest pruning ratio on offer in ``round_number`` (0 without a schedule)."""
+        return max((floor for start, floor in self.options["sparsity_schedule"] or () if start <= round_number),
+                   default=0.0)
 
     def check_options(self, options: dict) -> dict:
         options["prune_ratios"] = sorted(list_option("prune_ratios", options["prune_ratios"],
@@ -132,6 +155,13 @@ class FedSpine(Configurator):
         bool_option("tuned_pruning", options["tuned_pruning"])
         if options["prune_refresh_rounds"] is not None:
             number_option("prune_refresh_rounds", options["prune_refresh_rounds"], minimum=1, integer=True)
+        if options["sparsity_schedule"] is not None:
+            options["sparsity_schedule"] = schedule_option("sparsity_schedule", options["sparsity_schedule"],
+                                                           maximum=MAX_RATIO)
+            beyond = [ratio for _, ratio in options["sparsity_schedule"] if ratio > max(options["prune_ratios"])]
+            if beyond:
+                raise ValueError(f"option 'sparsity_schedule' raises the ratio to {beyond[0]:g}, above every "
+                                 f"ratio in 'prune_ratios' {options['prune_ratios']}")
         return options
 
     def arms(self, job: JobView) -> list[Arm]:
@@ -161,13 +191,14 @@ class FedSpine(Configurator):
         return unique_tiers(arm.tier for arm in arms if arm.prune_ratio <= lowest)
 
     def allowed_arms(self, job: JobView, device: DeviceView) -> list[Arm]:
-        """The arms ``device`` may get now: with monotone pruning, none below its latest ratio."""
+        """The arms ``device`` may get now: none below the schedule's floor and, with monotone
+        pruning, none below its latest ratio."""
         arms = self.arms(job)
-        if not self.options["monotone_pruning"] or not device.history:
-            return arms
-        latest = max(device.history, key=lambda t: t.round)
-        given = float(latest.tier.get("prune_ratio", 0.0))
-        allowed = [a for a in arms if a.prune_ratio >= given - 1e-9]
+        floor = self.ratio_floor(job.round_number)
+        if self.options["monotone_pruning"] and device.history:
+            latest = max(device.history, key=lambda t: t.round)
+            floor = max(floor, float(latest.tier.get("prune_ratio", 0.0)))
+        allowed = [a for a in arms if a.prune_ratio >= floor - 1e-9]
         # The menu no longer reaches the device's ratio: the most pruned arms are the nearest.
         return allowed or [a for a in arms if a.prune_ratio == arms[-1].prune_ratio]
 

@@ -38,3 +38,21 @@ def bool_option(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"option {name!r} must be true or false, got {value!r}")
     return value
+
+
+def schedule_option(name: str, value, *, maximum: float) -> list[list]:
+    """A non-empty list of ``[round, value]`` steps, rounds (integers >= 1) strictly rising and
+    values (in ``[0, maximum]``) never falling, or ``ValueError`` naming option ``name``."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"option {name!r} must be a non-empty list of [round, value] pairs, got {value!r}")
+    steps = []
+    for i, step in enumerate(value):
+        if not isinstance(step, (list, tuple)) or len(step) != 2:
+            raise ValueError(f"option {name!r}: step {i} must be a [round, value] pair, got {step!r}")
+        start = number_option(f"{name}[{i}] round", step[0], minimum=1, integer=True)
+        level = number_option(f"{name}[{i}] value", step[1], minimum=0.0, maximum=maximum)
+        if steps and (start <= steps[-1][0] or level < steps[-1][1]):
+            raise ValueError(f"option {name!r}: step {i} {list(step)} must come after {steps[-1]} "
+                             "(rounds rising, values never falling)")
+        steps.append([start, level])
+    return steps

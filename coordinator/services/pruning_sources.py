@@ -14,7 +14,8 @@ cut of the tuned model, one that stays keeps the base it has downloaded, and one
 run the pruned tier from the start (a 2 GB phone) takes whatever cut exists. A source once
 recorded serves every later mover (option ``prune_refresh_rounds`` makes movers re-cut after
 that many rounds): every new source is a new export of minutes and a new download for the
-devices that take it.
+devices that take it. A configurator may also require a cut at least as new as some round
+(``cut_since``: FedSpine's sparsity schedule re-cuts every device of a ratio at each step).
 
 Only when the job's reference tier is unpruned: the global adapter then lives on the unpruned
 base, which is what the merge needs. A job with a pruned reference prunes further from the
@@ -39,7 +40,7 @@ def needs_pruning_source(job: Job, tier: dict) -> bool:
 
 
 def with_pruning_source(state: ServiceState, job: Job, round_number: int, tier: dict, history: tuple = (),
-                        refresh_rounds: int | None = None) -> dict:
+                        refresh_rounds: int | None = None, cut_since: int | None = None) -> dict:
     """``tier`` with ``prune_importance_adapter`` set to the base the device should train at its ratio.
 
     - A device whose latest task was at this ratio keeps the base it has (no new download).
@@ -50,6 +51,9 @@ def with_pruning_source(state: ServiceState, job: Job, round_number: int, tier: 
     - A device at this ratio for the first time without having trained a less pruned tier (one
       that can run nothing larger) gets the ratio's newest source, recording this round's
       start adapter only if there is none yet.
+    - With ``cut_since``, every device (stayers too) whose cut would be older than round
+      ``cut_since``'s start adapter gets the ratio's newest source if that is new enough, else
+      this round's start adapter recorded as a new one.
 
     ``tier`` is returned unchanged when it needs no source or its source is round 0's adapter.
     """
@@ -57,7 +61,9 @@ def with_pruning_source(state: ServiceState, job: Job, round_number: int, tier: 
         return tier
     ratio = _ratio_of(tier)
     latest = max(history, key=lambda task: task.round) if history else None
-    if latest is not None and _ratio_of(latest.tier) == ratio:
+    oldest = None if cut_since is None else cut_since - 1   # the oldest acceptable source round
+    if latest is not None and _ratio_of(latest.tier) == ratio and (
+            oldest is None or _source_round(state, job.id, ratio, latest.tier.get("prune_importance_adapter")) >= oldest):
         adapter = latest.tier.get("prune_importance_adapter")
     else:
         moving_up = any(_ratio_of(task.tier) < ratio for task in history)
@@ -65,6 +71,7 @@ def with_pruning_source(state: ServiceState, job: Job, round_number: int, tier: 
         stale = newest is None or (moving_up and (
             newest.adapter_sha256 is None
             or (refresh_rounds is not None and round_number - 1 - newest.round >= refresh_rounds)))
+        stale = stale or (oldest is not None and newest.round < oldest)
         if stale and (newest is None or newest.round < round_number - 1):
             newest = record_source(state, job.id, ratio, round_number)
         adapter = newest.adapter_sha256
@@ -95,6 +102,17 @@ def record_source(state: ServiceState, job_id: int, prune_ratio: float, round_nu
             return session.scalars(select(PruningSource).where(
                 PruningSource.job_id == job_id, PruningSource.prune_ratio == ratio,
                 PruningSource.round == round_number - 1)).one()
+
+
+def _source_round(state: ServiceState, job_id: int, ratio: float, adapter_sha256: str | None) -> int:
+    """The round of the source that cut a base from ``adapter_sha256`` (0: cut from the base alone)."""
+    if adapter_sha256 is None:
+        return 0
+    with state.db.read() as session:
+        rounds = session.scalars(select(PruningSource.round).where(
+            PruningSource.job_id == job_id, PruningSource.prune_ratio == ratio,
+            PruningSource.adapter_sha256 == adapter_sha256)).all()
+    return min(rounds, default=0)
 
 
 def _newest(state: ServiceState, job_id: int, ratio: float) -> PruningSource | None:

@@ -258,7 +258,8 @@ def place_device(state: ServiceState, job: Job, device: Device, round_number: in
                 reasons.append(f"{choice.arm}: waiting for the p{waiting_ratio:g} tier's export")
                 continue
             choice = dataclasses.replace(choice, tier=with_pruning_source(
-                state, job, round_number, choice.tier, history, configurator.tuned_pruning_refresh_rounds))
+                state, job, round_number, choice.tier, history, configurator.tuned_pruning_refresh_rounds,
+                configurator.tuned_pruning_cut_since(round_number, tuned_ratio)))
         artifact_id, skipped = artifact_for_device(state, job, device, choice.tier)
         reasons.extend(f"{choice.arm}: {why}" for why in skipped)
         if artifact_id is None:

@@ -413,6 +413,36 @@ def test_fedspine_pruning_never_goes_back_down():
     assert ratios == sorted(ratios) and ratios[-1] > 0
 
 
+def test_fedspine_sparsity_schedule_raises_the_floor_of_every_device_and_re_cuts_at_each_step():
+    fedspine = get_configurator("fedspine", {"sparsity_schedule": [[4, 0.25], [8, 0.5]]})
+    fresh = DeviceView(1, NoSpeedCapabilities())
+    offered = {r: {c.tier["prune_ratio"] for c in fedspine.choose(make_job(round_number=r), fresh)}
+               for r in (1, 3, 4, 7, 8, 12)}
+    assert offered == {1: {0, 0.25, 0.5}, 3: {0, 0.25, 0.5}, 4: {0.25, 0.5}, 7: {0.25, 0.5}, 8: {0.5}, 12: {0.5}}
+    # The bandit still chooses above the floor: a device already at p0.5 stays there in round 4.
+    a50 = fedspine_arm("p0.5-r4")
+    at_half = DeviceView(1, NoSpeedCapabilities(), (task(3, arm=a50.label, tier=a50.tier),))
+    assert {c.tier["prune_ratio"] for c in fedspine.choose(make_job(round_number=4), at_half)} == {0.5}
+    # Each step asks for a cut at least as new as itself at its ratio and every ratio above it.
+    assert [fedspine.tuned_pruning_cut_since(r, 0.5) for r in (3, 4, 7, 8, 15)] == [None, 4, 4, 8, 8]
+    assert [fedspine.tuned_pruning_cut_since(r, 0.25) for r in (3, 4, 8)] == [None, 4, 4]
+    assert get_configurator("fedspine").tuned_pruning_cut_since(9, 0.5) is None     # no schedule: any cut
+    assert fedspine.ratio_floor(1) == 0 and fedspine.ratio_floor(9) == 0.5
+
+
+@pytest.mark.parametrize("schedule, message", [
+    ([[4, 0.5], [2, 0.25]], "must come after"),
+    ([[2, 0.5], [4, 0.25]], "must come after"),
+    ([[0, 0.5]], r"round' must be >= 1"),
+    ([[3, 0.75]], "above every ratio"),
+    ([3, 0.5], "must be a \\[round, value\\] pair"),
+    ([], "non-empty list"),
+])
+def test_fedspine_sparsity_schedule_is_checked(schedule, message):
+    with pytest.raises(ValueError, match=message):
+        get_configurator("fedspine", {"prune_ratios": [0, 0.25, 0.5], "sparsity_schedule": schedule})
+
+
 def test_fedspine_a_device_that_keeps_dropping_out_prunes_more_and_one_that_delivers_does_not():
     job, fedspine = make_job(), get_configurator("fedspine")
     rewards = {a.label: 0.5 for a in fedspine.arms(job)}

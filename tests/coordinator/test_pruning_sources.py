@@ -130,6 +130,28 @@ def test_movers_get_a_cut_of_the_tuned_model_stayers_keep_theirs_and_the_worker_
     assert manifest["tier"]["prune_importance_adapter"] == tuned_1
 
 
+def test_a_sparsity_step_re_cuts_devices_already_at_the_ratio_once(tmp_path):
+    from coordinator.services.pruning_sources import with_pruning_source
+
+    _, state = _state(tmp_path)
+    job_id = _fedspine_job(state, [0.0, 0.5])
+    job = _job(state, job_id)
+    p0, p50 = job.tier, tiny_tier(prune_ratio=0.5, **PORTABLE).to_dict()
+    assert with_pruning_source(state, job, 1, p50, cut_since=None) == p50        # a 2 GB phone, round 1: the base's cut
+    for r in range(1, 6):
+        tuned = _store_global_adapter(state, job_id, r, seed=r)
+    # The schedule steps up to p0.5 in round 6: the phone that was there all along is re-cut
+    # from round 5's adapter, as is the first device moving up; later arrivals share that cut.
+    stayer = with_pruning_source(state, job, 6, p50, _history((5, p50)), cut_since=6)
+    mover = with_pruning_source(state, job, 6, p50, _history((5, p0)), cut_since=6)
+    late = with_pruning_source(state, job, 9, p50, _history((8, p0)), cut_since=6)
+    assert stayer["prune_importance_adapter"] == mover["prune_importance_adapter"] == tuned
+    assert late == stayer
+    # Once re-cut, a device keeps its cut until the next step.
+    assert with_pruning_source(state, job, 9, p50, _history((8, stayer)), cut_since=6) == stayer
+    assert [(s["prune_ratio"], s["round"]) for s in _sources(state, job_id)] == [(0.5, 0), (0.5, 5)]
+
+
 def test_a_device_waits_at_its_ratio_while_the_next_one_is_exported(tmp_path):
     from coordinator.models import Device, utcnow
     from coordinator.services.tiers import place_device
