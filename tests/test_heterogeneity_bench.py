@@ -1,7 +1,8 @@
 """bench/heterogeneity.py end to end, small: the tiny model, 3 devices, 2 rounds, one seed, four
-arms (the baseline, FedSpine over both axes, HetLoRA with self-pruning devices, and the
-pruned-once baseline), through a real coordinator and the ExecuTorch runtime. Checks what the
-issue asks the summary to carry, and that the pruned models devices deploy were scored."""
+arms (the baseline, FedSpine over both axes with its sparsity schedule, HetLoRA with
+self-pruning devices, and the pruned-once baseline), through a real coordinator and the
+ExecuTorch runtime. Checks what the issue asks the summary to carry, and that the pruned model
+devices deploy (cut from the model tuned in round 1) was scored."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ def test_the_heterogeneity_bench_writes_the_summary_the_issue_asks_for(tmp_path)
                "--seeds", "0", "--devices", "3", "--rounds", "2", "--devices-per-round", "3", "--min-updates", "2",
                "--local-steps", "2", "--eval-every", "1", "--eval-examples", "40",
                "--arms", "uniform:fedavg,fedspine:fedavg,hetlora:hetlora,uniform@p0.5:fedavg",
-               # FedSpine over pruned arms only, so that its devices deploy pruned models to score
-               "--configurator-options", json.dumps({"fedspine": {"prune_ratios": [0.5], "ranks": [4, 8]}}),
+               # FedSpine tunes the whole model in round 1, then every device trains a cut of it at 0.5
+               "--configurator-options", json.dumps({"fedspine": {"prune_ratios": [0, 0.5], "ranks": [4, 8],
+                                                                  "sparsity_schedule": [[2, 0.5]]}}),
                "--out", str(tmp_path / "out"), "--run-root", str(tmp_path / "runs")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=1500, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -34,9 +36,10 @@ def test_the_heterogeneity_bench_writes_the_summary_the_issue_asks_for(tmp_path)
         assert 0.0 <= seed["final_accuracy"] <= 1.0 and len(seed["final_ci95"]) == 2
         assert seed["upload_bytes_total"] > 0 and seed["tiers_by_profile"]
     assert summary["arms"]["uniform:fedavg"]["speedup_vs_uniform"] == 1.0
-    # Every pruned tier FedSpine's devices trained was scored as the model they deploy.
+    # The model FedSpine's devices deploy at 0.5 was scored: cut from the model tuned in round 1.
     deployed = summary["arms"]["fedspine:fedavg"]["per_seed"][0]["deployed"]
-    assert deployed and set(deployed) <= {"p0.5-r4", "p0.5-r8"}, deployed
+    assert len(deployed) == 1 and next(iter(deployed)) in {"p0.5-r4 cut@1", "p0.5-r8 cut@1"}, deployed
+    assert summary["arms"]["fedspine:fedavg"]["per_seed"][0]["tiers_by_profile"]
     for score in deployed.values():
         assert 0.0 <= score["accuracy"] <= 1.0 and len(score["ci95"]) == 2 and score["num_examples"] == 40
     assert summary["arms"]["fedspine:fedavg"]["deployed"]
