@@ -31,6 +31,8 @@ import org.pytorch.executorch.training.TrainingModule
  * The parameters exist only once a method has run, so the optimizer is created after the first
  * forward/backward, as in the Python trainer. Tiers with a frozen-prefix program (`prefix.pte`)
  * run it through `Module.forward(ids)` to get the hidden states the training program takes.
+ * A task's held-out probe batch (`train.probe_loss`, FedSpine) is passed through the same
+ * forward/backward before the first step and after the last, without an optimizer step.
  */
 class ExecuTorchTrainer : Trainer {
     /**
@@ -57,6 +59,10 @@ class ExecuTorchTrainer : Trainer {
             var lossBefore = Double.NaN
             var computeNanos = 0L
             val total = request.batches.size
+            // FedSpine's held-out probe: a forward/backward whose gradients no optimizer step uses.
+            val probeStarted = System.nanoTime()
+            val probeBefore = request.probe?.let { forwardBackward(module, method, it, prefix) }
+            computeNanos += System.nanoTime() - probeStarted
             request.batches.forEachIndexed { index, batch ->
                 if (listener.isCancelled || Thread.currentThread().isInterrupted) {
                     throw InterruptedException("training cancelled after $index of $total steps")
@@ -73,11 +79,14 @@ class ExecuTorchTrainer : Trainer {
             // The first batch again after the last step: a before/after pair on the same data.
             val started = System.nanoTime()
             val lossAfter = forwardBackward(module, method, request.batches[0], prefix)
+            val probeAfter = request.probe?.let { forwardBackward(module, method, it, prefix) }
             computeNanos += System.nanoTime() - started
             val adapter = module.namedParameters(method).map { (key, tensor) ->
                 NamedTensor(LoraKeys.peftKey(key), tensor.shape(), tensor.dataAsFloatArray.copyOf())
             }
-            return TrainingOutcome(lossBefore, lossAfter, total + 1, computeNanos / 1e9, adapter)
+            val probePasses = if (request.probe != null) 2 else 0
+            return TrainingOutcome(lossBefore, lossAfter, total + 1 + probePasses, computeNanos / 1e9, adapter,
+                probeBefore, probeAfter)
         } catch (e: InterruptedException) {
             throw e
         } catch (e: TrainingException) {

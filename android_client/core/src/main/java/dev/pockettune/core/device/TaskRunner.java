@@ -103,6 +103,10 @@ public final class TaskRunner {
         int steps = Math.toIntExact(task.train.steps);
         List<TextBatcher.Example> examples = examples(artifact);
         TextBatcher batcher = batcher(artifact);
+        // FedSpine's reward: the loss on a batch held out of training (the same one every round).
+        List<TextBatcher.Example> probeExamples = probeExamples(examples, manifest.batch, task.train.wantsProbeLoss());
+        examples = examples.subList(0, examples.size() - probeExamples.size());
+        TrainingBatch probe = probeExamples.isEmpty() ? null : batcher.batches(probeExamples).get(0);
         List<TrainingBatch> batches = batcher.batches(examples);
         if (batches.isEmpty()) {
             throw new NoLocalDataException(text.describe() + " gives " + examples.size() + " examples; one batch needs "
@@ -112,17 +116,28 @@ public final class TaskRunner {
         // A label-position program cannot see labels past its first K per row: refuse such a batch
         // here, before any step, as the Python trainers do (the trainer never gets to run it).
         LossPositions.check(stepBatches, manifest.lossPositions, manifest.ignoreIndex);
+        if (probe != null) {
+            LossPositions.check(List.of(probe), manifest.lossPositions, manifest.ignoreIndex);
+        }
 
         listener.onPhase(TaskListener.Phase.TRAINING, steps + " steps");
         long trainStarted = System.nanoTime();
         TrainingOutcome outcome = trainer.train(new TrainingRequest(artifact, adapterPath, stepBatches, optimizer,
-                task.train.lr.doubleValue(), task.train.momentumOrZero(), task.train.weightDecayOrZero()), listener);
+                task.train.lr.doubleValue(), task.train.momentumOrZero(), task.train.weightDecayOrZero(), probe),
+                listener);
         double trainSeconds = (System.nanoTime() - trainStarted) / 1e9;
         if (listener.isCancelled()) {
             throw new InterruptedException("training cancelled");
         }
         checkLoss("loss_before", outcome.lossBefore);
         checkLoss("loss_after", outcome.lossAfter);
+        if (probe != null) {
+            if (outcome.probeLossBefore == null || outcome.probeLossAfter == null) {
+                throw new TrainingException("the trainer reported no probe loss for the held-out batch it was given");
+            }
+            checkLoss("probe_loss_before", outcome.probeLossBefore);
+            checkLoss("probe_loss_after", outcome.probeLossAfter);
+        }
 
         List<NamedTensor> update;
         try {
@@ -157,6 +172,10 @@ public final class TaskRunner {
         if (peakGflops != null && peakGflops > 0) {
             metrics.set(DeviceMetrics.Key.PEAK_GFLOPS, peakGflops);
         }
+        if (probe != null) {
+            metrics.set(DeviceMetrics.Key.PROBE_LOSS_BEFORE, outcome.probeLossBefore)
+                    .set(DeviceMetrics.Key.PROBE_LOSS_AFTER, outcome.probeLossAfter);
+        }
         ResultMeta meta = new ResultMeta(Math.max(1, numExamples), outcome.lossBefore, outcome.lossAfter, trainSeconds,
                 bytesDownloaded, bytes.length, task.adapter.sha256, metrics);
 
@@ -168,6 +187,19 @@ public final class TaskRunner {
                 uploaded.alreadySubmitted ? "accepted (already submitted)" : "accepted", uploaded.response,
                 Sha256.of(bytes), bytes.length, deltaNorm, outcome.lossBefore, outcome.lossAfter, steps, numExamples,
                 bytesDownloaded, downloadSeconds, trainSeconds, uploaded.seconds);
+    }
+
+    /**
+     * The examples of the probe batch: the last {@code batch} of them, held out of training, when
+     * the task asks for a probe and the text can spare them (at least two batches left to train
+     * on); otherwise none. The Python device's rule ({@code fleet.device.probe_split}): a probe
+     * the device also trained on would reward memorizing it.
+     */
+    static List<TextBatcher.Example> probeExamples(List<TextBatcher.Example> examples, int batch, boolean wanted) {
+        if (!wanted || examples.size() < 3 * batch) {
+            return List.of();
+        }
+        return examples.subList(examples.size() - batch, examples.size());
     }
 
     /** A trainer's declared optimizers, lower case, duplicates dropped; refused if it declares none. */

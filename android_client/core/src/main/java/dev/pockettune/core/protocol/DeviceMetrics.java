@@ -28,7 +28,11 @@ public final class DeviceMetrics implements JsonModel {
         PREVIOUS_UPLOAD_SECONDS("previous_upload_seconds", false, true),
         PEAK_RSS_MB("peak_rss_mb", false, false),
         SLOWDOWN("slowdown", false, false),
-        VIRTUAL_SECONDS("virtual_seconds", false, false);
+        VIRTUAL_SECONDS("virtual_seconds", false, false),
+        /** The loss on the batch held out of training, before the task's first step (FedSpine). */
+        PROBE_LOSS_BEFORE("probe_loss_before", false, false),
+        /** The same batch's loss after the task's last step. */
+        PROBE_LOSS_AFTER("probe_loss_after", false, false);
 
         public final String json;
         public final boolean integer;

@@ -147,6 +147,11 @@ public final class Task implements JsonModel {
         public final String optimizer;
         public final Number momentum;
         public final Number weightDecay;
+        /**
+         * {@code probe_loss}: the job's configurator (FedSpine) asks for the loss on a batch held out
+         * of training, before and after the task; null when the task does not say.
+         */
+        public final Boolean probeLoss;
         public final JSONObject extra;
 
         TrainSettings(JSONObject object, String path) {
@@ -158,7 +163,13 @@ public final class Task implements JsonModel {
             optimizer = f.requireString("optimizer");
             momentum = f.optNumber("momentum");
             weightDecay = f.optNumber("weight_decay");
+            probeLoss = f.optBoolean("probe_loss");
             extra = f.unknown();
+        }
+
+        /** Whether the task asks for a held-out probe loss ({@code train.probe_loss: true}). */
+        public boolean wantsProbeLoss() {
+            return Boolean.TRUE.equals(probeLoss);
         }
 
         public double momentumOrZero() {
@@ -173,7 +184,7 @@ public final class Task implements JsonModel {
         public JSONObject toJson() {
             return new JsonOut().put("steps", steps).put("lr", lr).put("batch", batch).put("seq", seq)
                     .put("optimizer", optimizer).putIfPresent("momentum", momentum)
-                    .putIfPresent("weight_decay", weightDecay).with(extra);
+                    .putIfPresent("weight_decay", weightDecay).putIfPresent("probe_loss", probeLoss).with(extra);
         }
     }
 

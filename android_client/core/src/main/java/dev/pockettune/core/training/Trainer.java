@@ -19,6 +19,9 @@ import java.util.List;
  *       {@link TrainingRequest#batches}, in order;</li>
  *   <li>{@code lossBefore}: the first step's loss before its update; {@code lossAfter}: the loss
  *       on the first batch again after the last step (a comparable before/after pair);</li>
+ *   <li>with a {@link TrainingRequest#probe} batch: its loss before the first step and after the
+ *       last ({@code probeLossBefore/After}), passes that never step the optimizer, counted in
+ *       {@code passes}; without one, both null;</li>
  *   <li>return every trained LoRA tensor under its PEFT key (the manifest's names), float32, the
  *       manifest's shapes: the full adapter values, not a delta.</li>
  * </ul>

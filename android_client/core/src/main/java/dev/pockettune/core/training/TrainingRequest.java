@@ -16,9 +16,21 @@ public final class TrainingRequest {
     public final double learningRate;
     public final double momentum;
     public final double weightDecay;
+    /**
+     * A batch held out of {@link #batches} whose loss the trainer reports before the first step
+     * and after the last ({@code train.probe_loss}); null when the task asks for none or the text
+     * cannot spare one.
+     */
+    public final TrainingBatch probe;
 
     public TrainingRequest(LocalArtifact artifact, Path startAdapter, List<TrainingBatch> batches,
                            String optimizer, double learningRate, double momentum, double weightDecay) {
+        this(artifact, startAdapter, batches, optimizer, learningRate, momentum, weightDecay, null);
+    }
+
+    public TrainingRequest(LocalArtifact artifact, Path startAdapter, List<TrainingBatch> batches,
+                           String optimizer, double learningRate, double momentum, double weightDecay,
+                           TrainingBatch probe) {
         this.artifact = artifact;
         this.startAdapter = startAdapter;
         this.batches = Collections.unmodifiableList(batches);
@@ -26,5 +38,6 @@ public final class TrainingRequest {
         this.learningRate = learningRate;
         this.momentum = momentum;
         this.weightDecay = weightDecay;
+        this.probe = probe;
     }
 }

@@ -17,6 +17,7 @@ import dev.pockettune.core.http.TransferListener;
 import dev.pockettune.core.integration.FakeTrainerForTests;
 import dev.pockettune.core.json.Json;
 import dev.pockettune.core.json.JsonWriter;
+import dev.pockettune.core.protocol.DeviceMetrics;
 import dev.pockettune.core.protocol.ResultMeta;
 import dev.pockettune.core.protocol.Task;
 import dev.pockettune.core.testing.FakeTiming;
@@ -198,6 +199,34 @@ public class TaskRunnerTest {
         }
         assertEquals(report.deltaNorm, UpdateCheck.deltaNorm(after, startPeft), 1e-9);
         assertTrue(report.deltaNorm > 0 && report.deltaNorm < 1);
+    }
+
+    @Test
+    public void aProbeBatchIsHeldOutOfTrainingAndItsLossesReported() throws Exception {
+        task.getJSONObject("train").put("probe_loss", true);
+        FakeTrainerForTests trainer = new FakeTrainerForTests(4, 0.01);
+        // six paragraphs, batch 2: the last two are the probe, the first four train (two batches)
+        String text = "One paragraph.\n\nTwo paragraphs.\n\nThree of them.\n\nFour now.\n\nFive here.\n\nSix, the end.";
+        TaskReport report = runner(trainer, text).run(Task.fromJson(task));
+        assertEquals("accepted", report.status);
+        assertTrue(trainer.lastProbe != null);
+        assertEquals(3, trainer.batchesSeen);                   // 3 steps over the 2 training batches
+        ResultMeta meta = receivedMeta.get();
+        assertEquals(4, meta.numExamples);                      // the probe's examples are not trained on
+        assertEquals(2.7, meta.metrics.get(DeviceMetrics.Key.PROBE_LOSS_BEFORE).doubleValue(), 0);
+        assertEquals(2.4, meta.metrics.get(DeviceMetrics.Key.PROBE_LOSS_AFTER).doubleValue(), 0);
+        assertEquals(6L, meta.metrics.get(DeviceMetrics.Key.STEPS).longValue());   // 3 steps, 1 loss, 2 probe passes
+        assertTrue(Task.fromJson(task).toJson().getJSONObject("train").getBoolean("probe_loss"));
+    }
+
+    @Test
+    public void textTooShortToSpareAProbeTrainsOnEverythingAndReportsNone() throws Exception {
+        task.getJSONObject("train").put("probe_loss", true);
+        FakeTrainerForTests trainer = new FakeTrainerForTests(4, 0.01);
+        runner(trainer, "First paragraph of my notes.\n\nSecond one.\n\nThird, a little longer one.")
+                .run(Task.fromJson(task));
+        assertEquals(null, trainer.lastProbe);
+        assertTrue(!receivedMeta.get().metrics.has(DeviceMetrics.Key.PROBE_LOSS_BEFORE));
     }
 
     @Test

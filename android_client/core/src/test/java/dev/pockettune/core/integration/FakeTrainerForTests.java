@@ -37,6 +37,8 @@ public final class FakeTrainerForTests implements Trainer {
     public int batchesSeen;
     /** The optimizer of the last request it trained. */
     public String lastOptimizer;
+    /** The probe batch of the last request (null: none). */
+    public TrainingBatch lastProbe;
 
     public FakeTrainerForTests(long seed, double scale) {
         this(seed, scale, List.of(Trainer.OPTIMIZER_SGD));
@@ -96,6 +98,10 @@ public final class FakeTrainerForTests implements Trainer {
                 values[i] = (float) (origin.data[i] + scale * random.nextGaussian());
             }
             adapter.add(new NamedTensor(spec.name, spec.shape, values));
+        }
+        lastProbe = request.probe;
+        if (request.probe != null) {   // fixed probe losses, as the in-sample pair
+            return new TrainingOutcome(2.5, 2.1, request.batches.size() + 3, 0.01, adapter, 2.7, 2.4);
         }
         return new TrainingOutcome(2.5, 2.1, request.batches.size() + 1, 0.01, adapter);
     }
