@@ -10,6 +10,17 @@ Three programs can be compiled from one LoRA-wrapped causal LM:
 - :class:`TopTrainingProgram` ``forward(hidden, labels) -> loss``: training from a cached
   prefix output through the LoRA layers, the final norm and the LM head.
 
+Split learning (MergeSFL) cuts the same way but trains on both sides: the device owns the bottom
+*with* its LoRA and the server the top (:mod:`models.split_top`, eager). Two device programs:
+
+- :class:`BottomFeaturesProgram` ``forward(ids, *lora) -> features``: the cut-layer features,
+  inference only, with the bottom's LoRA weights as *inputs*, so that the device's current
+  weights (held by the training program) are used without a second copy of trainable state;
+- :class:`BottomTrainingProgram` ``forward(ids, grad) -> sum(features * grad)``: exported with
+  its backward, whose LoRA gradients are the vector-Jacobian product of the server's gradient
+  of the features (the forward is recomputed: a device cannot keep a joint graph's activations
+  between two calls).
+
 All three wrap the PEFT model under the same attribute, so every parameter keeps its fully
 qualified name: the LoRA tensors of the top program are named exactly as in the whole one,
 and one ``.ptd`` adapter file serves both. Prefix and top are the whole model cut in two:
@@ -219,3 +230,50 @@ class TopTrainingProgram(_SplitProgram):
     def forward(self, hidden: torch.Tensor, labels: torch.Tensor, logit_bias: torch.Tensor | None = None) -> torch.Tensor:
         return next_token_loss(self.causal_lm, self._decoder_output(inputs_embeds=hidden), labels, self.loss_positions,
                                logit_bias)
+
+
+class BottomFeaturesProgram(_SplitProgram):
+    """``forward(ids, *lora) -> features``: the input of decoder layer ``first_trained_layer`` (the
+    cut), computed with the bottom's LoRA weights given as inputs in the order of ``lora_names``
+    (parameter names relative to the decoder, :func:`bottom_lora_names`). Inference only."""
+
+    def __init__(self, model: torch.nn.Module, first_trained_layer: int, lora_names: list[str]):
+        super().__init__(model, first_trained_layer)
+        self.lora_names = list(lora_names)
+
+    def _kept_layers(self) -> tuple[range, bool]:
+        return range(self.first_trained_layer), False
+
+    def forward(self, ids: torch.Tensor, *lora: torch.Tensor) -> torch.Tensor:
+        if not self._cut_active:
+            raise RuntimeError(f"{type(self).__name__} runs only inside its cut() block")
+        if len(lora) != len(self.lora_names):
+            raise ValueError(f"expected {len(self.lora_names)} LoRA tensors, got {len(lora)}")
+        decoder = self.causal_lm.get_decoder()
+        outputs = torch.func.functional_call(decoder, dict(zip(self.lora_names, lora)), args=(),
+                                             kwargs={"input_ids": ids, "use_cache": False}, strict=False)
+        return outputs.last_hidden_state
+
+
+class BottomTrainingProgram(_SplitProgram):
+    """``forward(ids, grad) -> sum(features * grad)``: exported with its backward, the LoRA
+    gradients it returns are ``d(features)/d(lora)^T grad``, the bottom's share of the whole
+    model's gradient when ``grad`` is the server's gradient of the loss with respect to the
+    features. The returned value itself means nothing to the device."""
+
+    def _kept_layers(self) -> tuple[range, bool]:
+        return range(self.first_trained_layer), False
+
+    def forward(self, ids: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return (self._decoder_output(input_ids=ids) * grad).sum()
+
+
+def bottom_lora_names(model: torch.nn.Module, first_trained_layer: int) -> list[str]:
+    """The trainable (LoRA) parameters of the decoder layers below ``first_trained_layer``, by
+    their names relative to the decoder, in the decoder's order."""
+    names = []
+    for name, parameter in causal_lm_of(model).get_decoder().named_parameters():
+        parts = name.split(".")
+        if parameter.requires_grad and parts[0] == "layers" and int(parts[1]) < first_trained_layer:
+            names.append(name)
+    return names

@@ -1,0 +1,75 @@
+"""The device's half of a split-learning step, on the ExecuTorch runtime (Python bindings).
+
+Per step (:mod:`export.split_programs` says which programs and why): :meth:`SplitBottomTrainer.features`
+runs ``bottom_features.pte`` with the current LoRA weights and returns the cut-layer features the
+device sends to the server; :meth:`SplitBottomTrainer.backward` takes the server's gradient of
+the loss with respect to those features, runs ``bottom_train.pte`` forward and backward on the
+same ids, and steps SGD on the bottom's LoRA weights in place. The same runtime and files the
+Android app would load; nothing here knows about the network.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from export.executorch import read_adapter_ptd
+from export.split_programs import BOTTOM_ADAPTER_FILE, BOTTOM_TRAINING_PROGRAM_FILE, FEATURES_PROGRAM_FILE
+from models.adapter_codec import peft_key, program_key
+
+
+class SplitBottomTrainer:
+    """One device's bottom programs, loaded from ``program_dir`` (``adapter_path``: the start
+    adapter's ``.ptd``, default the exported one); ``lora_inputs`` is the features program's
+    input order (the export report's ``lora_inputs``)."""
+
+    def __init__(self, program_dir: Path, lora_inputs: list[str], lr: float, momentum: float = 0.0,
+                 weight_decay: float = 0.0, adapter_path: Path | None = None):
+        from executorch.extension.pybindings.portable_lib import _load_for_executorch
+        from executorch.extension.training import TrainingModule
+
+        program_dir = Path(program_dir)
+        adapter_path = Path(adapter_path) if adapter_path is not None else program_dir / BOTTOM_ADAPTER_FILE
+        self._start = read_adapter_ptd(adapter_path)
+        missing = sorted(set(lora_inputs) ^ set(self._start))
+        if missing:
+            raise ValueError(f"the adapter and the features program disagree on the LoRA tensors: {missing}")
+        self.lora_inputs = list(lora_inputs)
+        self._features = _load_for_executorch(str(program_dir / FEATURES_PROGRAM_FILE))
+        self._training = TrainingModule(_load_for_executorch(str(program_dir / BOTTOM_TRAINING_PROGRAM_FILE),
+                                                             data_path=str(adapter_path)))
+        self._lr, self._momentum, self._weight_decay = lr, momentum, weight_decay
+        self._optimizer = None
+        self._ran = False       # the runtime exposes its parameters once a method has run
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The bottom's current LoRA weights under PEFT keys (copies)."""
+        if not self._ran:
+            return {key: value.clone() for key, value in self._start.items()}
+        return {peft_key(k): v.clone() for k, v in self._training.named_parameters().items()}
+
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """The cut-layer features of ``ids`` [batch, seq] under the current weights."""
+        if self._ran:
+            live = self._training.named_parameters()
+            lora = [live[program_key(key)] for key in self.lora_inputs]
+        else:
+            lora = [self._start[key] for key in self.lora_inputs]
+        return self._features.forward((ids, *lora))[0].clone()
+
+    def backward(self, ids: torch.Tensor, grad: torch.Tensor, step: bool = True) -> dict[str, torch.Tensor]:
+        """Backpropagate the server's ``grad`` (same shape as :meth:`features`) into the LoRA
+        weights; with ``step``, one SGD update. Returns the gradients under PEFT keys (copies)."""
+        self._training.forward_backward("forward", (ids, grad))
+        self._ran = True
+        gradients = self._training.named_gradients()
+        copies = {peft_key(k): v.clone() for k, v in gradients.items()}
+        if step:
+            if self._optimizer is None:
+                from executorch.extension.training import get_sgd_optimizer
+
+                self._optimizer = get_sgd_optimizer(self._training.named_parameters(), self._lr, self._momentum,
+                                                    0.0, self._weight_decay, False)
+            self._optimizer.step(gradients)
+        return copies
