@@ -11,7 +11,7 @@ Three programs can be compiled from one LoRA-wrapped causal LM:
   prefix output through the LoRA layers, the final norm and the LM head.
 
 Split learning (MergeSFL) cuts the same way but trains on both sides: the device owns the bottom
-*with* its LoRA and the server the top (:mod:`models.split_top`, eager). Two device programs:
+*with* its LoRA and the server the top (:mod:`coordinator.split.top`, eager). Two device programs:
 
 - :class:`BottomFeaturesProgram` ``forward(ids, *lora) -> features``: the cut-layer features,
   inference only, with the bottom's LoRA weights as *inputs*, so that the device's current

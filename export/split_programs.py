@@ -2,7 +2,7 @@
 
 MergeSFL-style split learning cuts the decoder below layer ``split_layer``: the device runs the
 embeddings and layers ``0..split_layer-1`` with their LoRA, the server the rest
-(:mod:`models.split_top`). Each step the device computes the cut-layer features, sends them,
+(:mod:`coordinator.split.top`). Each step the device computes the cut-layer features, sends them,
 receives the gradient of the loss with respect to them, and backpropagates that gradient into
 its LoRA weights. Two ExecuTorch programs do the device's part
 (:mod:`export.program_modules`):

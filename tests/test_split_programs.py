@@ -2,7 +2,7 @@
 
 The bottom (layers below the cut, with their LoRA) is compiled to two ExecuTorch programs and
 run by the real runtime (``fleet/split_bottom.py``); the top trains in eager PyTorch
-(``models/split_top.py``). A split step must be the whole model's step: the same loss, the
+(``coordinator/split/top.py``). A split step must be the whole model's step: the same loss, the
 same gradient for every LoRA weight on both sides, the same weights after an SGD update.
 """
 
@@ -17,7 +17,7 @@ from fleet.split_bottom import SplitBottomTrainer
 from models.adapter_codec import peft_key
 from models.lora import apply_lora, resolve_layout
 from models.registry import load_base_model
-from models.split_top import SplitTop
+from coordinator.split.top import SplitTop
 
 SPLIT_LAYER = 2
 BATCH, SEQ = 2, 16
