@@ -30,6 +30,25 @@ def tiny_tier(**overrides):
     return Tier(**fields)
 
 
+def tiny_lora_everywhere(rank: int = 4, layers: int | None = None, seed: int = 0):
+    """The tiny model with LoRA on its last ``layers`` layers (all by default, as split learning
+    needs: the device trains the bottom's), every lora_B drawn at random so no gradient is zero."""
+    import torch
+
+    from models.lora import apply_lora, resolve_layout
+    from models.registry import load_base_model
+
+    base = load_base_model("tiny")
+    depth = base.config.num_hidden_layers
+    peft = apply_lora(base.model, resolve_layout(depth, rank, layers or depth))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in peft.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return peft
+
+
 def tiny_batches(tokenizer, count=2):
     """Real BBC News text, tokenized and padded as devices do, ``count`` batches."""
     from models.batching import make_batches

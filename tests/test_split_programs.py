@@ -11,31 +11,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import tiny_lora_everywhere as lora_everywhere
 from export.program_modules import PrefixProgram, TrainingProgram, causal_lm_of
 from export.split_programs import check_split_layer, export_split_programs
 from fleet.split_bottom import SplitBottomTrainer
 from models.adapter_codec import peft_key
-from models.lora import apply_lora, resolve_layout
-from models.registry import load_base_model
 from coordinator.split.top import SplitTop
 
 SPLIT_LAYER = 2
 BATCH, SEQ = 2, 16
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
-
-
-def lora_everywhere(rank: int = 4, layers: int | None = None, seed: int = 0) -> torch.nn.Module:
-    """The tiny model with LoRA on the last ``layers`` layers (all by default), every lora_B drawn
-    at random so that every gradient is non-zero."""
-    base = load_base_model("tiny")
-    depth = base.config.num_hidden_layers
-    peft = apply_lora(base.model, resolve_layout(depth, rank, layers or depth))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in peft.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-    return peft
 
 
 def batch(vocab: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
