@@ -19,6 +19,11 @@ the lowest LoRA layer run once per held-out row and artifact, later rounds run o
 ``EVALUATION_THREADS`` threads (default 1), so that on a small host it leaves the other cores
 to the devices it serves.
 
+A score is a pure function of the artifact, the adapter's bytes, the task and the number of
+examples, so an adapter already scored under the same four (round 0 of every job on one tier
+starts from the same initial adapter: the arms and seeds of a comparison) is not scored again:
+its scores are copied into a new row (``seconds`` 0) and the log says whose they are.
+
 Results land in the ``evaluations`` table, one row per ``(job, round)``. A failed evaluation
 is recorded too (``error`` set, scores null) and logged: it is reported once, not retried on
 every start. When the coordinator starts it queues every global adapter of a running or
@@ -137,12 +142,13 @@ class EvaluationWorker:
             return None
         with _EVALUATION_LOCK:
             started = time.perf_counter()
+            earlier = self._earlier_score(job, adapter)
             try:
-                scores, error = self._score(job, artifact, adapter), None
+                scores, error = earlier or self._score(job, artifact, adapter), None
             except Exception as exc:  # noqa: BLE001 - any failure is this evaluation's, recorded and reported
                 log.exception("job %s round %s: evaluation failed", job_id, round_number)
                 scores, error = {}, f"{type(exc).__name__}: {exc}"
-            seconds = time.perf_counter() - started
+            seconds = 0.0 if earlier else time.perf_counter() - started
         interval = scores.get("ci95") or (None, None)
         evaluation = Evaluation(job_id=job_id, round=round_number, metric=scores.get("metric"),
                                 value=scores.get("value"), ci_low=interval[0], ci_high=interval[1],
@@ -157,9 +163,30 @@ class EvaluationWorker:
             log.info("job %s round %s: already evaluated by another process", job_id, round_number)
             return None
         if error is None:
-            log.info("job %s round %s evaluated: %s %.4g, loss %s, %d examples, %.2f s", job_id, round_number,
-                     evaluation.metric, evaluation.value, evaluation.loss, evaluation.num_examples, seconds)
+            log.info("job %s round %s evaluated: %s %.4g, loss %s, %d examples, %.2f s%s", job_id, round_number,
+                     evaluation.metric, evaluation.value, evaluation.loss, evaluation.num_examples, seconds,
+                     f" (the same adapter's score in job {earlier['job']} round {earlier['round']})" if earlier else "")
         return evaluation
+
+    def _earlier_score(self, job: Job, adapter: GlobalAdapter) -> dict | None:
+        """The scores of an earlier successful evaluation of the same adapter bytes on the same
+        artifact, task and number of examples (None: there is none), as :meth:`_score` returns them."""
+        with self.state.db.read() as session:
+            row = session.execute(
+                select(Evaluation, GlobalAdapter.job_id, GlobalAdapter.round)
+                .join(GlobalAdapter, and_(GlobalAdapter.job_id == Evaluation.job_id,
+                                          GlobalAdapter.round == Evaluation.round))
+                .join(Job, Job.id == Evaluation.job_id)
+                .where(GlobalAdapter.weights_sha256 == adapter.weights_sha256, Job.artifact_id == job.artifact_id,
+                       Job.task == job.task, Job.eval_examples == job.eval_examples,
+                       Evaluation.error.is_(None), Evaluation.value.is_not(None))
+                .order_by(Evaluation.id).limit(1)).first()
+        if row is None:
+            return None
+        earlier, job_id, round_number = row
+        ci95 = (earlier.ci_low, earlier.ci_high) if earlier.ci_low is not None else None
+        return {"metric": earlier.metric, "value": earlier.value, "ci95": ci95, "loss": earlier.loss,
+                "num_examples": earlier.num_examples, "job": job_id, "round": round_number}
 
     def _score(self, job: Job, artifact: Artifact, adapter: GlobalAdapter) -> dict:
         ensure_heavy_imports()

@@ -267,6 +267,22 @@ def test_worker_swaps_adapters_into_one_loaded_model(tmp_path, artifact_cache, f
         state.db.dispose()
 
 
+def test_an_adapter_already_scored_on_the_same_artifact_task_and_examples_is_not_scored_again(
+        tmp_path, artifact_cache, fake_task):
+    state = _app_state(tmp_path, artifact_cache)
+    try:
+        first, second, fewer = _prepared_job(state), _prepared_job(state), _prepared_job(state, eval_examples=5)
+        scored = state.evaluator.evaluate(first, 0)
+        assert len(fake_task.seen) == 1 and scored.seconds > 0
+        copied = state.evaluator.evaluate(second, 0)       # the same initial adapter on the same artifact
+        assert len(fake_task.seen) == 1 and copied.seconds == 0.0
+        assert (copied.metric, copied.value, copied.loss, copied.num_examples) == (
+            scored.metric, scored.value, scored.loss, scored.num_examples)
+        assert state.evaluator.evaluate(fewer, 0).num_examples == 5 and len(fake_task.seen) == 2
+    finally:
+        state.db.dispose()
+
+
 def test_eval_every_scores_round_0_every_kth_round_and_the_last_only(tmp_path, artifact_cache, fake_task):
     from coordinator.models import GlobalAdapter
     from coordinator.services.evaluation import missing_evaluations
