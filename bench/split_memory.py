@@ -35,12 +35,17 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def batches(model: str, batch: int, seq: int, count: int):
-    from models.registry import load_base_model
+def batches(work: Path, batch: int, seq: int, count: int):
+    """BBC News batches tokenized with the FedAvg artifact's own tokenizer, as a device does (loading
+    the base model for its tokenizer would put the whole eager model in every child's peak)."""
+    from transformers import AutoTokenizer
+
+    from export.manifest import read_manifest
     from models.tasks import get_task
 
+    artifact = Path(work) / "fedavg"
+    tokenizer = AutoTokenizer.from_pretrained(artifact / read_manifest(artifact).data["tokenizer"]["dir"])
     task = get_task("bbcnews")
-    tokenizer = load_base_model(model).tokenizer
     return task.batches(tokenizer, task.examples("train")[: batch * count], batch, seq)
 
 
@@ -86,7 +91,7 @@ def fedavg_child(args) -> dict:
 
     artifact = Path(args.work) / "fedavg"
     manifest = read_manifest(artifact).data
-    data = batches(args.model, args.batch, args.seq, args.steps)
+    data = batches(args.work, args.batch, args.seq, args.steps)
     trainer = ExecuTorchTrainer.for_artifact(artifact, manifest, artifact / manifest["program"]["trainable_data_file"],
                                              lr=1e-3, optimizer="adamw", cache_dir=Path(args.work) / "prefix-cache")
     trainer.prepare(data)
@@ -105,7 +110,7 @@ def split_child(args, cut: int) -> dict:
 
     out = Path(args.work) / f"split-{cut}"
     report = json.loads((out / "report.json").read_text())
-    data = batches(args.model, args.batch, args.seq, args.steps)
+    data = batches(args.work, args.batch, args.seq, args.steps)
     trainer = SplitBottomTrainer(out, report["lora_inputs"], lr=1e-3)
     generator = torch.Generator().manual_seed(0)
     started = time.perf_counter()
@@ -123,7 +128,7 @@ def baseline_child(args) -> dict:
     from executorch.extension.pybindings import portable_lib  # noqa: F401
     from executorch.extension.training import TrainingModule  # noqa: F401
 
-    batches(args.model, args.batch, args.seq, args.steps)
+    batches(args.work, args.batch, args.seq, args.steps)
     return {"peak_rss_mib": peak_rss_mib(), "step_seconds": 0.0}
 
 
