@@ -19,6 +19,10 @@ from export.split_programs import BOTTOM_ADAPTER_FILE, BOTTOM_TRAINING_PROGRAM_F
 from models.adapter_codec import peft_key, program_key
 
 
+#: Projections whose input is the decoder's hidden state.
+_READS_HIDDEN = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+
+
 class SplitBottomTrainer:
     """One device's bottom programs, loaded from ``program_dir`` (``adapter_path``: the start
     adapter's ``.ptd``, default the exported one); ``lora_inputs`` is the features program's
@@ -43,6 +47,15 @@ class SplitBottomTrainer:
         self._optimizer = None
         self._ran = False       # the runtime exposes its parameters once a method has run
 
+    def _hidden_size(self) -> int:
+        """The features' width, read from the start adapter: the lora_A of a projection that reads
+        the hidden state (q, k, v, gate, up) is [rank, hidden]."""
+        widths = {value.shape[1] for key, value in self._start.items()
+                  if "lora_A" in key and any(f".{name}." in key for name in _READS_HIDDEN)}
+        if len(widths) != 1:
+            raise ValueError(f"cannot tell the features' width from the adapter's lora_A shapes {sorted(widths)}")
+        return widths.pop()
+
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         """The bottom's current LoRA weights under PEFT keys (copies)."""
         if not self._ran:
@@ -60,7 +73,16 @@ class SplitBottomTrainer:
 
     def backward(self, ids: torch.Tensor, grad: torch.Tensor, step: bool = True) -> dict[str, torch.Tensor]:
         """Backpropagate the server's ``grad`` (same shape as :meth:`features`) into the LoRA
-        weights; with ``step``, one SGD update. Returns the gradients under PEFT keys (copies)."""
+        weights; with ``step``, one SGD update. Returns the gradients under PEFT keys (copies).
+
+        The server is not trusted either: a gradient of another shape, another dtype or with a
+        non-finite value is refused (``ValueError``) before anything runs or changes."""
+        expected = (ids.shape[0], ids.shape[1], self._hidden_size())
+        if not isinstance(grad, torch.Tensor) or grad.dtype != torch.float32 or tuple(grad.shape) != expected:
+            shown = f"{grad.dtype} {list(grad.shape)}" if isinstance(grad, torch.Tensor) else type(grad).__name__
+            raise ValueError(f"the server's gradient must be float32 {list(expected)}, got {shown}")
+        if not bool(torch.isfinite(grad).all()):
+            raise ValueError("the server's gradient holds NaN or infinite values")
         self._training.forward_backward("forward", (ids, grad))
         self._ran = True
         gradients = self._training.named_gradients()

@@ -114,3 +114,17 @@ def _bottom_only() -> torch.nn.Module:
         if "lora_" in name and int(name.split("layers.")[1].split(".")[0]) >= 2:
             parameter.requires_grad_(False)
     return peft
+
+
+def test_the_device_refuses_a_malformed_gradient_from_the_server_before_anything_changes(exported):
+    peft, out, report = exported
+    ids, _ = batch(peft.config.vocab_size, seed=4)
+    bottom = SplitBottomTrainer(out, report["lora_inputs"], lr=0.5)
+    start = bottom.adapter_tensors()
+    shape = report["features_shape"]
+    for bad in (torch.zeros(shape[0], shape[1], shape[2] + 1), torch.zeros(shape, dtype=torch.float64),
+                torch.full(shape, float("nan")), "not a tensor"):
+        with pytest.raises(ValueError, match="the server's gradient"):
+            bottom.backward(ids, bad)
+    for key, value in bottom.adapter_tensors().items():
+        assert torch.equal(value, start[key]), key
