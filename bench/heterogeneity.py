@@ -360,14 +360,26 @@ def table(summary: dict) -> str:
     def megabytes(value):
         return f"{value / 1e6:,.1f}" if value is not None else "-"
 
+    def deployed_at_half(label: str, arm: dict) -> str:
+        """The mean over seeds of the model a device at 50% sparsity deploys (a pruned-once arm's
+        own final accuracy), or '-' when the arm has none."""
+        if label.startswith("uniform@p0.5:"):
+            values = [s["final_accuracy"] for s in arm["per_seed"]]
+        else:
+            chosen = [deployed_model(s["deployed"], 0.5) for s in arm["per_seed"]]
+            values = [c[1]["accuracy"] for c in chosen if c is not None]
+            if len(values) != len(arm["per_seed"]):
+                return "-"
+        return f"{100 * statistics.fmean(values):.1f}%" if values else "-"
+
     lines = [f"| arm | virtual s to target | vs uniform | steady s | vs uniform | final accuracy [95% CI over seeds] "
-             f"| MB up to target | MB down to target | MB up, whole run |", "|" + "---|" * 9]
+             f"| deployed at 50% sparsity | MB up to target | MB down to target | MB up, whole run |", "|" + "---|" * 10]
     for label, arm in summary["arms"].items():
         accuracy = formatted(arm["final_accuracy"], arm["ci95"], "accuracy") if arm["final_accuracy"] is not None else "-"
         lines.append(f"| {label} | {seconds(arm['time_to_target_s'])} | {ratio(arm['speedup_vs_uniform'])} | "
                      f"{seconds(arm['steady_time_to_target_s'])} | {ratio(arm['steady_speedup_vs_uniform'])} | "
-                     f"{accuracy} | {megabytes(arm['upload_bytes'])} | {megabytes(arm['download_bytes'])} | "
-                     f"{megabytes(arm['upload_bytes_total'])} |")
+                     f"{accuracy} | {deployed_at_half(label, arm)} | {megabytes(arm['upload_bytes'])} | "
+                     f"{megabytes(arm['download_bytes'])} | {megabytes(arm['upload_bytes_total'])} |")
     return "\n".join(lines)
 
 
