@@ -148,6 +148,12 @@ class Configurator(ABC):
         ratio gets a fresh cut of the tuned model rather than the ratio's newest (None: never)."""
         return None
 
+    def lr_schedule_window(self, round_number: int, rounds: int) -> tuple[int, int]:
+        """The rounds the job's learning-rate schedule runs over for ``round_number``: (its first
+        round, how many). The whole job by default; a configurator that changes the model under
+        the adapter mid-job (FedSpine's sparsity steps) may restart the schedule there."""
+        return 1, rounds
+
     def tuned_pruning_cut_since(self, round_number: int, prune_ratio: float) -> int | None:
         """With :attr:`prunes_from_tuned_model`: the oldest round whose start adapter may still
         have cut the base a device trains at ``prune_ratio`` in ``round_number``; a device on an

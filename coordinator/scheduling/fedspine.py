@@ -68,7 +68,10 @@ rarely (once in 15 rounds of a pilot run) and the global adapter ends tuned on t
 model while the devices that need the pruned one deploy it cut, untuned at that sparsity. At
 each step every ratio at or above the step's is re-cut from the model tuned so far (the
 step round's start adapter), devices already there included (:meth:`tuned_pruning_cut_since`),
-so every device of a ratio trains one cut after the step.
+so every device of a ratio trains one cut after the step. With ``rewind_lr`` (on by default)
+the job's learning-rate schedule restarts at each step and runs over the rounds left (learning
+rate rewinding, Renda et al. 2020): a cut is a new model for the adapter, and a cosine schedule
+would otherwise tune it only with the small steps of the job's last rounds.
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ class FedSpine(Configurator):
         "tuned_pruning": True,
         "prune_refresh_rounds": None,
         "sparsity_schedule": None,     # None: the bandit alone moves devices up
+        "rewind_lr": True,             # with a sparsity schedule: restart the lr schedule at each step
     }
 
     @property
@@ -139,6 +143,15 @@ class FedSpine(Configurator):
                  if start <= round_number and floor <= prune_ratio + 1e-9]
         return max(steps, default=None)
 
+    def lr_schedule_window(self, round_number: int, rounds: int) -> tuple[int, int]:
+        """With a sparsity schedule and ``rewind_lr``: from the newest step begun by ``round_number``
+        to the job's end; otherwise the whole job."""
+        starts = [start for start, _ in self.options["sparsity_schedule"] or () if start <= round_number]
+        if not self.options["rewind_lr"] or not starts:
+            return 1, rounds
+        first = max(starts)
+        return first, max(1, rounds - first + 1)
+
     def ratio_floor(self, round_number: int) -> float:
         """The lowest pruning ratio on offer in ``round_number`` (0 without a schedule)."""
         return max((floor for start, floor in self.options["sparsity_schedule"] or () if start <= round_number),
@@ -153,6 +166,7 @@ class FedSpine(Configurator):
         number_option("discount", options["discount"], minimum=0.0, maximum=1.0, exclusive_minimum=True)
         bool_option("monotone_pruning", options["monotone_pruning"])
         bool_option("tuned_pruning", options["tuned_pruning"])
+        bool_option("rewind_lr", options["rewind_lr"])
         if options["prune_refresh_rounds"] is not None:
             number_option("prune_refresh_rounds", options["prune_refresh_rounds"], minimum=1, integer=True)
         if options["sparsity_schedule"] is not None:

@@ -19,7 +19,7 @@ import logging
 from sqlalchemy import func, select
 
 from coordinator.models import Device, GlobalAdapter, Job, JobStatus, Round, RoundStatus, Task, TaskStatus, utcnow
-from coordinator.scheduling.configurator import configurator_class
+from coordinator.scheduling.configurator import configurator_class, get_configurator
 from coordinator.services import lifecycle
 from coordinator.services.payloads import task_payload
 from coordinator.services.state import ServiceState
@@ -116,10 +116,13 @@ def task_offer(state: ServiceState, task_id: int) -> dict:
     info = state.artifact_info(task.artifact_id or job.artifact_id)
     tier = task.tier or job.tier
     tier_train = tier.get("train", {})
-    # The schedule is the job's (a configurator's per-device tier never changes it).
+    # The schedule is the job's (a configurator's per-device tier never changes it); the
+    # configurator may restart it where it changes the model under the adapter (FedSpine's steps).
     job_train = job.tier.get("train", {})
+    first, span = get_configurator(job.configurator, job.configurator_options).lr_schedule_window(
+        round_.number, job.rounds)
     lr = lr_for_round(job.lr, job_train.get("lr_schedule", "constant"), job_train.get("lr_min", 0.0),
-                      round_.number, job.rounds)
+                      round_.number - first + 1, span)
     train = {"steps": task.local_steps or job.local_steps, "lr": lr, "batch": tier["batch"], "seq": tier["seq"],
              "optimizer": tier_train.get("optimizer", "sgd"), "momentum": tier_train.get("momentum", 0.0),
              "weight_decay": tier_train.get("weight_decay", 0.0)}

@@ -430,6 +430,22 @@ def test_fedspine_sparsity_schedule_raises_the_floor_of_every_device_and_re_cuts
     assert fedspine.ratio_floor(1) == 0 and fedspine.ratio_floor(9) == 0.5
 
 
+def test_fedspine_rewinds_the_learning_rate_schedule_at_each_sparsity_step():
+    from models.lr_schedule import lr_for_round
+
+    stepped = get_configurator("fedspine", {"sparsity_schedule": [[4, 0.5]]})
+    assert [stepped.lr_schedule_window(r, 10) for r in (1, 3, 4, 10)] == [(1, 10), (1, 10), (4, 7), (4, 7)]
+    assert get_configurator("fedspine", {"sparsity_schedule": [[4, 0.5]], "rewind_lr": False}) \
+        .lr_schedule_window(5, 10) == (1, 10)
+    assert get_configurator("fedspine").lr_schedule_window(5, 10) == (1, 10)
+    assert get_configurator("uniform").lr_schedule_window(5, 10) == (1, 10)
+    # the step's round trains at the full rate again, the last round near the floor
+    first, span = stepped.lr_schedule_window(4, 10)
+    assert lr_for_round(1.0, "cosine", 0.0, 4 - first + 1, span) == 1.0
+    with pytest.raises(ValueError, match="rewind_lr"):
+        get_configurator("fedspine", {"rewind_lr": "yes"})
+
+
 @pytest.mark.parametrize("schedule, message", [
     ([[4, 0.5], [2, 0.25]], "must come after"),
     ([[2, 0.5], [4, 0.25]], "must come after"),
