@@ -40,6 +40,7 @@ class SplitBottomTrainer:
         if missing:
             raise ValueError(f"the adapter and the features program disagree on the LoRA tensors: {missing}")
         self.lora_inputs = list(lora_inputs)
+        self._hidden = self._hidden_size()
         self._features = _load_for_executorch(str(program_dir / FEATURES_PROGRAM_FILE))
         self._training = TrainingModule(_load_for_executorch(str(program_dir / BOTTOM_TRAINING_PROGRAM_FILE),
                                                              data_path=str(adapter_path)))
@@ -77,7 +78,7 @@ class SplitBottomTrainer:
 
         The server is not trusted either: a gradient of another shape, another dtype or with a
         non-finite value is refused (``ValueError``) before anything runs or changes."""
-        expected = (ids.shape[0], ids.shape[1], self._hidden_size())
+        expected = (ids.shape[0], ids.shape[1], self._hidden)
         if not isinstance(grad, torch.Tensor) or grad.dtype != torch.float32 or tuple(grad.shape) != expected:
             shown = f"{grad.dtype} {list(grad.shape)}" if isinstance(grad, torch.Tensor) else type(grad).__name__
             raise ValueError(f"the server's gradient must be float32 {list(expected)}, got {shown}")

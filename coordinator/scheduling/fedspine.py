@@ -139,23 +139,27 @@ class FedSpine(Configurator):
     def tuned_pruning_cut_since(self, round_number: int, prune_ratio: float) -> int | None:
         """The round of the newest sparsity-schedule step at or below ``prune_ratio`` that has
         begun by ``round_number``: a device at ``prune_ratio`` must train a cut at least that new."""
-        steps = [start for start, floor in self.options["sparsity_schedule"] or ()
-                 if start <= round_number and floor <= prune_ratio + 1e-9]
-        return max(steps, default=None)
+        return max((start for start, floor in self._steps_begun(round_number) if floor <= prune_ratio + 1e-9),
+                   default=None)
 
     def lr_schedule_window(self, round_number: int, rounds: int) -> tuple[int, int]:
         """With a sparsity schedule and ``rewind_lr``: from the newest step begun by ``round_number``
         to the job's end; otherwise the whole job."""
-        starts = [start for start, _ in self.options["sparsity_schedule"] or () if start <= round_number]
-        if not self.options["rewind_lr"] or not starts:
+        begun = self._steps_begun(round_number)
+        if not self.options["rewind_lr"] or not begun:
             return 1, rounds
-        first = max(starts)
+        first = begun[-1][0]
         return first, max(1, rounds - first + 1)
 
     def ratio_floor(self, round_number: int) -> float:
         """The lowest pruning ratio on offer in ``round_number`` (0 without a schedule)."""
-        return max((floor for start, floor in self.options["sparsity_schedule"] or () if start <= round_number),
-                   default=0.0)
+        begun = self._steps_begun(round_number)
+        return begun[-1][1] if begun else 0.0
+
+    def _steps_begun(self, round_number: int) -> list[list]:
+        """The sparsity schedule's ``[round, ratio]`` steps begun by ``round_number``, in order (the
+        option is checked to rise in both)."""
+        return [step for step in self.options["sparsity_schedule"] or () if step[0] <= round_number]
 
     def check_options(self, options: dict) -> dict:
         options["prune_ratios"] = sorted(list_option("prune_ratios", options["prune_ratios"],

@@ -119,8 +119,8 @@ def task_offer(state: ServiceState, task_id: int) -> dict:
     # The schedule is the job's (a configurator's per-device tier never changes it); the
     # configurator may restart it where it changes the model under the adapter (FedSpine's steps).
     job_train = job.tier.get("train", {})
-    first, span = get_configurator(job.configurator, job.configurator_options).lr_schedule_window(
-        round_.number, job.rounds)
+    configurator = get_configurator(job.configurator, job.configurator_options)
+    first, span = configurator.lr_schedule_window(round_.number, job.rounds)
     lr = lr_for_round(job.lr, job_train.get("lr_schedule", "constant"), job_train.get("lr_min", 0.0),
                       round_.number - first + 1, span)
     train = {"steps": task.local_steps or job.local_steps, "lr": lr, "batch": tier["batch"], "seq": tier["seq"],
@@ -130,7 +130,7 @@ def task_offer(state: ServiceState, task_id: int) -> dict:
         train.update(betas=list(tier_train.get("betas", (0.9, 0.999))), eps=tier_train.get("eps", 1e-8))
     if job_train.get("local_sampling", "sequential") != "sequential":
         train["sampling"] = job_train["local_sampling"]    # absent = sequential, as before the setting existed
-    if configurator_class(job.configurator).wants_probe_loss:
+    if configurator.wants_probe_loss:
         train["probe_loss"] = True     # measure a held-out batch's loss before and after training
     train = get_strategy(job.strategy).configure_train(round_.number, train)
     adapter = _start_adapter(state, get_format(info.format).start_adapter_kind, task, start)
