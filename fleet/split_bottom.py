@@ -63,6 +63,30 @@ class SplitBottomTrainer:
             return {key: value.clone() for key, value in self._start.items()}
         return {peft_key(k): v.clone() for k, v in self._training.named_parameters().items()}
 
+    def load_adapter(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Replace the bottom's LoRA weights with ``tensors`` (PEFT keys, the server's average).
+
+        The runtime exposes its weights only after a method ran, so before the first step one
+        backward with a zero gradient runs (it changes nothing) to reach them."""
+        if set(tensors) != set(self._start):
+            raise ValueError(f"the adapter's keys differ from the bottom's: {sorted(set(tensors) ^ set(self._start))[:3]}")
+        for key, value in tensors.items():
+            if value.dtype != torch.float32 or value.shape != self._start[key].shape \
+                    or not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{key}: expected finite float32 {list(self._start[key].shape)}")
+        if not self._ran:
+            sizes = list(self._training_batch_shape())
+            ids = torch.zeros(sizes, dtype=torch.long)
+            self._training.forward_backward("forward", (ids, torch.zeros(*sizes, self._hidden)))
+            self._ran = True
+        live = self._training.named_parameters()
+        for key, value in tensors.items():
+            live[program_key(key)].copy_(value)
+
+    def _training_batch_shape(self) -> tuple[int, int]:
+        """The compiled [batch, seq] of the programs' token ids."""
+        return tuple(self._features.method_meta("forward").input_tensor_meta(0).sizes())
+
     def features(self, ids: torch.Tensor) -> torch.Tensor:
         """The cut-layer features of ``ids`` [batch, seq] under the current weights."""
         if self._ran:

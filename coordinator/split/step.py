@@ -60,6 +60,7 @@ class SplitStep:
         self._features: dict[str, torch.Tensor] = {}
         self._labels: dict[str, torch.Tensor] = {}
         self._gradients: dict[str, torch.Tensor] = {}
+        self.fetched: set[str] = set()          # workers that took their gradient slice (the session's record)
         self.outcome: StepOutcome | None = None
 
     # --- what workers send ----------------------------------------------------------------------
@@ -92,8 +93,15 @@ class SplitStep:
         self._features[worker] = features
         self._labels[worker] = labels.to(torch.int64)
 
+    def submitted(self, worker: str) -> bool:
+        return worker in self._features or worker in self._gradients
+
     def past_deadline(self) -> bool:
         return self._clock() > self.deadline
+
+    def fetch_overdue(self) -> bool:
+        """Whether the workers' time to take their gradient slices is over (the step's deadline)."""
+        return self.past_deadline()
 
     def ready(self) -> bool:
         """Whether the step can run now: every planned worker has sent, or the deadline passed
@@ -104,16 +112,27 @@ class SplitStep:
 
     # --- the server's step ------------------------------------------------------------------------
 
-    def run(self, top) -> StepOutcome:
+    def run(self, top, merge: bool = True) -> StepOutcome:
         """Merge what arrived (workers in name order), run the top once (``top.step``: features,
-        labels -> loss, features' gradient) and keep each worker's gradient slice."""
+        labels -> loss, features' gradient) and keep each worker's gradient slice.
+
+        ``merge=False`` is split learning without feature merging: the top steps on each worker's
+        features in turn (the same order), and the loss reported is their example-weighted mean."""
         if not self.ready():
             raise StepError(409, "step_not_ready", f"step {self.number} is waiting for features")
         started = time.perf_counter()
         merged = sorted(self._features)
         features = torch.cat([self._features[w] for w in merged])
         labels = torch.cat([self._labels[w] for w in merged])
-        loss, gradient = top.step(features, labels)
+        if merge:
+            loss, gradient = top.step(features, labels)
+        else:
+            losses, slices = [], []
+            for worker in merged:
+                worker_loss, worker_gradient = top.step(self._features[worker], self._labels[worker])
+                losses.append(worker_loss * self.batch_sizes[worker])
+                slices.append(worker_gradient)
+            loss, gradient = sum(losses) / features.size(0), torch.cat(slices)
         offset = 0
         for worker in merged:
             size = self.batch_sizes[worker]

@@ -1,0 +1,401 @@
+"""A split job's server: its workers, lock-step steps, the top, and the bottom adapters' averaging.
+
+One :class:`SplitSession` owns everything a running split job holds in memory: the top of the
+model (:class:`coordinator.split.top.SplitTop`, trained on every step), the workers that joined,
+what the server measured about each (step times, label counts), the step in progress
+(:class:`coordinator.split.step.SplitStep`) and the averaging of the workers' bottom adapters.
+The top's weights change on every step, so a split job lives in exactly one process: the one
+that created it (the HTTP layer, ``coordinator/api/split.py``, finds it there).
+
+**A worker's loop** is one question, :meth:`SplitSession.next_action`, answered with what to do:
+
+- ``features``: send step ``n``'s features for a batch of ``batch_size`` examples;
+- ``gradient``: fetch step ``n``'s gradient slice (the step ran), backpropagate it, ask again;
+- ``upload_adapter``: every ``average_every`` steps, send the bottom adapter for averaging
+  ``k``; ``download_adapter``: load averaging ``k``'s result;
+- ``wait`` (others are slower; ask again shortly) or ``done``.
+
+**Plans.** Each step is planned when it opens, over the workers present then. ``mergesfl``
+plans with :func:`coordinator.split.batch_regulation.regulate` (batch sizes from measured
+speed, jointly with the merged batch's label mix) and runs the top once on the merged batch;
+``plain`` is split learning without merging or regulation: every worker at the same batch size,
+and the top steps on each worker's features in turn (SplitFed's sequential server).
+
+**Measured, never claimed.** A worker's step time is measured by the server's clock: from the
+later of the step's opening and the worker's fetch of its previous gradient, to the arrival of
+its features (its backward, its forward and the upload). Speed and latency are fitted to the
+last few (size, seconds) pairs; until a worker has any, it is planned at the smallest compiled
+size. The clock is injectable: wall time in a deployment, the conductor's virtual time in the
+simulator (``POST .../clock``, admin only), never a device's word.
+
+**Late and missing workers.** A step runs when every planned worker has sent or its deadline
+has passed with at least one; a worker that missed it is dropped from the merged batch, and an
+averaging closes at its deadline with whoever sent. A step that nobody sent is abandoned and
+the next one planned.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from coordinator.split.batch_regulation import Plan, WorkerState, plan_of, regulate
+from coordinator.split.step import SplitStep, StepError, StepOutcome
+
+MODES = ("mergesfl", "plain")
+#: Measurements kept per worker for its speed fit.
+SPEED_WINDOW = 8
+
+
+@dataclass
+class WorkerRecord:
+    """What the server knows of one worker, all of it observed by the server."""
+
+    samples: deque = field(default_factory=lambda: deque(maxlen=SPEED_WINDOW))   # (size, seconds)
+    label_counts: dict[str, float] = field(default_factory=dict)
+    ready_since: float | None = None          # when it fetched its last gradient (or joined)
+    examples_since_sync: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    steps: int = 0
+    adapter_synced: int = 0                   # the last averaging it downloaded
+
+    def state(self, fallback_speed: float) -> WorkerState:
+        """Speed (examples/s) and latency (s) fitted to the samples: least squares on
+        seconds = size / speed + latency when sizes differ, else all of it speed."""
+        if not self.samples:
+            return WorkerState(speed=fallback_speed, latency=0.0, labels=self.label_counts or {"?": 1.0})
+        sizes = [s for s, _ in self.samples]
+        seconds = [max(t, 1e-6) for _, t in self.samples]
+        if len(set(sizes)) > 1:
+            mean_s, mean_t = sum(sizes) / len(sizes), sum(seconds) / len(seconds)
+            slope = sum((s - mean_s) * (t - mean_t) for s, t in zip(sizes, seconds)) \
+                / sum((s - mean_s) ** 2 for s in sizes)
+            latency = mean_t - slope * mean_s
+            if slope > 0 and latency >= 0:
+                return WorkerState(speed=1.0 / slope, latency=latency, labels=self.label_counts or {"?": 1.0})
+        return WorkerState(speed=sum(sizes) / sum(seconds), latency=0.0, labels=self.label_counts or {"?": 1.0})
+
+
+@dataclass
+class Averaging:
+    """One averaging of the workers' bottom adapters (number ``k``, after step ``after_step``)."""
+
+    number: int
+    after_step: int
+    expected: set[str]
+    deadline: float
+    received: dict[str, tuple[dict[str, torch.Tensor], int]] = field(default_factory=dict)
+    result: dict[str, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """A closed step, for reports and the dashboard."""
+
+    number: int
+    planned: dict[str, int]
+    merged: list[str]
+    dropped: list[str]
+    loss: float
+    opened_at: float
+    closed_at: float
+    idle_seconds: float
+    label_mix: dict[str, float]
+    divergence: float
+
+
+class SplitSession:
+    """The server of one split job (see the module docstring)."""
+
+    def __init__(self, top, *, adapter_keys: Mapping[str, Sequence[int]], seq: int, hidden: int, vocab_size: int,
+                 compiled_sizes: Sequence[int], target_batch: int, steps: int, average_every: int,
+                 step_deadline_s: float, mode: str = "mergesfl", slack: float = 0.2,
+                 clock: Callable[[], float] = time.monotonic):
+        if mode not in MODES:
+            raise ValueError(f"unknown split mode {mode!r}; use one of {', '.join(MODES)}")
+        if steps < 1 or average_every < 1 or target_batch < 1 or step_deadline_s <= 0:
+            raise ValueError("steps, average_every and target_batch must be >= 1, step_deadline_s > 0")
+        self.top, self.mode, self.slack = top, mode, slack
+        self.adapter_keys = {key: tuple(shape) for key, shape in adapter_keys.items()}
+        self.seq, self.hidden, self.vocab_size = seq, hidden, vocab_size
+        self.compiled_sizes = sorted({int(s) for s in compiled_sizes})
+        self.target_batch, self.steps, self.average_every = target_batch, steps, average_every
+        self.step_deadline_s = step_deadline_s
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.workers: dict[str, WorkerRecord] = {}
+        self.step: SplitStep | None = None
+        self.plan: Plan | None = None
+        self.opened_at = 0.0
+        self.averaging: Averaging | None = None
+        self.averagings_opened = 0          # averagings owed so far (opened, skipped or done)
+        self.averagings_done = 0            # the number of the newest finished averaging
+        self.averagings_skipped = 0
+        self.step_numbers = 0
+        self.previous_step: SplitStep | None = None
+        self.latest_adapter: dict[str, torch.Tensor] | None = None
+        self.history: list[StepRecord] = []
+        self.steps_run = 0
+
+    # --- membership ---------------------------------------------------------------------------
+
+    def join(self, worker: str) -> None:
+        """Add ``worker``; it is planned from the next step that opens."""
+        with self.lock:
+            if worker not in self.workers:
+                self.workers[worker] = WorkerRecord(ready_since=self.clock())   # loads the newest average first
+
+    @property
+    def done(self) -> bool:
+        """Every step ran and every averaging owed is finished (or skipped)."""
+        return self.steps_run >= self.steps and self.averaging is None and not self._averaging_due()
+
+    # --- the worker's question ------------------------------------------------------------------
+
+    def next_action(self, worker: str) -> dict:
+        """What ``worker`` should do now (see the module docstring)."""
+        with self.lock:
+            record = self._record(worker)
+            self._advance()
+            if self.latest_adapter is not None and record.adapter_synced < self.averagings_done \
+                    and (self.averaging is None or worker not in self.averaging.expected):
+                return {"kind": "download_adapter", "averaging": self.averagings_done}
+            for step in (self.previous_step, self.step):
+                if step is not None and step.outcome is not None and worker in step.outcome.merged \
+                        and worker not in step.fetched:
+                    return {"kind": "gradient", "step": step.number}
+            step = self.step
+            if self.averaging is not None:
+                if worker in self.averaging.expected and worker not in self.averaging.received:
+                    return {"kind": "upload_adapter", "averaging": self.averaging.number}
+                return {"kind": "wait"}
+            if self.done:
+                return {"kind": "done"}
+            if step is not None and step.outcome is None and worker in step.batch_sizes \
+                    and not step.submitted(worker) and not step.past_deadline():
+                return {"kind": "features", "step": step.number, "batch_size": step.batch_sizes[worker],
+                        "deadline_in_s": max(0.0, step.deadline - self.clock())}
+            return {"kind": "wait"}
+
+    # --- features and gradients ----------------------------------------------------------------
+
+    def submit_features(self, worker: str, step_number: int, features: torch.Tensor, labels: torch.Tensor,
+                        size_bytes: int) -> dict:
+        """Accept ``worker``'s features for step ``step_number`` (or raise :class:`StepError`);
+        runs the step when it was the last one awaited."""
+        with self.lock:
+            record = self._record(worker)
+            self._advance()
+            step = self._step_numbered(step_number)
+            step.submit(worker, features, labels)
+            now = self.clock()
+            began = max(self.opened_at, record.ready_since if record.ready_since is not None else self.opened_at)
+            record.samples.append((step.batch_sizes[worker], max(now - began, 1e-6)))
+            counted = labels[:, 1:][labels[:, 1:] >= 0]
+            for value in counted.tolist():
+                record.label_counts[str(value)] = record.label_counts.get(str(value), 0.0) + 1.0
+            record.bytes_up += size_bytes
+            if step.ready() and not step.past_deadline():
+                self._run_step()
+            return {"step": step.number, "accepted": True}
+
+    def gradient(self, worker: str, step_number: int) -> torch.Tensor:
+        """``worker``'s gradient slice of step ``step_number``; 202-style ``StepError`` while pending."""
+        with self.lock:
+            record = self._record(worker)
+            self._advance()
+            step = self._step_numbered(step_number, closed_ok=True)
+            if step.outcome is None:
+                raise StepError(409, "step_not_ready", f"step {step.number} is waiting for other workers' features")
+            gradient = step.gradient_for(worker)
+            if worker not in step.fetched:
+                record.steps += 1
+                record.examples_since_sync += step.batch_sizes[worker]
+                record.bytes_down += gradient.numel() * gradient.element_size()
+                record.ready_since = self.clock()
+                step.fetched.add(worker)
+            self._advance()
+            return gradient
+
+    # --- bottom adapters --------------------------------------------------------------------------
+
+    def submit_adapter(self, worker: str, averaging: int, tensors: Mapping[str, torch.Tensor], size_bytes: int) -> dict:
+        """``worker``'s bottom adapter for averaging ``averaging``: exactly the job's keys and
+        shapes, finite float32. Closes the averaging when it was the last one awaited."""
+        with self.lock:
+            record = self._record(worker)
+            self._advance()
+            current = self.averaging
+            if current is None or current.number != averaging:
+                raise StepError(409, "no_such_averaging", f"averaging {averaging} is not open")
+            if worker not in current.expected:
+                raise StepError(403, "not_in_averaging", f"worker {worker!r} trained nothing since the last averaging")
+            if worker in current.received:
+                raise StepError(409, "already_submitted", f"worker {worker!r} already sent averaging {averaging}")
+            if set(tensors) != set(self.adapter_keys):
+                missing, extra = sorted(set(self.adapter_keys) - set(tensors)), sorted(set(tensors) - set(self.adapter_keys))
+                raise StepError(422, "bad_adapter", f"the bottom adapter's keys differ from the job's: missing "
+                                                    f"{missing[:3]}, unexpected {extra[:3]}")
+            for key, tensor in tensors.items():
+                if tensor.dtype != torch.float32 or tuple(tensor.shape) != self.adapter_keys[key]:
+                    raise StepError(422, "bad_adapter", f"{key}: expected float32 {list(self.adapter_keys[key])}, "
+                                                        f"got {str(tensor.dtype).replace('torch.', '')} {list(tensor.shape)}")
+                if not bool(torch.isfinite(tensor).all()):
+                    raise StepError(422, "bad_adapter", f"{key} holds NaN or infinite values")
+            current.received[worker] = ({k: v.clone() for k, v in tensors.items()}, record.examples_since_sync)
+            record.bytes_up += size_bytes
+            if set(current.received) == current.expected:
+                self._close_averaging()
+            return {"averaging": averaging, "accepted": True}
+
+    def averaged_adapter(self, worker: str, averaging: int) -> dict[str, torch.Tensor]:
+        """Averaging ``averaging``'s result (only the newest is kept)."""
+        with self.lock:
+            record = self._record(worker)
+            self._advance()
+            if averaging != self.averagings_done or self.latest_adapter is None:
+                raise StepError(409, "no_such_averaging", f"averaging {averaging} is not the newest finished one "
+                                                          f"({self.averagings_done})")
+            if record.adapter_synced < averaging:
+                record.adapter_synced = averaging
+                record.bytes_down += sum(t.numel() * t.element_size() for t in self.latest_adapter.values())
+                record.ready_since = self.clock()
+            return self.latest_adapter
+
+    # --- reports -------------------------------------------------------------------------------------
+
+    def summary(self) -> dict:
+        """Progress, the last step's plan and label mix, and per-worker measurements and bytes."""
+        with self.lock:
+            self._advance()
+            last = self.history[-1] if self.history else None
+            return {
+                "mode": self.mode, "steps": self.steps, "steps_run": self.steps_run, "done": self.done,
+                "averagings": self.averagings_done, "workers": len(self.workers),
+                "idle_seconds": sum(r.idle_seconds for r in self.history),
+                "last_step": None if last is None else {
+                    "number": last.number, "planned": last.planned, "merged": last.merged, "dropped": last.dropped,
+                    "loss": last.loss, "label_mix": last.label_mix, "divergence": last.divergence,
+                    "idle_seconds": last.idle_seconds},
+                "per_worker": {name: {"steps": r.steps, "bytes_up": r.bytes_up, "bytes_down": r.bytes_down,
+                                      "speed": r.state(1.0).speed if r.samples else None}
+                               for name, r in sorted(self.workers.items())},
+            }
+
+    # --- internals -----------------------------------------------------------------------------------
+
+    def _record(self, worker: str) -> WorkerRecord:
+        record = self.workers.get(worker)
+        if record is None:
+            raise StepError(403, "not_joined", f"worker {worker!r} has not joined this split job")
+        return record
+
+    def _step_numbered(self, number: int, closed_ok: bool = False) -> SplitStep:
+        """The current step, or with ``closed_ok`` the previous one (gradients still fetchable)."""
+        candidates = [self.step] + ([self.previous_step] if closed_ok else [])
+        for step in candidates:
+            if step is not None and step.number == number:
+                return step
+        current = f" (the current step is {self.step.number})" if self.step is not None else ""
+        raise StepError(409, "no_such_step", f"step {number} is not open{current}")
+
+    def _advance(self) -> None:
+        """Move the job along by the clock: run a step whose deadline passed, abandon one nobody
+        sent, close an averaging at its deadline, then open the next averaging or step."""
+        step = self.step
+        now = self.clock()
+        if step is not None and step.outcome is None and step.past_deadline():
+            if step.ready():
+                self._run_step()
+            else:
+                self.step = None                      # nobody sent: abandon it, plan the next one
+        if self.averaging is not None and now > self.averaging.deadline:
+            if self.averaging.received:
+                self._close_averaging()
+            else:
+                self.averaging = None                 # nobody sent: this averaging is skipped
+                self.averagings_skipped += 1
+        if self.averaging is not None or (self.step is not None and self.step.outcome is None):
+            return
+        if self._averaging_due():
+            if self.step is not None and any(w not in self.step.fetched for w in self.step.outcome.merged) \
+                    and not self.step.fetch_overdue():
+                return                                # let the last step's gradients land first
+            self._open_averaging()
+        elif self.steps_run < self.steps and self.workers:
+            self._open_step()
+
+    def _averaging_due(self) -> bool:
+        """An averaging is owed after every ``average_every`` steps run and after the last one."""
+        owed = min(self.steps_run // self.average_every + (self.steps_run >= self.steps and
+                                                            self.steps_run % self.average_every != 0),
+                   self.steps_run)
+        return self.steps_run > 0 and self.averagings_opened < owed
+
+    def _open_step(self) -> None:
+        self.step_numbers += 1
+        self.plan = self._plan()
+        self.opened_at = self.clock()
+        if self.step is not None and self.step.outcome is not None:
+            self.previous_step = self.step
+        self.step = SplitStep(self.step_numbers, self.plan.batch_sizes, self.seq, self.hidden, self.vocab_size,
+                              self.step_deadline_s, clock=self.clock)
+
+    def _plan(self) -> Plan:
+        known = [r.state(1.0).speed for r in self.workers.values() if r.samples]
+        fallback = min(known) if known else 1.0
+        states = {name: record.state(fallback) for name, record in self.workers.items()}
+        global_labels = {}
+        for record in self.workers.values():
+            for label, count in record.label_counts.items():
+                global_labels[label] = global_labels.get(label, 0.0) + count
+        global_labels = global_labels or {"?": 1.0}
+        if self.mode == "mergesfl" and all(r.samples for r in self.workers.values()):
+            try:
+                plan = regulate(states, global_labels, self.target_batch, self.compiled_sizes, slack=self.slack)
+                sizes = {w: s for w, s in plan.batch_sizes.items() if s > 0}
+                return plan_of(sizes, states, global_labels)
+            except ValueError:
+                pass
+        share = self.target_batch / max(1, len(self.workers))
+        size = min(self.compiled_sizes, key=lambda s: (abs(s - share), s))
+        return plan_of({name: size for name in self.workers}, states, global_labels)
+
+    def _run_step(self) -> None:
+        step = self.step
+        outcome: StepOutcome = step.run(self.top, merge=self.mode == "mergesfl")
+        self.steps_run += 1
+        mix_total = sum(outcome.label_counts.values()) or 1
+        mix = {str(k): v / mix_total for k, v in outcome.label_counts.items()}
+        self.history.append(StepRecord(
+            number=step.number, planned=dict(step.batch_sizes), merged=outcome.merged, dropped=outcome.dropped,
+            loss=outcome.loss, opened_at=self.opened_at, closed_at=self.clock(),
+            idle_seconds=self.plan.idle_seconds if self.plan is not None else 0.0, label_mix=mix,
+            divergence=self.plan.divergence if self.plan is not None else float("nan")))
+
+    def _open_averaging(self) -> None:
+        self.averagings_opened += 1
+        expected = {name for name, r in self.workers.items() if r.examples_since_sync > 0}
+        if not expected:
+            return
+        self.averaging = Averaging(number=self.averagings_opened, after_step=self.steps_run, expected=expected,
+                                   deadline=self.clock() + self.step_deadline_s)
+
+    def _close_averaging(self) -> None:
+        current = self.averaging
+        total = sum(examples for _, examples in current.received.values())
+        weights = {w: (examples / total if total else 1.0 / len(current.received))
+                   for w, (_, examples) in current.received.items()}
+        averaged = {key: sum(tensors[key] * weights[w] for w, (tensors, _) in current.received.items())
+                    for key in self.adapter_keys}
+        self.latest_adapter = {key: value.contiguous() for key, value in averaged.items()}
+        self.averagings_done = current.number
+        for name in current.received:
+            self.workers[name].examples_since_sync = 0
+        self.averaging = None

@@ -1,0 +1,191 @@
+"""A split job's server loop (coordinator/split/session.py) with a fake top and a manual clock.
+
+The top is a fake here (``FakeTop``: loss = mean of the features, gradient = ones) because what
+is under test is the session's bookkeeping: plans, lock-step order, deadlines, dropped workers,
+averaging, measurements taken by the server's clock. The real top and the real device
+programs run together in tests/test_split_http.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from coordinator.split.session import SplitSession
+from coordinator.split.step import StepError
+
+SEQ, HIDDEN, VOCAB = 4, 3, 10
+KEYS = {"layers.0.lora_A": (2, HIDDEN), "layers.0.lora_B": (HIDDEN, 2)}
+
+
+class FakeTop:
+    """Stands in for coordinator.split.top.SplitTop: counts calls and their batch sizes."""
+
+    def __init__(self):
+        self.calls: list[int] = []
+
+    def step(self, features, labels):
+        self.calls.append(features.size(0))
+        return float(features.mean()), torch.ones_like(features)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def session(mode="mergesfl", steps=4, average_every=2, sizes=(1, 2, 4), target=4, clock=None, top=None):
+    return SplitSession(top or FakeTop(), adapter_keys=KEYS, seq=SEQ, hidden=HIDDEN, vocab_size=VOCAB,
+                        compiled_sizes=sizes, target_batch=target, steps=steps, average_every=average_every,
+                        step_deadline_s=10.0, mode=mode, clock=clock or Clock())
+
+
+def batch(size, label=1):
+    labels = torch.full((size, SEQ), -100, dtype=torch.long)
+    labels[:, -1] = label
+    return torch.zeros(size, SEQ, HIDDEN), labels
+
+
+def adapter(value=1.0):
+    return {key: torch.full(shape, value) for key, shape in KEYS.items()}
+
+
+def send(job, worker, label=1):
+    action = job.next_action(worker)
+    assert action["kind"] == "features", action
+    features, labels = batch(action["batch_size"], label)
+    job.submit_features(worker, action["step"], features, labels, size_bytes=features.numel() * 4)
+    return action
+
+
+def test_lock_step_round_trip_with_averaging():
+    clock = Clock()
+    job = session(clock=clock, steps=2, average_every=2)
+    for worker in ("a", "b"):
+        job.join(worker)
+    clock.now = 1.0
+    first = send(job, "a")
+    assert first["batch_size"] == 2            # no measurement yet: the target shared equally
+    assert job.next_action("a") == {"kind": "wait"}
+    send(job, "b")
+    assert job.top.calls == [4]                 # one merged top step
+    for worker in ("a", "b"):
+        assert job.next_action(worker) == {"kind": "gradient", "step": 1}
+        assert torch.equal(job.gradient(worker, 1), torch.ones(2, SEQ, HIDDEN))
+    clock.now = 2.0                             # equal speeds measured: equal sizes again
+    for worker in ("a", "b"):
+        assert send(job, worker)["batch_size"] == 2
+    for worker in ("a", "b"):
+        job.gradient(worker, 2)
+    assert job.next_action("a") == {"kind": "upload_adapter", "averaging": 1}
+    job.submit_adapter("a", 1, adapter(1.0), 100)
+    assert job.next_action("a") == {"kind": "wait"}
+    job.submit_adapter("b", 1, adapter(3.0), 100)
+    assert job.next_action("a") == {"kind": "download_adapter", "averaging": 1}
+    averaged = job.averaged_adapter("a", 1)
+    assert torch.allclose(averaged["layers.0.lora_A"], torch.full(KEYS["layers.0.lora_A"], 2.0))
+    assert job.next_action("a") == {"kind": "done"}
+    assert job.next_action("b")["kind"] == "download_adapter"
+
+
+def test_a_late_worker_is_dropped_and_refused_afterwards():
+    clock = Clock()
+    job = session(clock=clock)
+    for worker in ("a", "b", "c"):
+        job.join(worker)
+    send(job, "a")
+    send(job, "b")
+    clock.now = 11.0                            # past the step's deadline
+    assert job.next_action("c") == {"kind": "wait"} or job.next_action("c")["kind"] == "features"
+    assert job.history[0].merged == ["a", "b"] and job.history[0].dropped == ["c"]
+    features, labels = batch(job.history[0].planned["c"])
+    with pytest.raises(StepError) as refused:
+        job.submit_features("c", 1, features, labels, 0)
+    assert refused.value.status == 409
+    with pytest.raises(StepError) as other:
+        job.gradient("c", 1)
+    assert other.value.code == "dropped"
+
+
+def test_refusals_change_nothing():
+    job = session()
+    job.join("a")
+    job.join("b")
+    action = job.next_action("a")
+    for bad_features, bad_labels, code in [
+        (torch.zeros(action["batch_size"], SEQ, HIDDEN + 1), batch(action["batch_size"])[1], "bad_features"),
+        (torch.full((action["batch_size"], SEQ, HIDDEN), float("nan")), batch(action["batch_size"])[1], "bad_features"),
+        (batch(action["batch_size"])[0], torch.full((action["batch_size"], SEQ), VOCAB), "bad_labels"),
+    ]:
+        with pytest.raises(StepError) as refused:
+            job.submit_features("a", action["step"], bad_features, bad_labels, 0)
+        assert refused.value.code == code and refused.value.status == 422
+    assert job.workers["a"].samples == type(job.workers["a"].samples)(maxlen=8) and job.workers["a"].bytes_up == 0
+    assert job.next_action("a")["kind"] == "features"
+    with pytest.raises(StepError) as stranger:
+        job.next_action("mallory")
+    assert stranger.value.status == 403
+    send(job, "a")
+    with pytest.raises(StepError) as early:
+        job.gradient("a", 1)                    # b has not sent: not ready
+    assert early.value.code == "step_not_ready"
+    with pytest.raises(StepError) as other_slice:
+        job.gradient("b", 1)
+    assert other_slice.value.status == 409
+
+
+def test_bad_adapters_are_refused_and_change_nothing():
+    job = session(steps=1, average_every=1)
+    job.join("a")
+    send(job, "a")
+    job.gradient("a", 1)
+    assert job.next_action("a") == {"kind": "upload_adapter", "averaging": 1}
+    for bad in ({"layers.0.lora_A": torch.ones(KEYS["layers.0.lora_A"])},
+                {**adapter(), "layers.0.lora_B": torch.ones(2, 2)},
+                {**adapter(), "layers.0.lora_B": torch.full(KEYS["layers.0.lora_B"], float("inf"))}):
+        with pytest.raises(StepError) as refused:
+            job.submit_adapter("a", 1, bad, 10)
+        assert refused.value.code == "bad_adapter"
+    assert job.averaging.received == {} and job.workers["a"].bytes_up > 0
+    job.submit_adapter("a", 1, adapter(), 10)
+    assert job.next_action("a")["kind"] == "download_adapter"
+
+
+def test_mergesfl_regulates_batch_sizes_from_the_servers_measurements():
+    clock = Clock()
+    job = session(clock=clock, steps=6, average_every=6, sizes=(1, 2, 3, 4), target=6)
+    for worker in ("fast", "slow"):
+        job.join(worker)
+    for _ in range(3):                          # fast takes 1 s per step, slow 4 s, at equal sizes
+        send(job, "fast", label=1)
+        clock.now += 3.0
+        send(job, "slow", label=2)
+        clock.now += 1.0
+        for worker in ("fast", "slow"):
+            job.gradient(worker, job.history[-1].number)
+    planned = job.step.batch_sizes
+    assert planned["fast"] > planned.get("slow", 0), planned
+
+
+def test_plain_split_learning_steps_the_top_per_worker():
+    top = FakeTop()
+    job = session(mode="plain", top=top)
+    for worker in ("a", "b"):
+        job.join(worker)
+    send(job, "a")
+    send(job, "b")
+    assert top.calls == [2, 2]
+
+
+def test_a_step_nobody_sent_is_abandoned_and_the_next_one_planned():
+    clock = Clock()
+    job = session(clock=clock)
+    job.join("a")
+    first = job.next_action("a")
+    clock.now = 20.0
+    second = job.next_action("a")
+    assert second["kind"] == "features" and second["step"] == first["step"] + 1
+    assert job.steps_run == 0
