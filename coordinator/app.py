@@ -28,6 +28,7 @@ from coordinator.services.artifacts import ArtifactInfo, load_artifact_info
 from coordinator.services.evaluation import EvaluationWorker
 from coordinator.services.proxy_generation import ProxyGenerator
 from coordinator.services.watcher import DeadlineWatcher
+from coordinator.split.jobs import SplitJobs
 from coordinator.storage import BlobStore
 from coordinator.url_converters import register_converters
 
@@ -59,6 +60,8 @@ class CoordinatorState:
         self.watcher = DeadlineWatcher(self.aggregator, settings.TICK_S)
         # Built now but cheap: it loads models on its first request (most coordinators never generate).
         self.proxy_generator = ProxyGenerator(self)
+        # Split jobs live in this process's memory (their top trains every step): coordinator/split/jobs.py.
+        self.split_jobs = SplitJobs(self.blobs)
         self._artifacts: dict[int, ArtifactInfo] = {}
         self._artifacts_lock = threading.Lock()
 

@@ -38,6 +38,15 @@ ERROR_CODES: dict[str, int] = {
     "late": 409,
     "already_submitted": 409,
     "job_not_running": 409,
+    # split jobs (coordinator/split): a step's or an averaging's state
+    "not_joined": 403,
+    "not_in_step": 403,
+    "not_in_averaging": 403,
+    "step_closed": 409,
+    "step_not_ready": 409,
+    "no_such_step": 409,
+    "no_such_averaging": 409,
+    "dropped": 409,
     # 412/413/416
     "precondition_failed": 412,
     "payload_too_large": 413,
@@ -50,6 +59,9 @@ ERROR_CODES: dict[str, int] = {
     "tensor_dtype": 422,
     "non_finite": 422,
     "norm_exceeded": 422,
+    "bad_features": 422,
+    "bad_labels": 422,
+    "bad_adapter": 422,
     # 5xx
     "internal_error": 500,
     "unavailable": 503,

@@ -185,6 +185,21 @@ class SplitSession:
 
     # --- features and gradients ----------------------------------------------------------------
 
+    def planned_size(self, worker: str, step_number: int) -> int:
+        """The batch size ``worker`` may send for step ``step_number`` now, or :class:`StepError`
+        saying why it may not (the HTTP layer sizes its body limit with it)."""
+        with self.lock:
+            self._record(worker)
+            self._advance()
+            step = self._step_numbered(step_number)
+            if worker not in step.batch_sizes:
+                raise StepError(403, "not_in_step", f"worker {worker!r} is not planned in step {step.number}")
+            if step.outcome is not None or step.past_deadline():
+                raise StepError(409, "step_closed", f"step {step.number} is closed; it accepts no more features")
+            if step.submitted(worker):
+                raise StepError(409, "already_submitted", f"worker {worker!r} already sent step {step.number}'s features")
+            return step.batch_sizes[worker]
+
     def submit_features(self, worker: str, step_number: int, features: torch.Tensor, labels: torch.Tensor,
                         size_bytes: int) -> dict:
         """Accept ``worker``'s features for step ``step_number`` (or raise :class:`StepError`);

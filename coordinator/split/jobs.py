@@ -1,0 +1,233 @@
+"""Split jobs: their spec, their preparation (the devices' programs, the server's top) and where
+the running ones live.
+
+A split job is created by the admin (``POST /api/v1/split-jobs``) and prepared in a background
+thread: the model gets LoRA on every layer (the device trains the bottom's), the bottom is
+compiled once per batch size in ``batch_sizes`` (programs have fixed shapes; batch-size
+regulation chooses among them) and the files go to the blob store, where devices fetch them as
+they fetch any artifact; the top stays in this process as a :class:`SplitTop`. A running split
+job is a :class:`coordinator.split.session.SplitSession` in memory: its top's weights change
+every step, so it has exactly one owner process. A coordinator served by several processes
+(gunicorn workers) must route a split job's requests to one of them; a request that reaches a
+process that does not hold the job gets 404 ``not_found``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from coordinator.errors import ApiError
+from coordinator.fields import unknown_keys
+
+log = logging.getLogger(__name__)
+
+CLOCKS = ("wall", "conducted")
+MAX_BATCH_SIZES = 4
+MAX_STEPS = 100_000
+
+
+@dataclass(frozen=True)
+class SplitJobSpec:
+    """What the admin asks for (validated by :func:`parse_split_spec`)."""
+
+    model: str
+    split_layer: int
+    rank: int = 4
+    seq: int = 64
+    batch_sizes: tuple[int, ...] = (2, 4)
+    target_batch: int = 8
+    steps: int = 20
+    average_every: int = 5
+    step_deadline_s: float = 60.0
+    mode: str = "mergesfl"
+    lr: float = 0.05
+    top_lr: float = 0.05
+    clock: str = "wall"
+    kernels: str = "xnnpack"
+
+
+def parse_split_spec(body: dict) -> SplitJobSpec:
+    """The spec in ``body``, or :class:`ApiError` ``invalid_field`` naming what is wrong."""
+    from coordinator.split.session import MODES
+
+    allowed = set(SplitJobSpec.__dataclass_fields__)
+    unknown_keys(body, allowed, "split job")
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        raise ApiError("invalid_field", "model: give a model name (tiny, smollm2-135m)")
+    values = dict(body)
+
+    def integer(name, low, high):
+        value = values.get(name, getattr(SplitJobSpec, name, None))
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ApiError("invalid_field", f"{name}: an integer in [{low}, {high}], got {value!r}")
+        return value
+
+    def number(name, low, high):
+        value = values.get(name, getattr(SplitJobSpec, name))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+            raise ApiError("invalid_field", f"{name}: a number in ({low}, {high}], got {value!r}")
+        return float(value)
+
+    def choice(name, options):
+        value = values.get(name, getattr(SplitJobSpec, name))
+        if value not in options:
+            raise ApiError("invalid_field", f"{name}: one of {', '.join(options)}, got {value!r}")
+        return value
+
+    if "split_layer" not in values:
+        raise ApiError("invalid_field", "split_layer: the first layer the server runs (the device runs those below)")
+    sizes = values.get("batch_sizes", list(SplitJobSpec.batch_sizes))
+    if not isinstance(sizes, list) or not 1 <= len(sizes) <= MAX_BATCH_SIZES or \
+            not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 64 for s in sizes) \
+            or len(set(sizes)) != len(sizes):
+        raise ApiError("invalid_field", f"batch_sizes: 1 to {MAX_BATCH_SIZES} distinct integers in [1, 64] "
+                                        f"(one program pair is compiled per size), got {sizes!r}")
+    spec = SplitJobSpec(model=values["model"], split_layer=integer("split_layer", 1, 1000),
+                        rank=integer("rank", 1, 64), seq=integer("seq", 8, 2048), batch_sizes=tuple(sorted(sizes)),
+                        target_batch=integer("target_batch", 1, 1024), steps=integer("steps", 1, MAX_STEPS),
+                        average_every=integer("average_every", 1, MAX_STEPS),
+                        step_deadline_s=number("step_deadline_s", 0, 86_400), mode=choice("mode", MODES),
+                        lr=number("lr", 0, 10), top_lr=number("top_lr", 0, 10), clock=choice("clock", CLOCKS),
+                        kernels=choice("kernels", ("xnnpack", "portable")))
+    return spec
+
+
+class ConductedClock:
+    """A clock the conductor (the admin's simulator) sets: virtual time, never a device's claim.
+    It only moves forward."""
+
+    def __init__(self):
+        self.now = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance_to(self, moment: float) -> None:
+        with self._lock:
+            if moment < self.now:
+                raise ApiError("invalid_field", f"now: the clock moves forward only (it reads {self.now})")
+            self.now = float(moment)
+
+
+@dataclass
+class SplitJob:
+    """One split job in this process: its spec, status and, once prepared, its manifest and session."""
+
+    job_id: int
+    spec: SplitJobSpec
+    status: str = "preparing"
+    error: str | None = None
+    manifest: dict | None = None
+    session: object = None
+    clock: Callable[[], float] = field(default=time.monotonic)
+    created_at: float = field(default_factory=time.time)
+
+    def device_files(self) -> set[str]:
+        """The blobs this job's devices may fetch."""
+        if self.manifest is None:
+            return set()
+        return {ref["sha256"] for files in self.manifest["programs"].values() for ref in files.values()} \
+            | {self.manifest["adapter"]["sha256"]}
+
+    def payload(self) -> dict:
+        body = {"split_job_id": self.job_id, "status": self.status, "error": self.error, "spec": asdict(self.spec)}
+        body["spec"]["batch_sizes"] = list(self.spec.batch_sizes)
+        if self.session is not None:
+            body["progress"] = self.session.summary()
+        if isinstance(self.clock, ConductedClock):
+            body["clock_now"] = self.clock.now
+        return body
+
+
+class SplitJobs:
+    """The split jobs this process holds, prepared in background threads."""
+
+    def __init__(self, blobs, model_cache_dir: Path | None = None):
+        self.blobs = blobs
+        self.model_cache_dir = model_cache_dir
+        self._jobs: dict[int, SplitJob] = {}
+        self._lock = threading.Lock()
+
+    def create(self, spec: SplitJobSpec, *, wait: bool = False) -> SplitJob:
+        with self._lock:
+            job = SplitJob(job_id=len(self._jobs) + 1, spec=spec,
+                           clock=ConductedClock() if spec.clock == "conducted" else time.monotonic)
+            self._jobs[job.job_id] = job
+        thread = threading.Thread(target=self._prepare, args=(job,), name=f"split-job-{job.job_id}", daemon=True)
+        thread.start()
+        if wait:
+            thread.join()
+        return job
+
+    def get(self, job_id: int) -> SplitJob:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise ApiError("not_found", f"no split job {job_id} in this coordinator process")
+        return job
+
+    def publishes(self, sha256: str) -> bool:
+        """Whether a prepared split job hands this blob to its devices (a program or its adapter)."""
+        return any(sha256 in job.device_files() for job in list(self._jobs.values()))
+
+    def all(self) -> list[SplitJob]:
+        return [self._jobs[k] for k in sorted(self._jobs)]
+
+    def _prepare(self, job: SplitJob) -> None:
+        try:
+            job.manifest, job.session = prepare(job.spec, self.blobs, job.clock, self.model_cache_dir)
+            job.status = "running"
+        except Exception as exc:                          # reported on the job, never lost in a thread
+            log.exception("split job %s failed to prepare", job.job_id)
+            job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
+
+
+def prepare(spec: SplitJobSpec, blobs, clock, model_cache_dir: Path | None = None):
+    """Compile the bottom per batch size into the blob store; build the top and the session.
+    Returns (manifest, session)."""
+    from coordinator.services.heavy_imports import ensure_heavy_imports
+
+    ensure_heavy_imports()
+    from coordinator.split.session import SplitSession
+    from coordinator.split.top import SplitTop
+    from export.split_programs import (BOTTOM_ADAPTER_FILE, BOTTOM_TRAINING_PROGRAM_FILE, FEATURES_PROGRAM_FILE,
+                                       export_split_programs)
+    from export.executorch import read_adapter_ptd
+    from models.lora import apply_lora, resolve_layout
+    from models.registry import load_base_model
+
+    base = load_base_model(spec.model, model_cache_dir)
+    depth = base.config.num_hidden_layers
+    if not 1 <= spec.split_layer < depth:
+        raise ValueError(f"split_layer must be in [1, {depth - 1}] for {spec.model} ({depth} layers)")
+    peft = apply_lora(base.model, resolve_layout(depth, spec.rank, depth))
+    programs, report = {}, None
+    with tempfile.TemporaryDirectory(prefix="split-export-") as tmp:
+        for size in spec.batch_sizes:
+            out = Path(tmp) / f"b{size}"
+            report = export_split_programs(peft, spec.split_layer, size, spec.seq, out, kernels=spec.kernels)
+            programs[str(size)] = {"features": _ref(blobs.put_file(out / FEATURES_PROGRAM_FILE)),
+                                   "train": _ref(blobs.put_file(out / BOTTOM_TRAINING_PROGRAM_FILE))}
+        adapter_ref = _ref(blobs.put_file(out / BOTTOM_ADAPTER_FILE))
+        adapter = read_adapter_ptd(out / BOTTOM_ADAPTER_FILE)
+    hidden = report["features_shape"][-1]
+    top = SplitTop(peft, spec.split_layer, spec.top_lr)
+    session = SplitSession(top, adapter_keys={k: tuple(v.shape) for k, v in adapter.items()}, seq=spec.seq,
+                           hidden=hidden, vocab_size=peft.config.vocab_size, compiled_sizes=spec.batch_sizes,
+                           target_batch=spec.target_batch, steps=spec.steps, average_every=spec.average_every,
+                           step_deadline_s=spec.step_deadline_s, mode=spec.mode, clock=clock)
+    manifest = {"model": spec.model, "split_layer": spec.split_layer, "seq": spec.seq, "hidden": hidden,
+                "lr": spec.lr, "lora_inputs": report["lora_inputs"], "programs": programs, "adapter": adapter_ref,
+                "kernels": spec.kernels}
+    return manifest, session
+
+
+def _ref(blob) -> dict:
+    """A stored file as the manifest names it (the API adds each blob's URL)."""
+    return {"sha256": blob.sha256, "size": blob.size}

@@ -1,0 +1,176 @@
+"""A device in a split job: joins, then answers the coordinator's ``next`` until the job is done.
+
+The device's half of MergeSFL over real HTTP: it fetches the bottom programs for each batch
+size the job compiled (content-addressed blobs, verified), and per step computes its batch's
+cut-layer features on the ExecuTorch runtime (:class:`fleet.split_bottom.SplitBottomTrainer`),
+sends them with the labels, fetches its gradient slice, backpropagates it and steps SGD. Every
+``average_every`` steps it sends its bottom adapter and loads the server's average.
+
+Programs have fixed shapes, so each batch size has its own pair of programs and its own
+runtime module; the LoRA weights move between them when the planned size changes (they are a
+few hundred kilobytes). The device's data is a list of (ids, labels) examples; a step of size
+``b`` takes the next ``b`` of them, cycling.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fleet.split_bottom import SplitBottomTrainer
+from fleet.transport import CoordinatorClient, ProtocolError
+from export.split_programs import BOTTOM_ADAPTER_FILE, BOTTOM_TRAINING_PROGRAM_FILE, FEATURES_PROGRAM_FILE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitWorkerReport:
+    """What one device did in a split job (its own counts; the server keeps its own)."""
+
+    steps: int = 0
+    examples: int = 0
+    averagings: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class SplitWorker:
+    """One device (``client``: registered, with its token) in split job ``job_id``, training on
+    ``examples`` (each an ``(ids [seq], labels [seq])`` pair); files are kept under ``cache_dir``."""
+
+    def __init__(self, client: CoordinatorClient, job_id: int, examples: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                 cache_dir: Path, poll_s: float = 0.05):
+        if not examples:
+            raise ValueError("a split worker needs at least one example")
+        self.client, self.job_id, self.examples = client, job_id, list(examples)
+        self.cache_dir, self.poll_s = Path(cache_dir), poll_s
+        self.report = SplitWorkerReport()
+        self._next_example = 0
+        self._trainers: dict[int, SplitBottomTrainer] = {}
+        self._active: int | None = None
+        self._pending: dict[int, torch.Tensor] = {}       # step -> the ids sent, awaiting the gradient
+        self.manifest: dict | None = None
+
+    def _path(self, suffix: str) -> str:
+        return f"api/v1/split-jobs/{self.job_id}/{suffix}"
+
+    def join(self) -> dict:
+        self.manifest = self.client.json("POST", self._path("join"))["manifest"]
+        return self.manifest
+
+    def run(self, until: Callable[[], bool] = lambda: False, max_actions: int | None = None) -> SplitWorkerReport:
+        """Answer ``next`` until the job is done (or ``until()``, or ``max_actions`` answers)."""
+        if self.manifest is None:
+            self.join()
+        handled = 0
+        while not until() and (max_actions is None or handled < max_actions):
+            action = self.client.json("GET", self._path("next"))
+            if action["kind"] == "done":
+                break
+            if action["kind"] == "wait":
+                time.sleep(self.poll_s)
+                continue
+            self.act(action)
+            handled += 1
+        return self.report
+
+    def act(self, action: dict) -> None:
+        """Carry out one action the coordinator asked for."""
+        kind = action["kind"]
+        if kind == "features":
+            self.send_features(action["step"], action["batch_size"])
+        elif kind == "gradient":
+            self.apply_gradient(action["step"])
+        elif kind == "upload_adapter":
+            self.upload_adapter(action["averaging"])
+        elif kind == "download_adapter":
+            self.download_adapter(action["averaging"])
+        else:
+            raise ValueError(f"the coordinator asked for an unknown action {kind!r}")
+
+    # --- steps ---------------------------------------------------------------------------------------
+
+    def send_features(self, step: int, batch_size: int) -> None:
+        trainer = self._trainer(batch_size)
+        ids, labels = self._batch(batch_size)
+        features = trainer.features(ids)
+        body = _safetensors({"features": features, "labels": labels})
+        try:
+            self.client.request("POST", self._path(f"steps/{step}/features"), data=body,
+                                headers={"Content-Type": "application/octet-stream"})
+        except ProtocolError as error:
+            if error.code in ("step_closed", "no_such_step"):      # too late: the step went on without us
+                log.info("step %s closed before our features arrived", step)
+                return
+            raise
+        self.report.bytes_up += len(body)
+        self._pending = {step: ids}
+
+    def apply_gradient(self, step: int) -> None:
+        response = self.client.request("GET", self._path(f"steps/{step}/gradient"))
+        self.report.bytes_down += len(response.content)
+        gradient = _tensors(response.content)["gradient"]
+        ids = self._pending.pop(step)
+        self._trainers[self._active].backward(ids, gradient)
+        self.report.steps += 1
+        self.report.examples += ids.size(0)
+        self.report.batch_sizes.append(ids.size(0))
+
+    # --- averaging -------------------------------------------------------------------------------------
+
+    def upload_adapter(self, number: int) -> None:
+        tensors = self._trainers[self._active].adapter_tensors()
+        body = _safetensors(tensors)
+        self.client.request("POST", self._path(f"averagings/{number}/adapter"), data=body,
+                            headers={"Content-Type": "application/octet-stream"})
+        self.report.bytes_up += len(body)
+
+    def download_adapter(self, number: int) -> None:
+        response = self.client.request("GET", self._path(f"averagings/{number}/adapter"))
+        self.report.bytes_down += len(response.content)
+        tensors = _tensors(response.content)
+        trainer = self._trainer(self._active or min(int(s) for s in self.manifest["programs"]))
+        trainer.load_adapter(tensors)
+        self.report.averagings += 1
+
+    # --- internals -----------------------------------------------------------------------------------------
+
+    def _batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.examples[(self._next_example + i) % len(self.examples)] for i in range(size)]
+        self._next_example = (self._next_example + size) % len(self.examples)
+        return torch.stack([ids for ids, _ in rows]), torch.stack([labels for _, labels in rows])
+
+    def _trainer(self, size: int) -> SplitBottomTrainer:
+        """The runtime module for ``size``, holding the device's current LoRA weights."""
+        if size not in self._trainers:
+            files = self.manifest["programs"][str(size)]
+            directory = self.cache_dir / f"b{size}"
+            for name, ref in ((FEATURES_PROGRAM_FILE, files["features"]),
+                              (BOTTOM_TRAINING_PROGRAM_FILE, files["train"]),
+                              (BOTTOM_ADAPTER_FILE, self.manifest["adapter"])):
+                self.report.bytes_down += self.client.download(ref["url"], ref["sha256"], directory / name)
+            self._trainers[size] = SplitBottomTrainer(directory, self.manifest["lora_inputs"], lr=self.manifest["lr"])
+        trainer = self._trainers[size]
+        if self._active is not None and self._active != size:
+            trainer.load_adapter(self._trainers[self._active].adapter_tensors())
+        self._active = size
+        return trainer
+
+
+def _safetensors(tensors: dict[str, torch.Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in tensors.items()})
+
+
+def _tensors(data: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(data)
