@@ -98,22 +98,32 @@ class SplitWorker:
     # --- steps ---------------------------------------------------------------------------------------
 
     def send_features(self, step: int, batch_size: int) -> None:
+        self.post_features(step, self.prepare_features(step, batch_size))
+
+    def prepare_features(self, step: int, batch_size: int) -> bytes:
+        """Compute step ``step``'s features for the next ``batch_size`` examples: the body to send."""
         trainer = self._trainer(batch_size)
         ids, labels = self._batch(batch_size)
         features = trainer.features(ids)
-        body = _safetensors({"features": features, "labels": labels})
+        self._pending = {step: ids}
+        return _safetensors({"features": features, "labels": labels})
+
+    def post_features(self, step: int, body: bytes) -> bool:
+        """Send prepared features; False when the step went on without them (too late)."""
         try:
             self.client.request("POST", self._path(f"steps/{step}/features"), data=body,
                                 headers={"Content-Type": "application/octet-stream"})
         except ProtocolError as error:
             if error.code in ("step_closed", "no_such_step"):      # too late: the step went on without us
                 log.info("step %s closed before our features arrived", step)
-                return
+                self._pending.pop(step, None)
+                return False
             raise
         self.report.bytes_up += len(body)
-        self._pending = {step: ids}
+        return True
 
-    def apply_gradient(self, step: int) -> None:
+    def apply_gradient(self, step: int) -> int:
+        """Fetch step ``step``'s gradient slice, backpropagate it, step SGD; returns the bytes fetched."""
         response = self.client.request("GET", self._path(f"steps/{step}/gradient"))
         self.report.bytes_down += len(response.content)
         gradient = _tensors(response.content)["gradient"]
@@ -122,23 +132,30 @@ class SplitWorker:
         self.report.steps += 1
         self.report.examples += ids.size(0)
         self.report.batch_sizes.append(ids.size(0))
+        return len(response.content)
 
     # --- averaging -------------------------------------------------------------------------------------
 
     def upload_adapter(self, number: int) -> None:
-        tensors = self._trainers[self._active].adapter_tensors()
-        body = _safetensors(tensors)
+        self.post_adapter(number, self.adapter_body())
+
+    def adapter_body(self) -> bytes:
+        return _safetensors(self._trainers[self._active].adapter_tensors())
+
+    def post_adapter(self, number: int, body: bytes) -> None:
         self.client.request("POST", self._path(f"averagings/{number}/adapter"), data=body,
                             headers={"Content-Type": "application/octet-stream"})
         self.report.bytes_up += len(body)
 
-    def download_adapter(self, number: int) -> None:
+    def download_adapter(self, number: int) -> int:
+        """Load averaging ``number``'s result; returns the bytes fetched."""
         response = self.client.request("GET", self._path(f"averagings/{number}/adapter"))
         self.report.bytes_down += len(response.content)
         tensors = _tensors(response.content)
         trainer = self._trainer(self._active or min(int(s) for s in self.manifest["programs"]))
         trainer.load_adapter(tensors)
         self.report.averagings += 1
+        return len(response.content)
 
     # --- internals -----------------------------------------------------------------------------------------
 

@@ -115,6 +115,14 @@ def set_clock(job_id: int):
     return {"now": job.clock.now}
 
 
+@bp.get("/split-jobs/<id:job_id>/adapter")
+@admin_required
+def get_full_adapter(job_id: int):
+    """The job's model as one PEFT adapter (safetensors): the newest average of the devices'
+    bottoms and the server's top, for evaluation and deployment."""
+    return _safetensors_response(_job(job_id, running=False).session.full_adapter())
+
+
 # --- devices -----------------------------------------------------------------------------------------
 
 

@@ -218,7 +218,7 @@ def prepare(spec: SplitJobSpec, blobs, clock, model_cache_dir: Path | None = Non
         adapter = read_adapter_ptd(out / BOTTOM_ADAPTER_FILE)
     hidden = report["features_shape"][-1]
     top = SplitTop(peft, spec.split_layer, spec.top_lr)
-    session = SplitSession(top, adapter_keys={k: tuple(v.shape) for k, v in adapter.items()}, seq=spec.seq,
+    session = SplitSession(top, start_adapter=adapter, seq=spec.seq,
                            hidden=hidden, vocab_size=peft.config.vocab_size, compiled_sizes=spec.batch_sizes,
                            target_batch=spec.target_batch, steps=spec.steps, average_every=spec.average_every,
                            step_deadline_s=spec.step_deadline_s, mode=spec.mode, clock=clock)

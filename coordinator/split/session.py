@@ -113,7 +113,7 @@ class StepRecord:
 class SplitSession:
     """The server of one split job (see the module docstring)."""
 
-    def __init__(self, top, *, adapter_keys: Mapping[str, Sequence[int]], seq: int, hidden: int, vocab_size: int,
+    def __init__(self, top, *, start_adapter: Mapping[str, torch.Tensor], seq: int, hidden: int, vocab_size: int,
                  compiled_sizes: Sequence[int], target_batch: int, steps: int, average_every: int,
                  step_deadline_s: float, mode: str = "mergesfl", slack: float = 0.2,
                  clock: Callable[[], float] = time.monotonic):
@@ -122,7 +122,8 @@ class SplitSession:
         if steps < 1 or average_every < 1 or target_batch < 1 or step_deadline_s <= 0:
             raise ValueError("steps, average_every and target_batch must be >= 1, step_deadline_s > 0")
         self.top, self.mode, self.slack = top, mode, slack
-        self.adapter_keys = {key: tuple(shape) for key, shape in adapter_keys.items()}
+        self.start_adapter = {key: value.clone() for key, value in start_adapter.items()}
+        self.adapter_keys = {key: tuple(value.shape) for key, value in start_adapter.items()}
         self.seq, self.hidden, self.vocab_size = seq, hidden, vocab_size
         self.compiled_sizes = sorted({int(s) for s in compiled_sizes})
         self.target_batch, self.steps, self.average_every = target_batch, steps, average_every
@@ -282,6 +283,13 @@ class SplitSession:
                 record.bytes_down += sum(t.numel() * t.element_size() for t in self.latest_adapter.values())
                 record.ready_since = self.clock()
             return self.latest_adapter
+
+    def full_adapter(self) -> dict[str, torch.Tensor]:
+        """The job's model as one PEFT adapter: the newest average of the bottoms (the start
+        adapter before the first) and the top's current LoRA weights."""
+        with self.lock:
+            bottom = self.latest_adapter if self.latest_adapter is not None else self.start_adapter
+            return {**{k: v.clone() for k, v in bottom.items()}, **self.top.adapter_tensors()}
 
     # --- reports -------------------------------------------------------------------------------------
 

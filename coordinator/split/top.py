@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from export.program_modules import TopTrainingProgram
+from export.program_modules import WRAPPED_MODEL_ATTRIBUTE, TopTrainingProgram
+from models.adapter_codec import peft_key
 
 
 class SplitTop:
@@ -46,6 +47,10 @@ class SplitTop:
             loss = self.program(features, labels)
         loss.backward()
         return float(loss.item()), features.grad.detach()
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The top's LoRA weights under PEFT adapter-file keys (copies)."""
+        return {peft_key(f"{WRAPPED_MODEL_ATTRIBUTE}.{name}"): p.detach().clone() for name, p in self.parameters.items()}
 
     def step(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
         """One training step of the top: (loss before the update, gradient of the features)."""

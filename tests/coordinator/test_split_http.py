@@ -160,3 +160,43 @@ def test_a_split_spec_is_checked(server):
         time.sleep(0.2)
     assert job["status"] == "failed" and "split_layer" in job["error"]
     assert len(admin.get("/api/v1/split-jobs").json()["split_jobs"]) == len(before["split_jobs"]) + 1
+
+
+def conducted_run(server, tmp_path, mode: str) -> tuple[dict, object]:
+    """A split job on the virtual clock: three devices, one 30x slower, no link latency."""
+    from fleet.profiles import DeviceProfile
+    from fleet.split_cost import ModelShape
+    from fleet.split_simulator import SplitConductor, SplitDevice
+    from models.registry import load_base_model
+
+    admin = server.admin()
+    job = create(admin, mode=mode, steps=6, average_every=3, batch_sizes=[1, 2, 3], target_batch=4)
+    devices = []
+    for (api, worker), slowdown in zip(workers(server, job["split_job_id"], tmp_path / mode, count=3), (1, 1, 30)):
+        devices.append(SplitDevice(worker=worker, name=str(worker.device_id),
+                                   profile=DeviceProfile(name=f"x{slowdown}", slowdown=slowdown, latency_s=0.0,
+                                                         bandwidth_mbps=1000.0)))
+    conductor = SplitConductor(CoordinatorClient(server.base_url, admin.token), job["split_job_id"], devices,
+                               ModelShape.of(load_base_model("tiny").config), split_layer=SPEC["split_layer"],
+                               seq=SPEC["seq"], rank=SPEC["rank"])
+    trace = conductor.run()
+    return admin.get(f"/api/v1/split-jobs/{job['split_job_id']}").json(), trace
+
+
+def test_regulated_batch_sizes_cut_idle_time_on_the_virtual_clock(server, tmp_path):
+    plain_job, plain = conducted_run(server, tmp_path, "plain")
+    merged_job, merged = conducted_run(server, tmp_path, "mergesfl")
+    for job, trace in ((plain_job, plain), (merged_job, merged)):
+        assert job["progress"]["done"] and len(trace.steps) == 6
+        times = [t for step in trace.steps for t in (step.opened_at, step.closed_at)]
+        assert times == sorted(times)
+    # Plain: equal sizes, every step waits for the slow device. MergeSFL, once it has measured
+    # the devices, gives the slow one less (or nothing) and the steps stop waiting for it.
+    assert len({size for step in plain.steps for size in step.planned.values()}) == 1
+    slow = next(name for name, d in merged_job["progress"]["per_worker"].items()
+                if d["speed"] is not None and d["speed"] == min(
+                    v["speed"] for v in merged_job["progress"]["per_worker"].values() if v["speed"] is not None))
+    later = merged.steps[-1]
+    assert later.planned.get(slow, 0) < max(later.planned.values())
+    assert merged.idle_seconds < plain.idle_seconds
+    assert merged.steps[-1].closed_at < plain.steps[-1].closed_at

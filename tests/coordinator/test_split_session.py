@@ -38,19 +38,19 @@ class Clock:
 
 
 def session(mode="mergesfl", steps=4, average_every=2, sizes=(1, 2, 4), target=4, clock=None, top=None):
-    return SplitSession(top or FakeTop(), adapter_keys=KEYS, seq=SEQ, hidden=HIDDEN, vocab_size=VOCAB,
+    return SplitSession(top or FakeTop(), start_adapter=adapter(0.0), seq=SEQ, hidden=HIDDEN, vocab_size=VOCAB,
                         compiled_sizes=sizes, target_batch=target, steps=steps, average_every=average_every,
                         step_deadline_s=10.0, mode=mode, clock=clock or Clock())
+
+
+def adapter(value=1.0):
+    return {key: torch.full(shape, value) for key, shape in KEYS.items()}
 
 
 def batch(size, label=1):
     labels = torch.full((size, SEQ), -100, dtype=torch.long)
     labels[:, -1] = label
     return torch.zeros(size, SEQ, HIDDEN), labels
-
-
-def adapter(value=1.0):
-    return {key: torch.full(shape, value) for key, shape in KEYS.items()}
 
 
 def send(job, worker, label=1):
