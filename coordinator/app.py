@@ -61,7 +61,7 @@ class CoordinatorState:
         # Built now but cheap: it loads models on its first request (most coordinators never generate).
         self.proxy_generator = ProxyGenerator(self)
         # Split jobs live in this process's memory (their top trains every step): coordinator/split/jobs.py.
-        self.split_jobs = SplitJobs(self.blobs)
+        self.split_jobs = SplitJobs(self.blobs, Path(settings.ARTIFACT_CACHE))
         self._artifacts: dict[int, ArtifactInfo] = {}
         self._artifacts_lock = threading.Lock()
 

@@ -110,14 +110,18 @@ class SplitConductor:
 
     # --- the run ------------------------------------------------------------------------------------
 
-    def run(self, max_events: int = 1_000_000) -> SplitRunTrace:
+    def run(self, max_events: int = 1_000_000, stop: Callable[[StepTrace], bool] | None = None) -> SplitRunTrace:
+        """Drive the job to its end, or until ``stop(step trace)`` returns True after a step
+        (a virtual-time budget, for instance)."""
+        self._stop = stop
+        self._stopped = False
         for device in self.devices:
             if device.worker.manifest is None:
                 device.worker.join()
         for _ in range(max_events):
             actions = {d.name: d.worker.client.json("GET", d.worker._path("next")) for d in self.devices}
             kinds = {a["kind"] for a in actions.values()}
-            if kinds == {"done"}:
+            if kinds == {"done"} or self._stopped:
                 return self.trace
             if "download_adapter" in kinds:
                 self._downloads(actions)
@@ -174,6 +178,8 @@ class SplitConductor:
         self.trace.steps.append(trace)
         if self.on_step is not None:
             self.on_step(trace)
+        if self._stop is not None and self._stop(trace):
+            self._stopped = True
 
     def _gradients(self, actions: dict[str, dict]) -> None:
         for name, action in sorted(actions.items()):

@@ -14,7 +14,10 @@ process that does not hold the job gets 404 ``not_found``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 import tempfile
 import threading
 import time
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 CLOCKS = ("wall", "conducted")
 MAX_BATCH_SIZES = 4
 MAX_STEPS = 100_000
+#: Bump when the split programs change shape or content, so cached exports are not reused.
+EXPORT_CACHE_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -149,9 +154,9 @@ class SplitJob:
 class SplitJobs:
     """The split jobs this process holds, prepared in background threads."""
 
-    def __init__(self, blobs, model_cache_dir: Path | None = None):
+    def __init__(self, blobs, export_cache_dir: Path | None = None):
         self.blobs = blobs
-        self.model_cache_dir = model_cache_dir
+        self.export_cache_dir = Path(export_cache_dir) if export_cache_dir is not None else None
         self._jobs: dict[int, SplitJob] = {}
         self._lock = threading.Lock()
 
@@ -181,28 +186,31 @@ class SplitJobs:
 
     def _prepare(self, job: SplitJob) -> None:
         try:
-            job.manifest, job.session = prepare(job.spec, self.blobs, job.clock, self.model_cache_dir)
+            job.manifest, job.session = prepare(job.spec, self.blobs, job.clock, self.export_cache_dir)
             job.status = "running"
         except Exception as exc:                          # reported on the job, never lost in a thread
             log.exception("split job %s failed to prepare", job.job_id)
             job.status, job.error = "failed", f"{type(exc).__name__}: {exc}"
 
 
-def prepare(spec: SplitJobSpec, blobs, clock, model_cache_dir: Path | None = None):
+def prepare(spec: SplitJobSpec, blobs, clock, export_cache_dir: Path | None = None):
     """Compile the bottom per batch size into the blob store; build the top and the session.
-    Returns (manifest, session)."""
+    Returns (manifest, session).
+
+    With ``export_cache_dir`` the compiled programs are kept under a key of everything that
+    shapes them (model, rank, cut, batch, seq, kernels: the LoRA start weights are seeded), so
+    a second job with the same shapes does not compile again."""
     from coordinator.services.heavy_imports import ensure_heavy_imports
 
     ensure_heavy_imports()
     from coordinator.split.session import SplitSession
     from coordinator.split.top import SplitTop
-    from export.split_programs import (BOTTOM_ADAPTER_FILE, BOTTOM_TRAINING_PROGRAM_FILE, FEATURES_PROGRAM_FILE,
-                                       export_split_programs)
+    from export.split_programs import BOTTOM_ADAPTER_FILE, BOTTOM_TRAINING_PROGRAM_FILE, FEATURES_PROGRAM_FILE
     from export.executorch import read_adapter_ptd
     from models.lora import apply_lora, resolve_layout
     from models.registry import load_base_model
 
-    base = load_base_model(spec.model, model_cache_dir)
+    base = load_base_model(spec.model)
     depth = base.config.num_hidden_layers
     if not 1 <= spec.split_layer < depth:
         raise ValueError(f"split_layer must be in [1, {depth - 1}] for {spec.model} ({depth} layers)")
@@ -210,8 +218,8 @@ def prepare(spec: SplitJobSpec, blobs, clock, model_cache_dir: Path | None = Non
     programs, report = {}, None
     with tempfile.TemporaryDirectory(prefix="split-export-") as tmp:
         for size in spec.batch_sizes:
-            out = Path(tmp) / f"b{size}"
-            report = export_split_programs(peft, spec.split_layer, size, spec.seq, out, kernels=spec.kernels)
+            out = _cached_export(peft, spec, size, Path(tmp) / f"b{size}", export_cache_dir)
+            report = json.loads((out / REPORT_FILE).read_text())
             programs[str(size)] = {"features": _ref(blobs.put_file(out / FEATURES_PROGRAM_FILE)),
                                    "train": _ref(blobs.put_file(out / BOTTOM_TRAINING_PROGRAM_FILE))}
         adapter_ref = _ref(blobs.put_file(out / BOTTOM_ADAPTER_FILE))
@@ -226,6 +234,28 @@ def prepare(spec: SplitJobSpec, blobs, clock, model_cache_dir: Path | None = Non
                 "lr": spec.lr, "lora_inputs": report["lora_inputs"], "programs": programs, "adapter": adapter_ref,
                 "kernels": spec.kernels}
     return manifest, session
+
+
+REPORT_FILE = "split_report.json"
+
+
+def _cached_export(peft, spec: SplitJobSpec, size: int, scratch: Path, cache_dir: Path | None) -> Path:
+    """The directory holding the bottom programs for batch ``size`` (compiled now, or cached)."""
+    from export.split_programs import export_split_programs
+
+    key = hashlib.sha256(json.dumps([EXPORT_CACHE_VERSION, spec.model, spec.rank, spec.split_layer, size, spec.seq,
+                                     spec.kernels]).encode()).hexdigest()[:16]
+    target = cache_dir / f"split-{key}" if cache_dir is not None else scratch
+    if (target / REPORT_FILE).is_file():
+        return target
+    building = scratch.with_name(scratch.name + "-build")
+    report = export_split_programs(peft, spec.split_layer, size, spec.seq, building, kernels=spec.kernels)
+    (building / REPORT_FILE).write_text(json.dumps({k: report[k] for k in ("features_shape", "lora_inputs")}))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():                     # a half-written entry from an interrupted run
+        shutil.rmtree(target)
+    shutil.move(str(building), str(target))
+    return target
 
 
 def _ref(blob) -> dict:

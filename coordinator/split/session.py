@@ -29,7 +29,8 @@ size. The clock is injectable: wall time in a deployment, the conductor's virtua
 simulator (``POST .../clock``, admin only), never a device's word.
 
 **Late and missing workers.** A step runs when every planned worker has sent or its deadline
-has passed with at least one; a worker that missed it is dropped from the merged batch, and an
+has passed with at least one (the deadline: ``deadline_factor`` times the step time the plan
+expects from the measured speeds, at most ``step_deadline_s``); a worker that missed it is dropped from the merged batch, and an
 averaging closes at its deadline with whoever sent. A step that nobody sent is abandoned and
 the next one planned.
 """
@@ -48,6 +49,8 @@ from coordinator.split.batch_regulation import Plan, WorkerState, plan_of, regul
 from coordinator.split.step import SplitStep, StepError, StepOutcome
 
 MODES = ("mergesfl", "plain")
+#: The shortest deadline a measured plan gets (a near-zero measurement must not close steps at once).
+MIN_STEP_DEADLINE_S = 1.0
 #: Measurements kept per worker for its speed fit.
 SPEED_WINDOW = 8
 
@@ -115,7 +118,7 @@ class SplitSession:
 
     def __init__(self, top, *, start_adapter: Mapping[str, torch.Tensor], seq: int, hidden: int, vocab_size: int,
                  compiled_sizes: Sequence[int], target_batch: int, steps: int, average_every: int,
-                 step_deadline_s: float, mode: str = "mergesfl", slack: float = 0.2,
+                 step_deadline_s: float, mode: str = "mergesfl", slack: float = 0.2, deadline_factor: float = 3.0,
                  clock: Callable[[], float] = time.monotonic):
         if mode not in MODES:
             raise ValueError(f"unknown split mode {mode!r}; use one of {', '.join(MODES)}")
@@ -128,6 +131,7 @@ class SplitSession:
         self.compiled_sizes = sorted({int(s) for s in compiled_sizes})
         self.target_batch, self.steps, self.average_every = target_batch, steps, average_every
         self.step_deadline_s = step_deadline_s
+        self.deadline_factor = deadline_factor
         self.clock = clock
         self.lock = threading.RLock()
         self.workers: dict[str, WorkerRecord] = {}
@@ -368,7 +372,16 @@ class SplitSession:
         if self.step is not None and self.step.outcome is not None:
             self.previous_step = self.step
         self.step = SplitStep(self.step_numbers, self.plan.batch_sizes, self.seq, self.hidden, self.vocab_size,
-                              self.step_deadline_s, clock=self.clock)
+                              self._step_deadline(), clock=self.clock)
+
+    def _step_deadline(self) -> float:
+        """Seconds a step waits: ``deadline_factor`` times the plan's expected step time once every
+        planned worker has been measured (a worker that vanished costs a few step times, not
+        the job's whole deadline), never more than ``step_deadline_s``."""
+        planned = [name for name, size in self.plan.batch_sizes.items() if size > 0]
+        if self.deadline_factor <= 0 or not all(self.workers[name].samples for name in planned):
+            return self.step_deadline_s
+        return min(self.step_deadline_s, max(self.deadline_factor * self.plan.step_seconds, MIN_STEP_DEADLINE_S))
 
     def _plan(self) -> Plan:
         known = [r.state(1.0).speed for r in self.workers.values() if r.samples]

@@ -66,6 +66,7 @@ def test_lock_step_round_trip_with_averaging():
     job = session(clock=clock, steps=2, average_every=2)
     for worker in ("a", "b"):
         job.join(worker)
+    assert job.next_action("b")["kind"] == "features"      # step 1 opens at 0
     clock.now = 1.0
     first = send(job, "a")
     assert first["batch_size"] == 2            # no measurement yet: the target shared equally
