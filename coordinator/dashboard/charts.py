@@ -88,3 +88,24 @@ def job_charts(detail: JobDetail) -> dict[str, dict]:
     return {"chart-metric-round": metric_by_round(detail), "chart-metric-time": metric_by_time(detail),
             "chart-loss": loss_by_round(detail), "chart-bytes": bytes_by_round(detail),
             "chart-step": device_step_seconds(detail), "chart-flops": device_flop_utilization(detail)}
+
+
+# --- split jobs (coordinator/split): from the running session's step history ---------------------
+
+def split_charts(history, max_devices: int = MAX_DEVICES_CHARTED) -> dict[str, dict]:
+    """A split job's charts: the top's loss and the idle time per step, and each device's batch
+    size per step (0: it sat the step out; what batch-size regulation chose)."""
+    loss = [[r.number, r.loss] for r in history]
+    idle = [[r.number, r.idle_seconds] for r in history]
+    devices = sorted({name for r in history for name in r.planned})[:max_devices]
+    sizes = [{"name": f"device {name}", "points": [[r.number, r.planned.get(name, 0)] for r in history]}
+             for name in devices]
+    return {
+        "chart-split-loss": {"title": "Top loss by step", "xLabel": "step", "yLabel": "loss", "yFormat": "number",
+                             "series": [{"name": "merged-batch loss", "points": loss}]},
+        "chart-split-idle": {"title": "Idle time by step (expected by the plan)", "xLabel": "step",
+                             "yLabel": "seconds", "yFormat": "number",
+                             "series": [{"name": "devices' wait for the slowest", "points": idle}]},
+        "chart-split-batches": {"title": "Batch size per device by step", "xLabel": "step", "yLabel": "examples",
+                                "yFormat": "number", "series": sizes},
+    }

@@ -4,6 +4,8 @@
 - ``/devices``                  the fleet
 - ``/jobs``, ``/jobs/<id>``      jobs; a job's rounds, charts and devices
 - ``/jobs/<id>/rounds/<n>``      one round: tasks, accepted results, rejections with reasons
+- ``/split-jobs``, ``/split-jobs/<id>`` split jobs this process holds: step rate, the merged
+  batch's label mix, batch sizes per device, what the server sees
 - ``/jobs/new`` (admin)          create a job
 - ``/jobs/<id>/pause|resume|cancel`` (admin, POST)
 - ``/login``, ``/logout``
@@ -181,6 +183,27 @@ def round_(job_id: int, number: int):
     if detail is None:
         return _not_found(f"Job {job_id} has no round {number}.")
     return _page("round.html", live=detail.active, detail=detail, job=detail.job, round=detail.round)
+
+
+@bp.get("/split-jobs")
+@login.viewer_required
+def split_jobs():
+    jobs = state().split_jobs.all()
+    return _page("split_jobs.html", live=any(j.status in ("preparing", "running") for j in jobs), jobs=jobs)
+
+
+@bp.get("/split-jobs/<id:job_id>")
+@login.viewer_required
+def split_job(job_id: int):
+    job = state().split_jobs.get(job_id)
+    session = job.session
+    history = list(session.history) if session is not None else []
+    rate = None
+    if len(history) > 1 and history[-1].closed_at > history[0].opened_at:
+        rate = len(history) / (history[-1].closed_at - history[0].opened_at)
+    return _page("split_job.html", live=job.status in ("preparing", "running") and not (session and session.done),
+                 job=job, progress=session.summary() if session is not None else None, history=history[-20:],
+                 step_rate=rate, charts=charts.split_charts(history) if history else {})
 
 
 # --- login -------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import requests
 import torch
 from safetensors.torch import save
 
@@ -96,6 +97,16 @@ def test_a_split_job_runs_to_the_end_over_http(server, tmp_path):
     assert all(torch.equal(first[key], second[key]) for key in first)        # both hold the final average
     start = pairs[0][1]._trainers[pairs[0][1]._active]._start
     assert any(not torch.equal(first[key], start[key]) for key in first)     # and it moved
+
+    # The dashboard shows the job: what the server sees, step rate, label mix, batch sizes per device.
+    page = requests.get(f"{server.base_url}/split-jobs/{job['split_job_id']}", timeout=60)
+    assert page.status_code == 200, page.text[:500]
+    for element in ('id="split-privacy"', 'id="split-step-rate"', 'id="split-label-mix"', 'id="chart-split-batches"',
+                    'id="split-devices"'):
+        assert element in page.text, element
+    assert page.text.count("<tr data-step=") == 4      # (its clock never moved: no step rate yet)
+    listing = requests.get(f"{server.base_url}/split-jobs", timeout=60)
+    assert listing.status_code == 200 and f'data-split-job="{job["split_job_id"]}"' in listing.text
 
 
 def test_bad_split_requests_are_refused_and_change_nothing(server, tmp_path):
@@ -199,4 +210,6 @@ def test_regulated_batch_sizes_cut_idle_time_on_the_virtual_clock(server, tmp_pa
     later = merged.steps[-1]
     assert later.planned.get(slow, 0) < max(later.planned.values())
     assert merged.idle_seconds < plain.idle_seconds
+    page = requests.get(f"{server.base_url}/split-jobs/{merged_job['split_job_id']}", timeout=60)
+    assert page.status_code == 200 and "steps/s" in page.text       # on the conducted (virtual) clock
     assert merged.steps[-1].closed_at < plain.steps[-1].closed_at
