@@ -234,6 +234,7 @@ def test_deeply_nested_json_is_a_400_on_every_json_endpoint(server, cleanup_jobs
                  400, "invalid_json")
     assert_error(device.post("/api/v1/devices/heartbeat", data=deep, headers=headers), 400, "invalid_json")
     assert_error(admin.post("/api/v1/jobs", data=deep, headers=headers), 400, "invalid_json")
+    assert_error(admin.post("/api/v1/split-jobs", data=deep, headers=headers), 400, "invalid_json")
     assert_error(admin.post(f"/api/v1/jobs/{job['job_id']}/generate", data=deep, headers=headers), 400,
                  "invalid_json")
     assert_error(upload(device, task, update, deep), 400, "invalid_json")
