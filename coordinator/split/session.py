@@ -111,6 +111,8 @@ class StepRecord:
     idle_seconds: float
     label_mix: dict[str, float]
     divergence: float
+    bytes_up: int = 0          # the merged workers' features and labels, as received
+    bytes_down: int = 0        # their gradient slices (float32)
 
 
 class SplitSession:
@@ -144,6 +146,7 @@ class SplitSession:
         self.averagings_skipped = 0
         self.step_numbers = 0
         self.previous_step: SplitStep | None = None
+        self._step_bytes_up: dict[str, int] = {}
         self.latest_adapter: dict[str, torch.Tensor] | None = None
         self.history: list[StepRecord] = []
         self.steps_run = 0
@@ -221,6 +224,7 @@ class SplitSession:
             for value in counted.tolist():
                 record.label_counts[str(value)] = record.label_counts.get(str(value), 0.0) + 1.0
             record.bytes_up += size_bytes
+            self._step_bytes_up[worker] = size_bytes
             if step.ready() and not step.past_deadline():
                 self._run_step()
             return {"step": step.number, "accepted": True}
@@ -309,7 +313,7 @@ class SplitSession:
                 "last_step": None if last is None else {
                     "number": last.number, "planned": last.planned, "merged": last.merged, "dropped": last.dropped,
                     "loss": last.loss, "label_mix": last.label_mix, "divergence": last.divergence,
-                    "idle_seconds": last.idle_seconds},
+                    "idle_seconds": last.idle_seconds, "bytes_up": last.bytes_up, "bytes_down": last.bytes_down},
                 "per_worker": {name: {"steps": r.steps, "bytes_up": r.bytes_up, "bytes_down": r.bytes_down,
                                       "speed": r.state(1.0).speed if r.samples else None}
                                for name, r in sorted(self.workers.items())},
@@ -367,6 +371,7 @@ class SplitSession:
 
     def _open_step(self) -> None:
         self.step_numbers += 1
+        self._step_bytes_up = {}
         self.plan = self._plan()
         self.opened_at = self.clock()
         if self.step is not None and self.step.outcome is not None:
@@ -413,7 +418,9 @@ class SplitSession:
             number=step.number, planned=dict(step.batch_sizes), merged=outcome.merged, dropped=outcome.dropped,
             loss=outcome.loss, opened_at=self.opened_at, closed_at=self.clock(),
             idle_seconds=self.plan.idle_seconds if self.plan is not None else 0.0, label_mix=mix,
-            divergence=self.plan.divergence if self.plan is not None else float("nan")))
+            divergence=self.plan.divergence if self.plan is not None else float("nan"),
+            bytes_up=sum(self._step_bytes_up.get(w, 0) for w in outcome.merged),
+            bytes_down=sum(step.batch_sizes[w] * self.seq * self.hidden * 4 for w in outcome.merged)))
 
     def _open_averaging(self) -> None:
         self.averagings_opened += 1

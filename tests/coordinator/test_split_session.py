@@ -73,6 +73,7 @@ def test_lock_step_round_trip_with_averaging():
     assert job.next_action("a") == {"kind": "wait"}
     send(job, "b")
     assert job.top.calls == [4]                 # one merged top step
+    assert job.history[0].bytes_up == 2 * 2 * SEQ * HIDDEN * 4 and job.history[0].bytes_down == 4 * SEQ * HIDDEN * 4
     for worker in ("a", "b"):
         assert job.next_action(worker) == {"kind": "gradient", "step": 1}
         assert torch.equal(job.gradient(worker, 1), torch.ones(2, SEQ, HIDDEN))
