@@ -64,7 +64,9 @@ def parse_args(argv=None):
     parser.add_argument("--target-batch", type=int, default=16, help="the merged batch MergeSFL aims for per step")
     parser.add_argument("--average-every", type=int, default=10, help="steps between averagings of the bottoms")
     parser.add_argument("--split-lr", type=float, default=0.05, help="the devices' SGD rate on the bottom's LoRA")
-    parser.add_argument("--top-lr", type=float, default=0.05, help="the server's SGD rate on the top's LoRA")
+    parser.add_argument("--top-lr", type=float, default=4e-3, help="the server's learning rate on the top's LoRA")
+    parser.add_argument("--top-optimizer", choices=("sgd", "adamw"), default="adamw",
+                        help="the server's optimizer for the top (AdamW, as the FedAvg devices use)")
     parser.add_argument("--step-deadline", type=float, default=120.0, help="a split step's virtual deadline (s)")
     parser.add_argument("--checkpoints", type=int, default=3,
                         help="scored checkpoints of a split run, evenly spaced in virtual time (the last at the budget)")
@@ -125,6 +127,7 @@ def split_run(args, coordinator, evaluator: SplitEvaluator, mode: str, alpha: fl
     import requests
     from safetensors.torch import load
 
+    from federated_accuracy import experiment_tier
     from fleet.data import LocalData
     from fleet.profiles import fleet_profiles
     from fleet.split_cost import ModelShape
@@ -137,7 +140,8 @@ def split_run(args, coordinator, evaluator: SplitEvaluator, mode: str, alpha: fl
     spec = {"model": args.model, "split_layer": args.split_layer, "rank": args.split_rank, "seq": args.split_seq,
             "batch_sizes": args.batch_sizes, "target_batch": args.target_batch, "steps": 100_000,
             "average_every": args.average_every, "step_deadline_s": args.step_deadline, "mode": mode,
-            "lr": args.split_lr, "top_lr": args.top_lr, "clock": "conducted"}
+            "lr": args.split_lr, "top_lr": args.top_lr, "top_optimizer": args.top_optimizer,
+            "loss_positions": experiment_tier(args).get("loss_positions"), "clock": "conducted"}
     job = admin.json("POST", "api/v1/split-jobs", spec)
     job_id = job["split_job_id"]
     while job["status"] == "preparing":
@@ -171,7 +175,8 @@ def split_run(args, coordinator, evaluator: SplitEvaluator, mode: str, alpha: fl
     marks = [budget_s * (i + 1) / args.checkpoints for i in range(args.checkpoints)]
     shape = ModelShape.of(evaluator.base.config)
     conductor = SplitConductor(admin, job_id, devices, shape, split_layer=args.split_layer, seq=args.split_seq,
-                               rank=args.split_rank, seed=seed)
+                               rank=args.split_rank, seed=seed,
+                               loss_positions=experiment_tier(args).get("loss_positions"))
 
     def checkpoint(trace) -> bool:
         while marks and trace.closed_at >= marks[0]:

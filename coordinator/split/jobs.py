@@ -53,6 +53,8 @@ class SplitJobSpec:
     mode: str = "mergesfl"
     lr: float = 0.05
     top_lr: float = 0.05
+    top_optimizer: str = "sgd"
+    loss_positions: int | None = None
     clock: str = "wall"
     kernels: str = "xnnpack"
 
@@ -98,7 +100,10 @@ def parse_split_spec(body: dict) -> SplitJobSpec:
                         target_batch=integer("target_batch", 1, 1024), steps=integer("steps", 1, MAX_STEPS),
                         average_every=integer("average_every", 1, MAX_STEPS),
                         step_deadline_s=number("step_deadline_s", 0, 86_400), mode=choice("mode", MODES),
-                        lr=number("lr", 0, 10), top_lr=number("top_lr", 0, 10), clock=choice("clock", CLOCKS),
+                        lr=number("lr", 0, 10), top_lr=number("top_lr", 0, 10),
+                        top_optimizer=choice("top_optimizer", ("sgd", "adamw")),
+                        loss_positions=None if values.get("loss_positions") is None
+                        else integer("loss_positions", 1, 2048), clock=choice("clock", CLOCKS),
                         kernels=choice("kernels", ("xnnpack", "portable")))
     return spec
 
@@ -225,7 +230,8 @@ def prepare(spec: SplitJobSpec, blobs, clock, export_cache_dir: Path | None = No
         adapter_ref = _ref(blobs.put_file(out / BOTTOM_ADAPTER_FILE))
         adapter = read_adapter_ptd(out / BOTTOM_ADAPTER_FILE)
     hidden = report["features_shape"][-1]
-    top = SplitTop(peft, spec.split_layer, spec.top_lr)
+    top = SplitTop(peft, spec.split_layer, spec.top_lr, optimizer=spec.top_optimizer,
+                   loss_positions=spec.loss_positions)
     session = SplitSession(top, start_adapter=adapter, seq=spec.seq,
                            hidden=hidden, vocab_size=peft.config.vocab_size, compiled_sizes=spec.batch_sizes,
                            target_batch=spec.target_batch, steps=spec.steps, average_every=spec.average_every,

@@ -377,7 +377,8 @@ class SplitSession:
         if self.step is not None and self.step.outcome is not None:
             self.previous_step = self.step
         self.step = SplitStep(self.step_numbers, self.plan.batch_sizes, self.seq, self.hidden, self.vocab_size,
-                              self._step_deadline(), clock=self.clock)
+                              self._step_deadline(), clock=self.clock,
+                              loss_positions=getattr(self.top, "loss_positions", None))
 
     def _step_deadline(self) -> float:
         """Seconds a step waits: ``deadline_factor`` times the plan's expected step time once every

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models.batching import IGNORE_INDEX
+from models.batching import IGNORE_INDEX, check_loss_positions
 
 
 class StepError(Exception):
@@ -50,11 +50,12 @@ class SplitStep:
     """Step ``number`` of a split job, planned as ``batch_sizes`` (worker -> examples)."""
 
     def __init__(self, number: int, batch_sizes: Mapping[str, int], seq: int, hidden: int, vocab_size: int,
-                 deadline_s: float, clock: Callable[[], float] = time.monotonic):
+                 deadline_s: float, clock: Callable[[], float] = time.monotonic, loss_positions: int | None = None):
         if not batch_sizes or any(size < 1 for size in batch_sizes.values()):
             raise ValueError("a step needs at least one worker, each with a batch of at least 1")
         self.number, self.seq, self.hidden, self.vocab_size = number, seq, hidden, vocab_size
         self.batch_sizes = dict(batch_sizes)
+        self.loss_positions = loss_positions
         self._clock = clock
         self.deadline = clock() + deadline_s
         self._features: dict[str, torch.Tensor] = {}
@@ -90,6 +91,10 @@ class SplitStep:
             raise StepError(422, "bad_labels", f"labels must be {IGNORE_INDEX} or token ids in [0, {self.vocab_size})")
         if not bool(labelled[:, 1:].any()):
             raise StepError(422, "bad_labels", "the batch has no labelled position to learn from")
+        try:
+            check_loss_positions(labels, self.loss_positions)
+        except ValueError as error:
+            raise StepError(422, "bad_labels", str(error)) from None
         self._features[worker] = features
         self._labels[worker] = labels.to(torch.int64)
 

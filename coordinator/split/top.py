@@ -23,6 +23,7 @@ class SplitTop:
     def __init__(self, peft_model: torch.nn.Module, split_layer: int, lr: float, *, optimizer: str = "sgd",
                  momentum: float = 0.0, weight_decay: float = 0.0, loss_positions: int | None = None):
         self.program = TopTrainingProgram(peft_model, split_layer, loss_positions)
+        self.loss_positions = loss_positions      # the steps refuse labels with more per row
         layers = len(self.program.causal_lm.get_decoder().layers)
         if not 1 <= split_layer < layers:
             raise ValueError(f"split_layer must be in [1, {layers - 1}], got {split_layer}")

@@ -123,3 +123,17 @@ def test_the_real_top_gives_each_worker_the_gradient_of_its_rows():
                                                torch.cat([sent["a"][1], sent["b"][1]]))
     torch.testing.assert_close(s.gradient_for("a"), whole[:1])
     torch.testing.assert_close(s.gradient_for("b"), whole[1:])
+
+
+def test_labels_with_more_labelled_positions_than_the_top_scores_are_refused():
+    s = SplitStep(1, {"a": 2}, SEQ, HIDDEN, VOCAB, deadline_s=10.0, clock=Clock(), loss_positions=1)
+    two_labelled = torch.full((2, SEQ), -100)
+    two_labelled[:, -2:] = 5
+    with pytest.raises(StepError) as refused:
+        s.submit("a", features(2), two_labelled)
+    assert refused.value.code == "bad_labels" and "loss_positions=1" in refused.value.message
+    assert not s.submitted("a")
+    one_labelled = torch.full((2, SEQ), -100)
+    one_labelled[:, -1] = 5
+    s.submit("a", features(2), one_labelled)
+    assert s.ready()
