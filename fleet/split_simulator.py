@@ -13,7 +13,8 @@ exactly the workers the virtual clock makes late.
 Per step:
 
 1. every device asks what to do; those planned compute their features (host), each with a
-   virtual arrival time ``max(free, now) + forward + upload``; a seeded draw per device and
+   virtual arrival time ``max(free, now) + forward + upload`` (plus, the first time a device
+   uses a batch size, the download of that size's programs); a seeded draw per device and
    step decides whether it drops out this step (it never sends);
 2. the features are delivered in arrival order up to the step's deadline; if a planned device
    is missing, the clock moves past the deadline and the step runs without it;
@@ -149,9 +150,12 @@ class SplitConductor:
             device = self._by_name[name]
             if self._drops(device, step):
                 continue
+            fetched_before = device.worker.report.bytes_down
             body = device.worker.prepare_features(step, action["batch_size"])
-            arrival = max(device.free_at, self.now) + self._compute_s(device, self._forward_flops(action["batch_size"])) \
-                + self._transfer_s(device, len(body))
+            # A batch size used for the first time costs its programs' download (one-off).
+            programs = device.worker.report.bytes_down - fetched_before
+            arrival = max(device.free_at, self.now) + (self._transfer_s(device, programs) if programs else 0.0) \
+                + self._compute_s(device, self._forward_flops(action["batch_size"])) + self._transfer_s(device, len(body))
             arrivals.append((arrival, name, body))
         arrivals.sort()
         sent = []

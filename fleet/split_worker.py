@@ -165,7 +165,11 @@ class SplitWorker:
         return torch.stack([ids for ids, _ in rows]), torch.stack([labels for _, labels in rows])
 
     def _trainer(self, size: int) -> SplitBottomTrainer:
-        """The runtime module for ``size``, holding the device's current LoRA weights."""
+        """The runtime module for ``size``, holding the device's current LoRA weights.
+
+        Only one size's programs are loaded at a time (each carries the frozen bottom, the
+        embedding table included): switching sizes moves the LoRA weights over and unloads the
+        previous module, so a device's memory is one size's, whatever the plan asks."""
         if size not in self._trainers:
             files = self.manifest["programs"][str(size)]
             directory = self.cache_dir / f"b{size}"
@@ -177,6 +181,7 @@ class SplitWorker:
         trainer = self._trainers[size]
         if self._active is not None and self._active != size:
             trainer.load_adapter(self._trainers[self._active].adapter_tensors())
+            del self._trainers[self._active]
         self._active = size
         return trainer
 
