@@ -51,6 +51,9 @@ from coordinator.split.step import SplitStep, StepError, StepOutcome
 MODES = ("mergesfl", "plain")
 #: The shortest deadline a measured plan gets (a near-zero measurement must not close steps at once).
 MIN_STEP_DEADLINE_S = 1.0
+#: Labels a worker's histogram keeps (the rest pooled under OTHER_LABELS); see _bounded.
+MAX_LABELS = 64
+OTHER_LABELS = "other"
 #: Measurements kept per worker for its speed fit.
 SPEED_WINDOW = 8
 
@@ -113,6 +116,19 @@ class StepRecord:
     divergence: float
     bytes_up: int = 0          # the merged workers' features and labels, as received
     bytes_down: int = 0        # their gradient slices (float32)
+
+
+def _bounded(counts: dict[str, float]) -> dict[str, float]:
+    """At most :data:`MAX_LABELS` labels: the most frequent, the rest pooled as ``"other"``.
+    A classification task has a handful of labels; a language-modelling task's labels are the
+    vocabulary, and regulation's divergence over tens of thousands of classes per trial plan
+    would cost more than the step it plans."""
+    if len(counts) <= MAX_LABELS:
+        return counts
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    kept = dict(ranked[:MAX_LABELS - 1])
+    kept[OTHER_LABELS] = kept.get(OTHER_LABELS, 0.0) + sum(v for _, v in ranked[MAX_LABELS - 1:])
+    return kept
 
 
 class SplitSession:
@@ -220,9 +236,10 @@ class SplitSession:
             now = self.clock()
             began = max(self.opened_at, record.ready_since if record.ready_since is not None else self.opened_at)
             record.samples.append((step.batch_sizes[worker], max(now - began, 1e-6)))
-            counted = labels[:, 1:][labels[:, 1:] >= 0]
-            for value in counted.tolist():
-                record.label_counts[str(value)] = record.label_counts.get(str(value), 0.0) + 1.0
+            values, counts = torch.unique(labels[:, 1:][labels[:, 1:] >= 0], return_counts=True)
+            for value, count in zip(values.tolist(), counts.tolist()):
+                record.label_counts[str(value)] = record.label_counts.get(str(value), 0.0) + count
+            record.label_counts = _bounded(record.label_counts)
             record.bytes_up += size_bytes
             self._step_bytes_up[worker] = size_bytes
             if step.ready() and not step.past_deadline():

@@ -191,3 +191,18 @@ def test_a_step_nobody_sent_is_abandoned_and_the_next_one_planned():
     second = job.next_action("a")
     assert second["kind"] == "features" and second["step"] == first["step"] + 1
     assert job.steps_run == 0
+
+
+def test_a_language_modelling_task_keeps_a_bounded_label_histogram():
+    from coordinator.split.session import MAX_LABELS, OTHER_LABELS, SplitSession
+
+    job = SplitSession(FakeTop(), start_adapter=adapter(0.0), seq=SEQ, hidden=HIDDEN, vocab_size=1000,
+                       compiled_sizes=(32,), target_batch=32, steps=1, average_every=1, step_deadline_s=10.0,
+                       clock=Clock())
+    job.join("a")
+    action = job.next_action("a")
+    labels = torch.arange(32 * SEQ).reshape(32, SEQ) * 7 % 1000          # many distinct token ids
+    job.submit_features("a", action["step"], torch.zeros(32, SEQ, HIDDEN), labels, 0)
+    counts = job.workers["a"].label_counts
+    assert len(counts) == MAX_LABELS and OTHER_LABELS in counts
+    assert sum(counts.values()) == 32 * (SEQ - 1)
