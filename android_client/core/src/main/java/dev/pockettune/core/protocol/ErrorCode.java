@@ -18,6 +18,15 @@ public enum ErrorCode {
     LATE("late", 409),
     ALREADY_SUBMITTED("already_submitted", 409),
     JOB_NOT_RUNNING("job_not_running", 409),
+    // split jobs (the client does not run them yet; listed so that it recognizes them)
+    NOT_JOINED("not_joined", 403),
+    NOT_IN_STEP("not_in_step", 403),
+    NOT_IN_AVERAGING("not_in_averaging", 403),
+    STEP_CLOSED("step_closed", 409),
+    STEP_NOT_READY("step_not_ready", 409),
+    NO_SUCH_STEP("no_such_step", 409),
+    NO_SUCH_AVERAGING("no_such_averaging", 409),
+    DROPPED("dropped", 409),
     PRECONDITION_FAILED("precondition_failed", 412),
     PAYLOAD_TOO_LARGE("payload_too_large", 413),
     UPDATE_TOO_LARGE("update_too_large", 413),
@@ -28,6 +37,9 @@ public enum ErrorCode {
     TENSOR_DTYPE("tensor_dtype", 422),
     NON_FINITE("non_finite", 422),
     NORM_EXCEEDED("norm_exceeded", 422),
+    BAD_FEATURES("bad_features", 422),
+    BAD_LABELS("bad_labels", 422),
+    BAD_ADAPTER("bad_adapter", 422),
     INTERNAL_ERROR("internal_error", 500),
     UNAVAILABLE("unavailable", 503);
 
