@@ -72,6 +72,12 @@ def parse_args(argv=None):
                         help="scored checkpoints of a split run, evenly spaced in virtual time (the last at the budget)")
     parser.add_argument("--examples-per-device", type=int, default=64,
                         help="examples of its shard a split device cycles through (the first N, shuffled by seed)")
+    parser.add_argument("--clock", choices=("steady", "virtual"), default="steady",
+                        help="steady (default): one-off artifact downloads left out of every arm's clock (the split "
+                             "devices fetch their programs before it starts; FedAvg's steady clock); virtual: included")
+    parser.add_argument("--max-split-steps", type=int, default=None,
+                        help="stop a split run after this many steps even before the virtual budget (host time: "
+                             "every step is a forward and backward of the top on this machine)")
     parser.add_argument("--skip-memory", action="store_true", help="do not run bench/split_memory.py")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "mergesfl")
     parser.add_argument("--run-root", type=Path, default=Path("runs") / "mergesfl")
@@ -171,17 +177,23 @@ def split_run(args, coordinator, evaluator: SplitEvaluator, mode: str, alpha: fl
         response.raise_for_status()
         return load(response.content)
 
-    points = [{"virtual_s": 0.0, **_scored(evaluator.score(fetch_adapter()))}]
+    points = [{"clock_s": 0.0, **_scored(evaluator.score(fetch_adapter()))}]
     marks = [budget_s * (i + 1) / args.checkpoints for i in range(args.checkpoints)]
     shape = ModelShape.of(evaluator.base.config)
     conductor = SplitConductor(admin, job_id, devices, shape, split_layer=args.split_layer, seq=args.split_seq,
                                rank=args.split_rank, seed=seed,
-                               loss_positions=experiment_tier(args).get("loss_positions"))
+                               loss_positions=experiment_tier(args).get("loss_positions"),
+                               prefetch=args.clock == "steady")
+    if args.max_split_steps:                  # checkpoints by step count when the host budget binds first
+        marks = [budget_s * (i + 1) / args.checkpoints for i in range(args.checkpoints)]
 
     def checkpoint(trace) -> bool:
-        while marks and trace.closed_at >= marks[0]:
+        last_step = args.max_split_steps is not None and len(conductor.trace.steps) >= args.max_split_steps
+        while marks and (trace.closed_at >= marks[0] or last_step):
             marks.pop(0)
-            points.append({"virtual_s": trace.closed_at, "step": trace.step, **_scored(evaluator.score(fetch_adapter()))})
+            points.append({"clock_s": trace.closed_at, "step": trace.step, **_scored(evaluator.score(fetch_adapter()))})
+            if last_step:
+                marks.clear()
         return not marks
 
     conductor.run(stop=checkpoint)
@@ -218,9 +230,12 @@ def fedavg_run(args, coordinator, alpha: float, seed: int, workdir: Path) -> dic
     report = federated_run(args, coordinator, f"dirichlet:{alpha:g}", seed, workdir)
     points = curve(report)
     devices_rounds = max(1, args.devices) * max(1, len(report["rounds"]))
+    clock = "steady_s" if args.clock == "steady" else "virtual_s"
+    for point in points:
+        point["clock_s"] = point[clock]
     return {"mode": "fedavg", "alpha": alpha, "seed": seed, "curve": points,
             "bytes_per_device_round": (points[-1]["bytes_up"] + points[-1]["bytes_down"]) / devices_rounds,
-            "budget_s": points[-1]["virtual_s"]}
+            "budget_s": points[-1][clock]}
 
 
 # --- summary ---------------------------------------------------------------------------------------------
@@ -246,8 +261,10 @@ def summarize(runs: list[dict], args, memory: dict | None) -> dict:
                         if run["bytes_per_device"] else None
                 per_seed.append({"seed": run["seed"], "final_accuracy": run["curve"][-1]["accuracy"],
                                  "final_ci95": run["curve"][-1]["ci95"], "target": target,
-                                 "time_to_target_s": hit["virtual_s"] if hit else None,
-                                 "virtual_s": run["curve"][-1]["virtual_s"], "bytes_per_device_round": per_round,
+                                 "time_to_target_s": hit["clock_s"] if hit else None,
+                                 "clock_s": run["curve"][-1]["clock_s"], "bytes_per_device_round": per_round,
+                                 "fedavg_accuracy_at_same_time": _accuracy_at(fedavg[run["seed"]]["curve"],
+                                                                              run["curve"][-1]["clock_s"]),
                                  "idle_seconds_per_step": run.get("idle_seconds_per_step"),
                                  "steps": run.get("steps"), "batch_sizes_by_profile": run.get("batch_sizes_by_profile")})
             finals = [s["final_accuracy"] for s in per_seed]
@@ -260,9 +277,21 @@ def summarize(runs: list[dict], args, memory: dict | None) -> dict:
                 "device_peak_rss_mib": peak.get("fedavg" if mode == "fedavg" else "split"),
                 "bytes_per_device_round": _median([s["bytes_per_device_round"] for s in per_seed]),
                 "idle_seconds_per_step": _median([s["idle_seconds_per_step"] for s in per_seed]),
+                "fedavg_accuracy_at_same_time": _mean([s["fedavg_accuracy_at_same_time"] for s in per_seed]),
                 "per_seed": per_seed}
         summary["alphas"][f"{alpha:g}"] = arms
     return summary
+
+
+def _accuracy_at(curve: list[dict], moment: float) -> float | None:
+    """A run's accuracy at ``moment`` on the clock: its last scored point at or before it."""
+    scored = [p for p in curve if p["accuracy"] is not None and p["clock_s"] <= moment + 1e-9]
+    return scored[-1]["accuracy"] if scored else None
+
+
+def _mean(values):
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if len(known) == len(values) and known else None
 
 
 def _median(values):
@@ -280,14 +309,16 @@ def _peak_memory(memory: dict | None, split_layer: int) -> dict:
 
 
 def table(summary: dict) -> str:
-    lines = ["| alpha | arm | final accuracy (95% CI over seeds) | time to target (s) | idle s/step | "
-             "bytes/device/round | device peak RSS (MiB) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| alpha | arm | final accuracy (95% CI over seeds) | FedAvg-LoRA at the same time | time to target (s) | "
+             "idle s/step | bytes/device/round | device peak RSS (MiB) |", "|---|---|---|---|---|---|---|---|"]
     for alpha, arms in summary["alphas"].items():
         for mode, arm in arms.items():
             interval = arm["ci95"]
             accuracy = "-" if arm["final_accuracy"] is None else f"{100 * arm['final_accuracy']:.1f}%" + (
                 f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "")
-            cells = [alpha, mode, accuracy, _fmt(arm["time_to_target_s"], "{:.0f}"),
+            same_time = arm["fedavg_accuracy_at_same_time"]
+            cells = [alpha, mode, accuracy, "-" if same_time is None else f"{100 * same_time:.1f}%",
+                     _fmt(arm["time_to_target_s"], "{:.0f}"),
                      _fmt(arm["idle_seconds_per_step"], "{:.2f}"), _fmt(arm["bytes_per_device_round"], "{:,.0f}"),
                      _fmt(arm["device_peak_rss_mib"], "{:.0f}")]
             lines.append("| " + " | ".join(cells) + " |")
@@ -309,12 +340,12 @@ def plot(runs: list[dict], args, out: Path) -> list[Path]:
     for axis, alpha in zip(axes[0], args.alphas):
         for mode in args.arms:
             for i, run in enumerate(r for r in runs if r["alpha"] == alpha and r["mode"] == mode):
-                xs = [p["virtual_s"] / 60 for p in run["curve"] if p["accuracy"] is not None]
+                xs = [p["clock_s"] / 60 for p in run["curve"] if p["accuracy"] is not None]
                 ys = [100 * p["accuracy"] for p in run["curve"] if p["accuracy"] is not None]
                 axis.plot(xs, ys, marker="o", color={"fedavg": "C0", "mergesfl": "C1", "plain": "C2"}[mode],
                           alpha=0.8, label=mode if i == 0 else None)
         axis.set_title(f"Dirichlet({alpha:g})")
-        axis.set_xlabel("virtual time (min)")
+        axis.set_xlabel(f"{args.clock} clock (virtual min)")
         axis.set_ylabel("held-out accuracy (%)")
         axis.legend()
     fig.tight_layout()
@@ -363,7 +394,7 @@ def main(argv=None) -> int:
                     run["wall_seconds"] = time.monotonic() - t0
                     results["runs"].append(run)
                     print(f"{mode}, Dirichlet({alpha:g}), seed {seed}: {100 * run['curve'][-1]['accuracy']:.1f}% after "
-                          f"{run['steps']} steps, {run['curve'][-1]['virtual_s']:.0f} virtual s "
+                          f"{run['steps']} steps, {run['curve'][-1]['clock_s']:.0f} s on the {args.clock} clock "
                           f"(FedAvg-LoRA {100 * base['curve'][-1]['accuracy']:.1f}%)", flush=True)
                 (args.out / "results.json").write_text(json.dumps(results, indent=1))
     summary = summarize(results["runs"], args, memory)

@@ -23,6 +23,11 @@ Per step:
 4. every ``average_every`` steps the devices upload their bottoms (in arrival order) and
    download the average.
 
+With ``prefetch`` every device downloads all its programs before the clock starts: the
+*steady* clock, as for a fleet that fetched its artifacts ahead of time (the FedAvg benches
+report the same clock without one-off downloads). Without it a size's first use pays its
+download on the virtual clock.
+
 The record per step: virtual open and close times, the loss, the merged batch and its label
 mix, each device's planned size, and the idle time (each merged device's wait for the last one).
 """
@@ -69,6 +74,7 @@ class StepTrace:
 class SplitRunTrace:
     steps: list[StepTrace] = field(default_factory=list)
     averagings: list[float] = field(default_factory=list)       # virtual time each finished
+    prefetched_bytes: int = 0                                    # programs fetched before the clock started
 
     @property
     def idle_seconds(self) -> float:
@@ -80,10 +86,12 @@ class SplitConductor:
 
     def __init__(self, admin: CoordinatorClient, job_id: int, devices: list[SplitDevice], shape: ModelShape, *,
                  split_layer: int, seq: int, rank: int, kind: str = "executorch-xnnpack-fp32", seed: int = 0,
-                 loss_positions: int | None = None, on_step: Callable[[StepTrace], None] | None = None):
+                 loss_positions: int | None = None, on_step: Callable[[StepTrace], None] | None = None,
+                 prefetch: bool = False):
         self.admin, self.job_id, self.devices = admin, job_id, devices
         self.shape, self.split_layer, self.seq, self.rank = shape, split_layer, seq, rank
         self.kind, self.seed, self.loss_positions, self.on_step = kind, seed, loss_positions, on_step
+        self.prefetch = prefetch
         self.now = 0.0
         self.trace = SplitRunTrace()
         self._by_name = {d.name: d for d in devices}
@@ -119,6 +127,8 @@ class SplitConductor:
         for device in self.devices:
             if device.worker.manifest is None:
                 device.worker.join()
+            if self.prefetch:
+                self.trace.prefetched_bytes += device.worker.prefetch()
         for _ in range(max_events):
             actions = {d.name: d.worker.client.json("GET", d.worker._path("next")) for d in self.devices}
             kinds = {a["kind"] for a in actions.values()}

@@ -164,6 +164,23 @@ class SplitWorker:
         self._next_example = (self._next_example + size) % len(self.examples)
         return torch.stack([ids for ids, _ in rows]), torch.stack([labels for _, labels in rows])
 
+    def prefetch(self) -> int:
+        """Download every batch size's programs now (without loading them); returns the bytes
+        fetched. A device that fetched its artifacts ahead of time, as the steady clock assumes."""
+        fetched = 0
+        for size in self.manifest["programs"]:
+            fetched += self._download(int(size))
+        self.report.bytes_down += fetched
+        return fetched
+
+    def _download(self, size: int) -> int:
+        files = self.manifest["programs"][str(size)]
+        directory = self.cache_dir / f"b{size}"
+        return sum(self.client.download(ref["url"], ref["sha256"], directory / name)
+                   for name, ref in ((FEATURES_PROGRAM_FILE, files["features"]),
+                                     (BOTTOM_TRAINING_PROGRAM_FILE, files["train"]),
+                                     (BOTTOM_ADAPTER_FILE, self.manifest["adapter"])))
+
     def _trainer(self, size: int) -> SplitBottomTrainer:
         """The runtime module for ``size``, holding the device's current LoRA weights.
 
@@ -171,13 +188,9 @@ class SplitWorker:
         embedding table included): switching sizes moves the LoRA weights over and unloads the
         previous module, so a device's memory is one size's, whatever the plan asks."""
         if size not in self._trainers:
-            files = self.manifest["programs"][str(size)]
-            directory = self.cache_dir / f"b{size}"
-            for name, ref in ((FEATURES_PROGRAM_FILE, files["features"]),
-                              (BOTTOM_TRAINING_PROGRAM_FILE, files["train"]),
-                              (BOTTOM_ADAPTER_FILE, self.manifest["adapter"])):
-                self.report.bytes_down += self.client.download(ref["url"], ref["sha256"], directory / name)
-            self._trainers[size] = SplitBottomTrainer(directory, self.manifest["lora_inputs"], lr=self.manifest["lr"])
+            self.report.bytes_down += self._download(size)
+            self._trainers[size] = SplitBottomTrainer(self.cache_dir / f"b{size}", self.manifest["lora_inputs"],
+                                                      lr=self.manifest["lr"])
         trainer = self._trainers[size]
         if self._active is not None and self._active != size:
             trainer.load_adapter(self._trainers[self._active].adapter_tensors())
