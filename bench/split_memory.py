@@ -1,7 +1,7 @@
 """A split-learning device's peak memory against a FedAvg-LoRA device's, on the same model, in one run.
 
 A split device (MergeSFL) runs only the bottom of the model: the embeddings and the layers
-below the cut, with their LoRA (``bottom_features.pte`` and ``bottom_train.pte``,
+below the cut, with their LoRA (``bottom.pte``: its features and training methods,
 ``export/split_programs.py``), driven by ``fleet/split_bottom.py``. A FedAvg-LoRA device runs
 the whole model's training program: the tier every federated bench trains
 (``bench/federated_accuracy.py``'s ``EXPERIMENT_TIER``: LoRA r8 on q/v of the last 4 layers,

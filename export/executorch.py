@@ -120,6 +120,19 @@ def compile_program(module: torch.nn.Module, inputs: tuple, *, train: bool, kern
     The report says what the graph passes changed, how many XNNPACK delegate calls the
     program makes and, for training programs, which frozen weights the backward multiplies by.
     """
+    program, reports = compile_methods({"forward": (module, inputs, train)}, kernels=kernels, timed=timed,
+                                       stage_prefix=stage_prefix)
+    return program, reports["forward"]
+
+
+def compile_methods(methods: dict, *, kernels: str, timed: _StageTimer, stage_prefix: str = ""):
+    """Several methods -> one ExecuTorch program and a report per method.
+
+    ``methods`` maps a method name to ``(module, inputs, train)``. The methods of one program
+    share its constant data: a frozen weight two methods use is stored (and loaded) once, which
+    is why a split device's features and training methods live in one program (the bottom's
+    embedding table alone is 113 MB for SmolLM2). At most one method may be a training method.
+    """
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge, to_edge_transform_and_lower
     from torch.export import export
     from torch.export.experimental import _export_forward_backward
@@ -127,37 +140,48 @@ def compile_program(module: torch.nn.Module, inputs: tuple, *, train: bool, kern
 
     if kernels not in KERNELS:
         raise ValueError(f"unknown kernels {kernels!r}; use one of {', '.join(KERNELS)}")
-    # The math SDPA kernel decomposes into ops the runtime has, with a differentiable backward.
-    with sdpa_kernel([SDPBackend.MATH]):
-        program = timed(stage_prefix + "export", lambda: export(module, inputs, strict=False))
-        if train:
-            program = timed(stage_prefix + "forward_backward", lambda: _export_forward_backward(program))
-        else:
-            # The same core-ATen decomposition the joint graph gets, so the passes below see the
-            # same ops (and views of transposed attention outputs become explicit copies).
-            program = timed(stage_prefix + "export", lambda: program.run_decompositions())
-    report = {"empty_permuted_rewritten": replace_empty_permuted(program)}
+    if sum(1 for _, _, train in methods.values() if train) > 1:
+        raise ValueError("one program holds at most one training method")
+    exported, reports = {}, {}
+    for name, (module, inputs, train) in methods.items():
+        prefix = stage_prefix if len(methods) == 1 else f"{stage_prefix}{name}_"
+        # The math SDPA kernel decomposes into ops the runtime has, with a differentiable backward.
+        with sdpa_kernel([SDPBackend.MATH]):
+            program = timed(prefix + "export", lambda: export(module, inputs, strict=False))
+            if train:
+                program = timed(prefix + "forward_backward", lambda: _export_forward_backward(program))
+            else:
+                # The same core-ATen decomposition the joint graph gets, so the passes below see the
+                # same ops (and views of transposed attention outputs become explicit copies).
+                program = timed(prefix + "export", lambda: program.run_decompositions())
+        report = {"empty_permuted_rewritten": replace_empty_permuted(program)}
+        if kernels == "xnnpack":
+            report["double_transposes_folded"] = fold_frozen_double_transposes(program)
+            report["frozen_matmuls_to_linear"] = frozen_matmuls_to_linear(program)
+            if train:
+                report["backward_frozen_weights"] = backward_weight_use(program)
+        exported[name], reports[name] = program, report
     compile_config = EdgeCompileConfig(_check_ir_validity=False)
     if kernels == "xnnpack":
         from export.xnnpack import FrozenWeightsXnnpackPartitioner
 
-        report["double_transposes_folded"] = fold_frozen_double_transposes(program)
-        report["frozen_matmuls_to_linear"] = frozen_matmuls_to_linear(program)
-        if train:
-            report["backward_frozen_weights"] = backward_weight_use(program)
         edge = timed(stage_prefix + "lower", lambda: to_edge_transform_and_lower(
-            program, partitioner=[FrozenWeightsXnnpackPartitioner()], compile_config=compile_config))
+            exported, partitioner=[FrozenWeightsXnnpackPartitioner()], compile_config=compile_config))
     else:
-        edge = timed(stage_prefix + "lower", lambda: to_edge(program, compile_config=compile_config))
-    graph = edge.exported_program().graph
-    report["delegate_calls"] = sum(1 for n in graph.nodes if n.op == "call_function"
-                                   and getattr(n.target, "__name__", "") == "executorch_call_delegate")
-    report["portable_ops"] = sum(1 for n in graph.nodes if n.op == "call_function"
-                                 and getattr(n.target, "__name__", "") not in ("executorch_call_delegate", "getitem"))
+        edge = timed(stage_prefix + "lower", lambda: to_edge(exported, compile_config=compile_config))
+    for name, report in reports.items():
+        graph = edge.exported_program(name).graph
+        report["delegate_calls"] = sum(1 for n in graph.nodes if n.op == "call_function"
+                                       and getattr(n.target, "__name__", "") == "executorch_call_delegate")
+        report["portable_ops"] = sum(1 for n in graph.nodes if n.op == "call_function"
+                                     and getattr(n.target, "__name__", "") not in ("executorch_call_delegate", "getitem"))
+    train = any(train for _, _, train in methods.values())
     executorch_program = timed(stage_prefix + "to_executorch", lambda: edge.to_executorch(
         ExecutorchBackendConfig(external_mutable_weights=train)))
-    report["planned_memory_bytes"] = int(sum(executorch_program.executorch_program.execution_plan[0].non_const_buffer_sizes))
-    return executorch_program, report
+    plans = {plan.name: plan for plan in executorch_program.executorch_program.execution_plan}
+    for name, report in reports.items():
+        report["planned_memory_bytes"] = int(sum(plans[name].non_const_buffer_sizes))
+    return executorch_program, reports
 
 
 def prefix_program_key(prefix: PrefixProgram, batch: int, seq: int, kernels: str) -> str:

@@ -4,13 +4,17 @@ MergeSFL-style split learning cuts the decoder below layer ``split_layer``: the 
 embeddings and layers ``0..split_layer-1`` with their LoRA, the server the rest
 (:mod:`coordinator.split.top`). Each step the device computes the cut-layer features, sends them,
 receives the gradient of the loss with respect to them, and backpropagates that gradient into
-its LoRA weights. Two ExecuTorch programs do the device's part
+its LoRA weights. One ExecuTorch program, ``bottom.pte``, does the device's part with two methods
 (:mod:`export.program_modules`):
 
-- ``bottom_features.pte``: ``forward(ids, *lora) -> features``, the LoRA weights passed in (the
-  order is the manifest's ``split.lora_inputs``), so the device's current weights are used;
-- ``bottom_train.pte``: ``forward(ids, grad) -> sum(features * grad)`` with its backward; the
-  trainable weights load from ``bottom_lora.ptd`` and the runtime returns their gradients.
+- ``features(ids, *lora) -> features``, the LoRA weights passed in (the order is the report's
+  ``lora_inputs``), so the device's current weights are used;
+- ``forward(ids, grad) -> sum(features * grad)`` with its backward; the trainable weights load
+  from ``bottom_lora.ptd`` and the runtime returns their gradients.
+
+Both methods read the same frozen weights (the embedding table and the bottom's layers): in one
+program those are stored and loaded once, where two programs carried a copy each (for SmolLM2
+the embedding table alone is 113 MB).
 
 The features are recomputed in the training program's forward (2 forward and 1 backward pass of
 the bottom per step): a joint graph keeps no activations between calls, and the bottom is the
@@ -23,15 +27,16 @@ from pathlib import Path
 
 import torch
 
-from export.executorch import (ExportStageCallback, _StageTimer, compile_program, example_inputs,
-                               write_adapter_ptd)
+from export.executorch import ExportStageCallback, _StageTimer, compile_methods, example_inputs, write_adapter_ptd
 from export.program_modules import (WRAPPED_MODEL_ATTRIBUTE, BottomFeaturesProgram, BottomTrainingProgram,
                                     bottom_lora_names, causal_lm_of)
 from models.adapter_codec import peft_key
 
-FEATURES_PROGRAM_FILE = "bottom_features.pte"
-BOTTOM_TRAINING_PROGRAM_FILE = "bottom_train.pte"
+BOTTOM_PROGRAM_FILE = "bottom.pte"
 BOTTOM_ADAPTER_FILE = "bottom_lora.ptd"
+#: The bottom program's methods: the features, and the training step with its backward.
+FEATURES_METHOD = "features"
+TRAINING_METHOD = "forward"
 
 
 def check_split_layer(peft_model: torch.nn.Module, split_layer: int) -> list[str]:
@@ -58,12 +63,12 @@ def bottom_adapter_keys(peft_model: torch.nn.Module, lora_names: list[str]) -> l
 
 def export_split_programs(peft_model: torch.nn.Module, split_layer: int, batch: int, seq: int, out_dir: Path, *,
                           kernels: str = "xnnpack", on_stage: ExportStageCallback | None = None) -> dict:
-    """Write ``bottom_features.pte``, ``bottom_train.pte`` and ``bottom_lora.ptd`` for the layers of
-    ``peft_model`` below ``split_layer`` into ``out_dir``.
+    """Write ``bottom.pte`` and ``bottom_lora.ptd`` for the layers of ``peft_model`` below
+    ``split_layer`` into ``out_dir``.
 
-    Returns a report: each stage's time, the lowering reports of both programs, the features'
+    Returns a report: each stage's time, the lowering reports of both methods, the features'
     shape and ``lora_inputs``, the PEFT keys of the LoRA tensors in the order the features
-    program takes them.
+    method takes them.
     """
     out_dir = Path(out_dir)
     names = check_split_layer(peft_model, split_layer)
@@ -73,24 +78,22 @@ def export_split_programs(peft_model: torch.nn.Module, split_layer: int, batch: 
     relative = dict(causal_lm_of(peft_model).get_decoder().named_parameters())
     lora = tuple(relative[name].detach().clone() for name in names)
     features_program = BottomFeaturesProgram(peft_model, split_layer, names)
-    with features_program.cut():
-        features = features_program(ids, *lora).detach()
-        compiled_features, features_report = compile_program(features_program, (ids, *lora), train=False,
-                                                             kernels=kernels, timed=timed, stage_prefix="features_")
     training_program = BottomTrainingProgram(peft_model, split_layer)
-    with training_program.cut():
-        compiled_training, training_report = compile_program(training_program, (ids, torch.ones_like(features)),
-                                                             train=True, kernels=kernels, timed=timed)
+    # Both cuts keep the same layers (those below the cut), so one cut() serves both exports.
+    with features_program.cut(), training_program.cut():
+        features = features_program(ids, *lora).detach()
+        compiled, reports = compile_methods(
+            {FEATURES_METHOD: (features_program, (ids, *lora), False),
+             TRAINING_METHOD: (training_program, (ids, torch.ones_like(features)), True)},
+            kernels=kernels, timed=timed)
 
     def write():
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name, program in ((FEATURES_PROGRAM_FILE, compiled_features),
-                              (BOTTOM_TRAINING_PROGRAM_FILE, compiled_training)):
-            with open(out_dir / name, "wb") as f:
-                program.write_to_file(f)
+        with open(out_dir / BOTTOM_PROGRAM_FILE, "wb") as f:
+            compiled.write_to_file(f)
         write_adapter_ptd(dict(zip(keys, lora)), out_dir / BOTTOM_ADAPTER_FILE)
 
     timed("write", write)
     return {"stage_seconds": timed.seconds, "kernels": kernels, "split_layer": split_layer,
             "features_shape": list(features.shape), "lora_inputs": keys,
-            "features_program": features_report, "training_program": training_report}
+            "features_program": reports[FEATURES_METHOD], "training_program": reports[TRAINING_METHOD]}

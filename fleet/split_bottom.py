@@ -1,10 +1,10 @@
 """The device's half of a split-learning step, on the ExecuTorch runtime (Python bindings).
 
-Per step (:mod:`export.split_programs` says which programs and why): :meth:`SplitBottomTrainer.features`
-runs ``bottom_features.pte`` with the current LoRA weights and returns the cut-layer features the
-device sends to the server; :meth:`SplitBottomTrainer.backward` takes the server's gradient of
-the loss with respect to those features, runs ``bottom_train.pte`` forward and backward on the
-same ids, and steps SGD on the bottom's LoRA weights in place. The same runtime and files the
+Per step (:mod:`export.split_programs` says which program and why): :meth:`SplitBottomTrainer.features`
+runs ``bottom.pte``'s ``features`` method with the current LoRA weights and returns the cut-layer
+features the device sends to the server; :meth:`SplitBottomTrainer.backward` takes the server's
+gradient of the loss with respect to those features, runs the ``forward`` method and its backward
+on the same ids, and steps SGD on the bottom's LoRA weights in place. The same runtime and files the
 Android app would load; nothing here knows about the network.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from export.executorch import read_adapter_ptd
-from export.split_programs import BOTTOM_ADAPTER_FILE, BOTTOM_TRAINING_PROGRAM_FILE, FEATURES_PROGRAM_FILE
+from export.split_programs import BOTTOM_ADAPTER_FILE, BOTTOM_PROGRAM_FILE, FEATURES_METHOD, TRAINING_METHOD
 from models.adapter_codec import peft_key, program_key
 
 
@@ -41,9 +41,9 @@ class SplitBottomTrainer:
             raise ValueError(f"the adapter and the features program disagree on the LoRA tensors: {missing}")
         self.lora_inputs = list(lora_inputs)
         self._hidden = self._hidden_size()
-        self._features = _load_for_executorch(str(program_dir / FEATURES_PROGRAM_FILE))
-        self._training = TrainingModule(_load_for_executorch(str(program_dir / BOTTOM_TRAINING_PROGRAM_FILE),
-                                                             data_path=str(adapter_path)))
+        # One loaded program: the features method and the training method share its frozen weights.
+        self._module = _load_for_executorch(str(program_dir / BOTTOM_PROGRAM_FILE), data_path=str(adapter_path))
+        self._training = TrainingModule(self._module)
         self._lr, self._momentum, self._weight_decay = lr, momentum, weight_decay
         self._optimizer = None
         self._ran = False       # the runtime exposes its parameters once a method has run
@@ -77,7 +77,7 @@ class SplitBottomTrainer:
         if not self._ran:
             sizes = list(self._training_batch_shape())
             ids = torch.zeros(sizes, dtype=torch.long)
-            self._training.forward_backward("forward", (ids, torch.zeros(*sizes, self._hidden)))
+            self._training.forward_backward(TRAINING_METHOD, (ids, torch.zeros(*sizes, self._hidden)))
             self._ran = True
         live = self._training.named_parameters()
         for key, value in tensors.items():
@@ -85,7 +85,7 @@ class SplitBottomTrainer:
 
     def _training_batch_shape(self) -> tuple[int, int]:
         """The compiled [batch, seq] of the programs' token ids."""
-        return tuple(self._features.method_meta("forward").input_tensor_meta(0).sizes())
+        return tuple(self._module.method_meta(FEATURES_METHOD).input_tensor_meta(0).sizes())
 
     def features(self, ids: torch.Tensor) -> torch.Tensor:
         """The cut-layer features of ``ids`` [batch, seq] under the current weights."""
@@ -94,7 +94,7 @@ class SplitBottomTrainer:
             lora = [live[program_key(key)] for key in self.lora_inputs]
         else:
             lora = [self._start[key] for key in self.lora_inputs]
-        return self._features.forward((ids, *lora))[0].clone()
+        return self._module.run_method(FEATURES_METHOD, (ids, *lora))[0].clone()
 
     def backward(self, ids: torch.Tensor, grad: torch.Tensor, step: bool = True) -> dict[str, torch.Tensor]:
         """Backpropagate the server's ``grad`` (same shape as :meth:`features`) into the LoRA
@@ -108,7 +108,7 @@ class SplitBottomTrainer:
             raise ValueError(f"the server's gradient must be float32 {list(expected)}, got {shown}")
         if not bool(torch.isfinite(grad).all()):
             raise ValueError("the server's gradient holds NaN or infinite values")
-        self._training.forward_backward("forward", (ids, grad))
+        self._training.forward_backward(TRAINING_METHOD, (ids, grad))
         self._ran = True
         gradients = self._training.named_gradients()
         copies = {peft_key(k): v.clone() for k, v in gradients.items()}

@@ -6,8 +6,7 @@ cut-layer features on the ExecuTorch runtime (:class:`fleet.split_bottom.SplitBo
 sends them with the labels, fetches its gradient slice, backpropagates it and steps SGD. Every
 ``average_every`` steps it sends its bottom adapter and loads the server's average.
 
-Programs have fixed shapes, so each batch size has its own pair of programs and its own
-runtime module; the LoRA weights move between them when the planned size changes (they are a
+Programs have fixed shapes, so each batch size has its own program and its own runtime module; the LoRA weights move between them when the planned size changes (they are a
 few hundred kilobytes). The device's data is a list of (ids, labels) examples; a step of size
 ``b`` takes the next ``b`` of them, cycling.
 """
@@ -24,7 +23,7 @@ import torch
 
 from fleet.split_bottom import SplitBottomTrainer
 from fleet.transport import CoordinatorClient, ProtocolError
-from export.split_programs import BOTTOM_ADAPTER_FILE, BOTTOM_TRAINING_PROGRAM_FILE, FEATURES_PROGRAM_FILE
+from export.split_programs import BOTTOM_ADAPTER_FILE, BOTTOM_PROGRAM_FILE
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +176,7 @@ class SplitWorker:
         files = self.manifest["programs"][str(size)]
         directory = self.cache_dir / f"b{size}"
         return sum(self.client.download(ref["url"], ref["sha256"], directory / name)
-                   for name, ref in ((FEATURES_PROGRAM_FILE, files["features"]),
-                                     (BOTTOM_TRAINING_PROGRAM_FILE, files["train"]),
+                   for name, ref in ((BOTTOM_PROGRAM_FILE, files["program"]),
                                      (BOTTOM_ADAPTER_FILE, self.manifest["adapter"])))
 
     def _trainer(self, size: int) -> SplitBottomTrainer:

@@ -34,7 +34,7 @@ CLOCKS = ("wall", "conducted")
 MAX_BATCH_SIZES = 4
 MAX_STEPS = 100_000
 #: Bump when the split programs change shape or content, so cached exports are not reused.
-EXPORT_CACHE_VERSION = 1
+EXPORT_CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,7 @@ def prepare(spec: SplitJobSpec, blobs, clock, export_cache_dir: Path | None = No
     ensure_heavy_imports()
     from coordinator.split.session import SplitSession
     from coordinator.split.top import SplitTop
-    from export.split_programs import BOTTOM_ADAPTER_FILE, BOTTOM_TRAINING_PROGRAM_FILE, FEATURES_PROGRAM_FILE
+    from export.split_programs import BOTTOM_ADAPTER_FILE, BOTTOM_PROGRAM_FILE
     from export.executorch import read_adapter_ptd
     from models.lora import apply_lora, resolve_layout
     from models.registry import load_base_model
@@ -225,8 +225,7 @@ def prepare(spec: SplitJobSpec, blobs, clock, export_cache_dir: Path | None = No
         for size in spec.batch_sizes:
             out = _cached_export(peft, spec, size, Path(tmp) / f"b{size}", export_cache_dir)
             report = json.loads((out / REPORT_FILE).read_text())
-            programs[str(size)] = {"features": _ref(blobs.put_file(out / FEATURES_PROGRAM_FILE)),
-                                   "train": _ref(blobs.put_file(out / BOTTOM_TRAINING_PROGRAM_FILE))}
+            programs[str(size)] = {"program": _ref(blobs.put_file(out / BOTTOM_PROGRAM_FILE))}
         adapter_ref = _ref(blobs.put_file(out / BOTTOM_ADAPTER_FILE))
         adapter = read_adapter_ptd(out / BOTTOM_ADAPTER_FILE)
     hidden = report["features_shape"][-1]
