@@ -184,9 +184,6 @@ def split_run(args, coordinator, evaluator: SplitEvaluator, mode: str, alpha: fl
                                rank=args.split_rank, seed=seed,
                                loss_positions=experiment_tier(args).get("loss_positions"),
                                prefetch=args.clock == "steady")
-    if args.max_split_steps:                  # checkpoints by step count when the host budget binds first
-        marks = [budget_s * (i + 1) / args.checkpoints for i in range(args.checkpoints)]
-
     def checkpoint(trace) -> bool:
         last_step = args.max_split_steps is not None and len(conductor.trace.steps) >= args.max_split_steps
         while marks and (trace.closed_at >= marks[0] or last_step):
@@ -399,7 +396,9 @@ def main(argv=None) -> int:
                 (args.out / "results.json").write_text(json.dumps(results, indent=1))
     summary = summarize(results["runs"], args, memory)
     results["wall_seconds"] = summary["wall_seconds"] = time.monotonic() - started
-    summary.update(cpu=cpu, server_speedup_over_reference=__import__("fleet.split_cost", fromlist=["x"]).SERVER_SPEEDUP_OVER_REFERENCE,
+    from fleet.split_cost import SERVER_SPEEDUP_OVER_REFERENCE
+
+    summary.update(cpu=cpu, server_speedup_over_reference=SERVER_SPEEDUP_OVER_REFERENCE,
                    heldout_examples=len(evaluator.examples))
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -47,6 +47,7 @@ ERROR_CODES: dict[str, int] = {
     "no_such_step": 409,
     "no_such_averaging": 409,
     "dropped": 409,
+    "job_full": 409,
     # 412/413/416
     "precondition_failed": 412,
     "payload_too_large": 413,

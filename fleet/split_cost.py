@@ -49,9 +49,15 @@ def _layer_flops(shape: ModelShape, seq: int, tokens: int, rank: int) -> tuple[f
     return float(linear + attention + lora), float(lora)
 
 
+def bottom_forward_flops(shape: ModelShape, split_layer: int, batch: int, seq: int, rank: int) -> float:
+    """One forward of the bottom (what the features cost the device)."""
+    forward, _ = _layer_flops(shape, seq, batch * seq, rank)
+    return split_layer * forward
+
+
 def bottom_step_flops(shape: ModelShape, split_layer: int, batch: int, seq: int, rank: int) -> float:
-    """A device's step: two forwards of the bottom and one backward (activations and LoRA
-    weight gradients), for ``batch`` x ``seq`` tokens."""
+    """A device's step: two forwards of the bottom and one backward (activation gradients, as
+    much as a forward, plus the LoRA weight gradients), for ``batch`` x ``seq`` tokens."""
     forward, lora = _layer_flops(shape, seq, batch * seq, rank)
     return split_layer * (2 * forward + forward + lora)
 
@@ -65,8 +71,3 @@ def top_step_flops(shape: ModelShape, split_layer: int, batch: int, seq: int, ra
     head = 2 * shape.hidden * shape.vocab * head_tokens
     top_layers = shape.layers - split_layer
     return top_layers * (2 * forward + lora) + 2 * head
-
-
-def features_bytes(shape: ModelShape, batch: int, seq: int) -> int:
-    """Bytes of one step's features (float32) and labels (int64), and so of its gradient plus labels."""
-    return batch * seq * shape.hidden * 4 + batch * seq * 8

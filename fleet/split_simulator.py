@@ -34,18 +34,16 @@ mix, each device's planned size, and the idle time (each merged device's wait fo
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleet.profiles import DeviceProfile
-from fleet.split_cost import ModelShape, SERVER_SPEEDUP_OVER_REFERENCE, bottom_step_flops, top_step_flops
+from fleet.split_cost import (ModelShape, SERVER_SPEEDUP_OVER_REFERENCE, bottom_forward_flops, bottom_step_flops,
+                              top_step_flops)
 from fleet.split_worker import SplitWorker
 from fleet.transport import CoordinatorClient
 from fleet.virtual_clock import REFERENCE_SUSTAINED_GFLOPS
-
-log = logging.getLogger(__name__)
 
 #: Seconds past a deadline the conductor moves the clock to close a step or an averaging.
 PAST_DEADLINE_S = 1e-3
@@ -110,8 +108,8 @@ class SplitConductor:
         return 2 * device.profile.latency_s + nbytes * 8 / (device.profile.bandwidth_mbps * 1e6)
 
     def _forward_flops(self, batch: int) -> float:
-        # A step's bottom work is 2 forwards and a backward; the features are one forward of it.
-        return bottom_step_flops(self.shape, self.split_layer, batch, self.seq, self.rank) / 4
+        """The features: one forward of the bottom (the rest of the step's work follows the gradient)."""
+        return bottom_forward_flops(self.shape, self.split_layer, batch, self.seq, self.rank)
 
     def _drops(self, device: SplitDevice, step: int) -> bool:
         draw = random.Random(f"{self.seed}:{device.name}:{step}").random()
@@ -171,7 +169,10 @@ class SplitConductor:
         sent = []
         for arrival, name, body in arrivals:
             if arrival > deadline:
-                break
+                # Too late: its features arrive after the step went on; it is busy until then.
+                self._by_name[name].free_at = arrival
+                self._by_name[name].worker.discard_pending(step)
+                continue
             self._set_clock(arrival)
             if self._by_name[name].worker.post_features(step, body):
                 sent.append((arrival, name))
@@ -200,7 +201,7 @@ class SplitConductor:
             if action["kind"] != "gradient":
                 continue
             device = self._by_name[name]
-            size = device.worker._pending[action["step"]].size(0)
+            size = device.worker.pending_size(action["step"])
             fetched = device.worker.apply_gradient(action["step"])
             work = bottom_step_flops(self.shape, self.split_layer, size, self.seq, self.rank) \
                 - self._forward_flops(size)

@@ -6,7 +6,8 @@ cut-layer features on the ExecuTorch runtime (:class:`fleet.split_bottom.SplitBo
 sends them with the labels, fetches its gradient slice, backpropagates it and steps SGD. Every
 ``average_every`` steps it sends its bottom adapter and loads the server's average.
 
-Programs have fixed shapes, so each batch size has its own program and its own runtime module; the LoRA weights move between them when the planned size changes (they are a
+Programs have fixed shapes, so each batch size has its own program and its own runtime
+module; the LoRA weights move between them when the planned size changes (they are a
 few hundred kilobytes). The device's data is a list of (ids, labels) examples; a step of size
 ``b`` takes the next ``b`` of them, cycling.
 """
@@ -121,6 +122,14 @@ class SplitWorker:
         self.report.bytes_up += len(body)
         return True
 
+    def pending_size(self, step: int) -> int:
+        """The batch size of the features sent for ``step`` (awaiting its gradient)."""
+        return self._pending[step].size(0)
+
+    def discard_pending(self, step: int) -> None:
+        """Forget features prepared for ``step`` and never sent (the step went on without them)."""
+        self._pending.pop(step, None)
+
     def apply_gradient(self, step: int) -> int:
         """Fetch step ``step``'s gradient slice, backpropagate it, step SGD; returns the bytes fetched."""
         response = self.client.request("GET", self._path(f"steps/{step}/gradient"))
@@ -173,11 +182,16 @@ class SplitWorker:
         return fetched
 
     def _download(self, size: int) -> int:
-        files = self.manifest["programs"][str(size)]
+        """Fetch ``size``'s program (and, once, the start adapter; each size's folder links it)."""
         directory = self.cache_dir / f"b{size}"
-        return sum(self.client.download(ref["url"], ref["sha256"], directory / name)
-                   for name, ref in ((BOTTOM_PROGRAM_FILE, files["program"]),
-                                     (BOTTOM_ADAPTER_FILE, self.manifest["adapter"])))
+        ref = self.manifest["programs"][str(size)]["program"]
+        fetched = self.client.download(ref["url"], ref["sha256"], directory / BOTTOM_PROGRAM_FILE)
+        adapter = self.manifest["adapter"]
+        shared = self.cache_dir / BOTTOM_ADAPTER_FILE
+        fetched += self.client.download(adapter["url"], adapter["sha256"], shared)
+        if not (directory / BOTTOM_ADAPTER_FILE).exists():
+            (directory / BOTTOM_ADAPTER_FILE).symlink_to(shared)
+        return fetched
 
     def _trainer(self, size: int) -> SplitBottomTrainer:
         """The runtime module for ``size``, holding the device's current LoRA weights.

@@ -49,24 +49,29 @@ def _refused(error: StepError) -> ApiError:
     return ApiError(error.code, error.message)
 
 
-def _tensors(names: dict[str, tuple[int, ...]], what: str) -> dict:
+def _tensors(names: dict[str, tuple[int, ...]], what: str) -> tuple[dict, int]:
     """The request body as safetensors with exactly the tensors ``names`` (name -> expected
-    shape, which bounds the body's size; dtypes and shapes are the session's to check)."""
+    shape, which bounds the body's size; dtypes and shapes are the session's to check), and
+    the body's size in bytes."""
     limit = sum(math.prod(shape) * 8 for shape in names.values()) + BODY_SLACK_BYTES
     if request.content_length is not None and request.content_length > limit:
         raise ApiError("payload_too_large", f"{what}: {request.content_length} bytes, at most {limit}")
-    data = request.get_data(cache=False)
+    data = request.stream.read(limit + 1)       # never more than the limit, even for a chunked body
     if len(data) > limit:
-        raise ApiError("payload_too_large", f"{what}: {len(data)} bytes, at most {limit}")
+        raise ApiError("payload_too_large", f"{what}: more than {limit} bytes")
     try:
         entries, _ = parse_safetensors_header(data)
     except ApiError as error:
         raise ApiError("bad_request", f"{what}: {error.message}") from None
     if set(entries) != set(names):
         raise ApiError("tensor_names", f"{what}: expected tensors {sorted(names)}, got {sorted(entries)[:8]}")
+    from safetensors import SafetensorsError
     from safetensors.torch import load          # torch is loaded by then: the job's top runs on it
 
-    return load(data)
+    try:
+        return load(data), len(data)
+    except (SafetensorsError, ValueError, RuntimeError) as error:
+        raise ApiError("bad_request", f"{what}: not a readable safetensors body ({error})") from None
 
 
 def _safetensors_response(tensors: dict) -> Response:
@@ -96,7 +101,8 @@ def list_split_jobs():
 @bp.get("/split-jobs/<id:job_id>")
 @device_or_admin_required
 def get_split_job(job_id: int):
-    return _job(job_id, running=False).payload()
+    job = _job(job_id, running=False)
+    return job.payload() if g.is_admin else job.device_payload()
 
 
 @bp.post("/split-jobs/<id:job_id>/clock")
@@ -120,7 +126,7 @@ def set_clock(job_id: int):
 def get_full_adapter(job_id: int):
     """The job's model as one PEFT adapter (safetensors): the newest average of the devices'
     bottoms and the server's top, for evaluation and deployment."""
-    return _safetensors_response(_job(job_id, running=False).session.full_adapter())
+    return _safetensors_response(_job(job_id).session.full_adapter())
 
 
 # --- devices -----------------------------------------------------------------------------------------
@@ -131,7 +137,10 @@ def get_full_adapter(job_id: int):
 def join(job_id: int):
     """Join the job: the manifest (programs per batch size, the start adapter, learning rate)."""
     job = _job(job_id)
-    job.session.join(_worker())
+    try:
+        job.session.join(_worker())
+    except StepError as error:
+        raise _refused(error) from None
     manifest = dict(job.manifest)
     manifest["programs"] = {size: {part: {**ref, "url": blob_url(ref["sha256"])} for part, ref in files.items()}
                             for size, files in job.manifest["programs"].items()}
@@ -159,8 +168,8 @@ def post_features(job_id: int, step: int):
         size = session.planned_size(worker, step)
     except StepError as error:
         raise _refused(error) from None
-    body_size = request.content_length or 0
-    tensors = _tensors({"features": (size, session.seq, session.hidden), "labels": (size, session.seq)}, "features")
+    tensors, body_size = _tensors({"features": (size, session.seq, session.hidden), "labels": (size, session.seq)},
+                                  "features")
     try:
         return session.submit_features(worker, step, tensors["features"], tensors["labels"], body_size), 201
     except StepError as error:
@@ -181,8 +190,11 @@ def get_gradient(job_id: int, step: int):
 @device_required
 def post_adapter(job_id: int, number: int):
     session = _job(job_id).session
-    body_size = request.content_length or 0
-    tensors = _tensors(dict(session.adapter_keys), "adapter")
+    try:
+        session.require_joined(_worker())       # not joined: 403 before the body is read
+    except StepError as error:
+        raise _refused(error) from None
+    tensors, body_size = _tensors(dict(session.adapter_keys), "adapter")
     try:
         return session.submit_adapter(_worker(), number, tensors, body_size), 201
     except StepError as error:

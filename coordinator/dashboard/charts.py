@@ -7,6 +7,8 @@ Python, means the numbers a chart shows are the same ones the page's tables show
 
 from __future__ import annotations
 
+import math
+
 from coordinator.dashboard.queries import JobDetail
 
 #: Per-device charts list at most this many devices (the table below them lists all).
@@ -95,7 +97,7 @@ def job_charts(detail: JobDetail) -> dict[str, dict]:
 def split_charts(history, max_devices: int = MAX_DEVICES_CHARTED) -> dict[str, dict]:
     """A split job's charts: the top's loss and the idle time per step, and each device's batch
     size per step (0: it sat the step out; what batch-size regulation chose)."""
-    loss = [[r.number, r.loss] for r in history]
+    loss = [[r.number, r.loss] for r in history if math.isfinite(r.loss)]   # NaN: a step the top skipped
     idle = [[r.number, r.idle_seconds] for r in history]
     devices = sorted({name for r in history for name in r.planned})[:max_devices]
     sizes = [{"name": f"device {name}", "points": [[r.number, r.planned.get(name, 0)] for r in history]}

@@ -94,7 +94,7 @@ def parse_split_spec(body: dict) -> SplitJobSpec:
             not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= 64 for s in sizes) \
             or len(set(sizes)) != len(sizes):
         raise ApiError("invalid_field", f"batch_sizes: 1 to {MAX_BATCH_SIZES} distinct integers in [1, 64] "
-                                        f"(one program pair is compiled per size), got {sizes!r}")
+                                        f"(one program is compiled per size), got {sizes!r}")
     spec = SplitJobSpec(model=values["model"], split_layer=integer("split_layer", 1, 1000),
                         rank=integer("rank", 1, 64), seq=integer("seq", 8, 2048), batch_sizes=tuple(sorted(sizes)),
                         target_batch=integer("target_batch", 1, 1024), steps=integer("steps", 1, MAX_STEPS),
@@ -145,6 +145,14 @@ class SplitJob:
             return set()
         return {ref["sha256"] for files in self.manifest["programs"].values() for ref in files.values()} \
             | {self.manifest["adapter"]["sha256"]}
+
+    def device_payload(self) -> dict:
+        """What a device may see: the job's status and spec, not other devices' labels or speeds."""
+        body = {"split_job_id": self.job_id, "status": self.status, "spec": asdict(self.spec)}
+        body["spec"]["batch_sizes"] = list(self.spec.batch_sizes)
+        if self.session is not None:
+            body["steps_run"], body["done"] = self.session.steps_run, self.session.done
+        return body
 
     def payload(self) -> dict:
         body = {"split_job_id": self.job_id, "status": self.status, "error": self.error, "spec": asdict(self.spec)}

@@ -24,8 +24,10 @@ and the top steps on each worker's features in turn (SplitFed's sequential serve
 **Measured, never claimed.** A worker's step time is measured by the server's clock: from the
 later of the step's opening and the worker's fetch of its previous gradient, to the arrival of
 its features (its backward, its forward and the upload). Speed and latency are fitted to the
-last few (size, seconds) pairs; until a worker has any, it is planned at the smallest compiled
-size. The clock is injectable: wall time in a deployment, the conductor's virtual time in the
+last few (size, seconds) pairs (a worker that missed a deadline gets the time it had as a
+sample: it was at least that slow); until a worker has any, MergeSFL plans it at the smallest
+compiled size beside the regulated others. A worker that missed ``MAX_MISSED_STEPS`` planned
+steps in a row is left out of plans and averagings until it asks again. The clock is injectable: wall time in a deployment, the conductor's virtual time in the
 simulator (``POST .../clock``, admin only), never a device's word.
 
 **Late and missing workers.** A step runs when every planned worker has sent or its deadline
@@ -37,6 +39,7 @@ the next one planned.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -51,6 +54,13 @@ from coordinator.split.step import SplitStep, StepError, StepOutcome
 MODES = ("mergesfl", "plain")
 #: The shortest deadline a measured plan gets (a near-zero measurement must not close steps at once).
 MIN_STEP_DEADLINE_S = 1.0
+#: Planned steps a worker may miss in a row before it is left out of plans (until it asks again).
+MAX_MISSED_STEPS = 2
+#: Workers one split job takes: every step's plan and merged batch grow with them.
+MAX_WORKERS = 256
+#: Largest absolute value a bottom adapter's element may have (LoRA values are small; a larger
+#: one is a broken or hostile device, and one such adapter would poison every device's average).
+MAX_ADAPTER_ABS = 1e3
 #: Labels a worker's histogram keeps (the rest pooled under OTHER_LABELS); see _bounded.
 MAX_LABELS = 64
 OTHER_LABELS = "other"
@@ -70,6 +80,7 @@ class WorkerRecord:
     bytes_down: int = 0
     steps: int = 0
     adapter_synced: int = 0                   # the last averaging it downloaded
+    missed_in_a_row: int = 0                  # planned steps it did not send in time
 
     def state(self, fallback_speed: float) -> WorkerState:
         """Speed (examples/s) and latency (s) fitted to the samples: least squares on
@@ -90,10 +101,9 @@ class WorkerRecord:
 
 @dataclass
 class Averaging:
-    """One averaging of the workers' bottom adapters (number ``k``, after step ``after_step``)."""
+    """One averaging (number ``k``) of the bottom adapters of the workers ``expected`` to send."""
 
     number: int
-    after_step: int
     expected: set[str]
     deadline: float
     received: dict[str, tuple[dict[str, torch.Tensor], int]] = field(default_factory=dict)
@@ -116,6 +126,11 @@ class StepRecord:
     divergence: float
     bytes_up: int = 0          # the merged workers' features and labels, as received
     bytes_down: int = 0        # their gradient slices (float32)
+
+
+def _finite(value: float) -> float | None:
+    """``value``, or None where JSON has no number for it (NaN: a skipped top step; inf)."""
+    return value if math.isfinite(value) else None
 
 
 def _bounded(counts: dict[str, float]) -> dict[str, float]:
@@ -159,7 +174,6 @@ class SplitSession:
         self.averaging: Averaging | None = None
         self.averagings_opened = 0          # averagings owed so far (opened, skipped or done)
         self.averagings_done = 0            # the number of the newest finished averaging
-        self.averagings_skipped = 0
         self.step_numbers = 0
         self.previous_step: SplitStep | None = None
         self._step_bytes_up: dict[str, int] = {}
@@ -173,7 +187,14 @@ class SplitSession:
         """Add ``worker``; it is planned from the next step that opens."""
         with self.lock:
             if worker not in self.workers:
+                if len(self.workers) >= MAX_WORKERS:
+                    raise StepError(409, "job_full", f"this split job already has {MAX_WORKERS} devices")
                 self.workers[worker] = WorkerRecord(ready_since=self.clock())   # loads the newest average first
+
+    def require_joined(self, worker: str) -> None:
+        """:class:`StepError` 403 ``not_joined`` unless ``worker`` joined (checked before a body is read)."""
+        with self.lock:
+            self._record(worker)
 
     @property
     def done(self) -> bool:
@@ -186,14 +207,16 @@ class SplitSession:
         """What ``worker`` should do now (see the module docstring)."""
         with self.lock:
             record = self._record(worker)
+            record.missed_in_a_row = min(record.missed_in_a_row, MAX_MISSED_STEPS - 1)   # it is back
             self._advance()
-            if self.latest_adapter is not None and record.adapter_synced < self.averagings_done \
-                    and (self.averaging is None or worker not in self.averaging.expected):
-                return {"kind": "download_adapter", "averaging": self.averagings_done}
+            # A pending gradient first: it was computed for the weights the device holds now.
             for step in (self.previous_step, self.step):
                 if step is not None and step.outcome is not None and worker in step.outcome.merged \
                         and worker not in step.fetched:
                     return {"kind": "gradient", "step": step.number}
+            if self.latest_adapter is not None and record.adapter_synced < self.averagings_done \
+                    and (self.averaging is None or worker not in self.averaging.expected):
+                return {"kind": "download_adapter", "averaging": self.averagings_done}
             step = self.step
             if self.averaging is not None:
                 if worker in self.averaging.expected and worker not in self.averaging.received:
@@ -241,13 +264,14 @@ class SplitSession:
                 record.label_counts[str(value)] = record.label_counts.get(str(value), 0.0) + count
             record.label_counts = _bounded(record.label_counts)
             record.bytes_up += size_bytes
+            record.missed_in_a_row = 0
             self._step_bytes_up[worker] = size_bytes
             if step.ready() and not step.past_deadline():
                 self._run_step()
             return {"step": step.number, "accepted": True}
 
     def gradient(self, worker: str, step_number: int) -> torch.Tensor:
-        """``worker``'s gradient slice of step ``step_number``; 202-style ``StepError`` while pending."""
+        """``worker``'s gradient slice of step ``step_number`` (409 ``step_not_ready`` while the step waits)."""
         with self.lock:
             record = self._record(worker)
             self._advance()
@@ -289,6 +313,8 @@ class SplitSession:
                                                         f"got {str(tensor.dtype).replace('torch.', '')} {list(tensor.shape)}")
                 if not bool(torch.isfinite(tensor).all()):
                     raise StepError(422, "bad_adapter", f"{key} holds NaN or infinite values")
+                if float(tensor.abs().max()) > MAX_ADAPTER_ABS:
+                    raise StepError(422, "bad_adapter", f"{key} has values beyond +-{MAX_ADAPTER_ABS:g}: not a LoRA adapter")
             current.received[worker] = ({k: v.clone() for k, v in tensors.items()}, record.examples_since_sync)
             record.bytes_up += size_bytes
             if set(current.received) == current.expected:
@@ -329,7 +355,7 @@ class SplitSession:
                 "idle_seconds": sum(r.idle_seconds for r in self.history),
                 "last_step": None if last is None else {
                     "number": last.number, "planned": last.planned, "merged": last.merged, "dropped": last.dropped,
-                    "loss": last.loss, "label_mix": last.label_mix, "divergence": last.divergence,
+                    "loss": _finite(last.loss), "label_mix": last.label_mix, "divergence": _finite(last.divergence),
                     "idle_seconds": last.idle_seconds, "bytes_up": last.bytes_up, "bytes_down": last.bytes_down},
                 "per_worker": {name: {"steps": r.steps, "bytes_up": r.bytes_up, "bytes_down": r.bytes_down,
                                       "speed": r.state(1.0).speed if r.samples else None}
@@ -368,12 +394,11 @@ class SplitSession:
                 self._close_averaging()
             else:
                 self.averaging = None                 # nobody sent: this averaging is skipped
-                self.averagings_skipped += 1
         if self.averaging is not None or (self.step is not None and self.step.outcome is None):
             return
         if self._averaging_due():
             if self.step is not None and any(w not in self.step.fetched for w in self.step.outcome.merged) \
-                    and not self.step.fetch_overdue():
+                    and not self.step.past_deadline():
                 return                                # let the last step's gradients land first
             self._open_averaging()
         elif self.steps_run < self.steps and self.workers:
@@ -406,30 +431,48 @@ class SplitSession:
             return self.step_deadline_s
         return min(self.step_deadline_s, max(self.deadline_factor * self.plan.step_seconds, MIN_STEP_DEADLINE_S))
 
+    def _active(self) -> dict[str, WorkerRecord]:
+        """Workers to plan: those that have not missed ``MAX_MISSED_STEPS`` planned steps in a row
+        (a worker that vanished stops holding every step to the deadline; asking again brings it back)."""
+        return {name: r for name, r in self.workers.items() if r.missed_in_a_row < MAX_MISSED_STEPS}
+
     def _plan(self) -> Plan:
-        known = [r.state(1.0).speed for r in self.workers.values() if r.samples]
+        """MergeSFL: batch-size regulation over the measured workers, and the smallest compiled
+        size for each not measured yet (its first step measures it). Plain: every worker at the
+        compiled size nearest an equal share of the target."""
+        active = self._active()
+        known = [r.state(1.0).speed for r in active.values() if r.samples]
         fallback = min(known) if known else 1.0
-        states = {name: record.state(fallback) for name, record in self.workers.items()}
+        states = {name: record.state(fallback) for name, record in active.items()}
         global_labels = {}
         for record in self.workers.values():
             for label, count in record.label_counts.items():
                 global_labels[label] = global_labels.get(label, 0.0) + count
         global_labels = global_labels or {"?": 1.0}
-        if self.mode == "mergesfl" and all(r.samples for r in self.workers.values()):
+        if self.mode == "mergesfl" and known:
+            measured = {name: state for name, state in states.items() if active[name].samples}
+            newcomers = {name: self.compiled_sizes[0] for name in states if name not in measured}
+            target = max(1, self.target_batch - sum(newcomers.values()))
             try:
-                plan = regulate(states, global_labels, self.target_batch, self.compiled_sizes, slack=self.slack)
-                sizes = {w: s for w, s in plan.batch_sizes.items() if s > 0}
+                plan = regulate(measured, global_labels, target, self.compiled_sizes, slack=self.slack)
+                sizes = {**{w: s for w, s in plan.batch_sizes.items() if s > 0}, **newcomers}
                 return plan_of(sizes, states, global_labels)
             except ValueError:
                 pass
-        share = self.target_batch / max(1, len(self.workers))
+        share = self.target_batch / max(1, len(states))
         size = min(self.compiled_sizes, key=lambda s: (abs(s - share), s))
-        return plan_of({name: size for name in self.workers}, states, global_labels)
+        return plan_of({name: size for name in states}, states, global_labels)
 
     def _run_step(self) -> None:
         step = self.step
         outcome: StepOutcome = step.run(self.top, merge=self.mode == "mergesfl")
         self.steps_run += 1
+        now = self.clock()
+        for name in outcome.dropped:              # it did not make the deadline: at least that slow
+            record = self.workers[name]
+            record.missed_in_a_row += 1
+            began = max(self.opened_at, record.ready_since if record.ready_since is not None else self.opened_at)
+            record.samples.append((step.batch_sizes[name], max(now - began, 1e-6)))
         mix_total = sum(outcome.label_counts.values()) or 1
         mix = {str(k): v / mix_total for k, v in outcome.label_counts.items()}
         self.history.append(StepRecord(
@@ -442,10 +485,12 @@ class SplitSession:
 
     def _open_averaging(self) -> None:
         self.averagings_opened += 1
-        expected = {name for name, r in self.workers.items() if r.examples_since_sync > 0}
+        # The last step's merged workers trained on it even if a gradient is still to be fetched.
+        last = set(self.step.outcome.merged) if self.step is not None and self.step.outcome is not None else set()
+        expected = {name for name, r in self._active().items() if r.examples_since_sync > 0} | last
         if not expected:
             return
-        self.averaging = Averaging(number=self.averagings_opened, after_step=self.steps_run, expected=expected,
+        self.averaging = Averaging(number=self.averagings_opened, expected=expected,
                                    deadline=self.clock() + self.step_deadline_s)
 
     def _close_averaging(self) -> None:
@@ -453,10 +498,10 @@ class SplitSession:
         total = sum(examples for _, examples in current.received.values())
         weights = {w: (examples / total if total else 1.0 / len(current.received))
                    for w, (_, examples) in current.received.items()}
-        averaged = {key: sum(tensors[key] * weights[w] for w, (tensors, _) in current.received.items())
+        averaged = {key: sum(tensors[key].double() * weights[w] for w, (tensors, _) in current.received.items())
                     for key in self.adapter_keys}
-        self.latest_adapter = {key: value.contiguous() for key, value in averaged.items()}
+        self.latest_adapter = {key: value.float().contiguous() for key, value in averaged.items()}
         self.averagings_done = current.number
-        for name in current.received:
+        for name in current.expected:             # whoever missed it starts over from the average
             self.workers[name].examples_since_sync = 0
         self.averaging = None

@@ -104,10 +104,6 @@ class SplitStep:
     def past_deadline(self) -> bool:
         return self._clock() > self.deadline
 
-    def fetch_overdue(self) -> bool:
-        """Whether the workers' time to take their gradient slices is over (the step's deadline)."""
-        return self.past_deadline()
-
     def ready(self) -> bool:
         """Whether the step can run now: every planned worker has sent, or the deadline passed
         with at least one."""

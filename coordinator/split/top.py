@@ -54,8 +54,16 @@ class SplitTop:
         return {peft_key(f"{WRAPPED_MODEL_ATTRIBUTE}.{name}"): p.detach().clone() for name, p in self.parameters.items()}
 
     def step(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[float, torch.Tensor]:
-        """One training step of the top: (loss before the update, gradient of the features)."""
+        """One training step of the top: (loss before the update, gradient of the features).
+
+        Finite features can still overflow the loss (a hostile device's huge values): then the
+        top is not updated and every feature's gradient is zero (a no-op for the devices), so
+        one bad batch cannot write NaN into the top's weights; the loss is reported as NaN."""
         loss, grad = self.loss_and_feature_grad(features, labels)
+        finite = all(bool(torch.isfinite(p.grad).all()) for p in self.parameters.values() if p.grad is not None)
+        if not (finite and bool(torch.isfinite(grad).all()) and torch.isfinite(torch.tensor(loss))):
+            self.optimizer.zero_grad(set_to_none=True)
+            return float("nan"), torch.zeros_like(grad)
         self.optimizer.step()
         return loss, grad
 

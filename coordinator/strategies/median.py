@@ -10,6 +10,8 @@ of few updates is noisier than their mean: it is the rule for a fleet one cannot
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from coordinator.strategies.base import register
@@ -23,9 +25,6 @@ class Median(TrimmedMean):
     name = "median"
 
     def reduce(self, values: np.ndarray, covered: np.ndarray) -> np.ndarray:
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN elements: nothing covers them
-                return np.nanmedian(np.where(covered, values, np.nan), axis=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)      # all-NaN elements: nothing covers them
+            return np.nanmedian(np.where(covered, values, np.nan), axis=0)

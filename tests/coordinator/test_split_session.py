@@ -206,3 +206,68 @@ def test_a_language_modelling_task_keeps_a_bounded_label_histogram():
     counts = job.workers["a"].label_counts
     assert len(counts) == MAX_LABELS and OTHER_LABELS in counts
     assert sum(counts.values()) == 32 * (SEQ - 1)
+
+
+def test_a_vanished_worker_is_left_out_after_missing_steps_and_back_when_it_asks():
+    clock = Clock()
+    job = session(mode="plain", clock=clock, steps=10, average_every=10)   # plain plans everyone it has
+    for worker in ("a", "ghost"):
+        job.join(worker)
+    for _ in range(2):                           # ghost never sends: two steps run at their deadline
+        send(job, "a")
+        clock.now += 11.0
+        job.next_action("a")
+        job.gradient("a", job.history[-1].number)
+    assert [r.dropped for r in job.history] == [["ghost"], ["ghost"]]
+    assert "ghost" not in job.step.batch_sizes   # the next plan leaves it out
+    job.next_action("ghost")                     # it asks again: planned from the next step on
+    send(job, "a")
+    job.gradient("a", job.history[-1].number)
+    assert "ghost" in job.step.batch_sizes
+
+
+def test_a_pending_gradient_comes_before_a_new_average():
+    job = session(steps=2, average_every=1)
+    job.join("a")
+    send(job, "a")
+    # The averaging waits for the gradient; the worker is told to fetch it first.
+    assert job.next_action("a") == {"kind": "gradient", "step": 1}
+
+
+def test_adapters_with_absurd_values_are_refused():
+    from coordinator.split.session import MAX_ADAPTER_ABS
+
+    job = session(steps=1, average_every=1)
+    job.join("a")
+    send(job, "a")
+    job.gradient("a", 1)
+    with pytest.raises(StepError) as refused:
+        job.submit_adapter("a", 1, adapter(10 * MAX_ADAPTER_ABS), 10)
+    assert refused.value.code == "bad_adapter" and job.averaging.received == {}
+
+
+def test_a_job_takes_at_most_max_workers():
+    from coordinator.split import session as module
+
+    job = session()
+    for index in range(module.MAX_WORKERS):
+        job.join(f"w{index}")
+    with pytest.raises(StepError) as full:
+        job.join("one-too-many")
+    assert full.value.code == "job_full" and len(job.workers) == module.MAX_WORKERS
+
+
+def test_a_top_step_that_overflows_updates_nothing():
+    from coordinator.split.top import SplitTop
+
+    class Overflowing(FakeTop):
+        def step(self, features, labels):
+            self.calls.append(features.size(0))
+            return float("nan"), torch.zeros_like(features)
+
+    job = session(top=Overflowing())
+    job.join("a")
+    send(job, "a")
+    assert job.summary()["last_step"]["loss"] is None          # strict JSON: no NaN
+    assert torch.equal(job.gradient("a", 1), torch.zeros(job.history[0].planned["a"], SEQ, HIDDEN))
+    assert callable(SplitTop.step)

@@ -27,6 +27,7 @@ public enum ErrorCode {
     NO_SUCH_STEP("no_such_step", 409),
     NO_SUCH_AVERAGING("no_such_averaging", 409),
     DROPPED("dropped", 409),
+    JOB_FULL("job_full", 409),
     PRECONDITION_FAILED("precondition_failed", 412),
     PAYLOAD_TOO_LARGE("payload_too_large", 413),
     UPDATE_TOO_LARGE("update_too_large", 413),
