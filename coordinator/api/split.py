@@ -65,12 +65,12 @@ def _tensors(names: dict[str, tuple[int, ...]], what: str) -> tuple[dict, int]:
         raise ApiError("bad_request", f"{what}: {error.message}") from None
     if set(entries) != set(names):
         raise ApiError("tensor_names", f"{what}: expected tensors {sorted(names)}, got {sorted(entries)[:8]}")
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load          # torch is loaded by then: the job's top runs on it
 
     try:
         return load(data), len(data)
-    except (SafetensorsError, ValueError, RuntimeError) as error:
+    except (SafetensorError, ValueError, RuntimeError) as error:
         raise ApiError("bad_request", f"{what}: not a readable safetensors body ({error})") from None
 
 
