@@ -79,6 +79,8 @@ def parse_args(argv=None):
                         help="stop a split run after this many steps even before the virtual budget (host time: "
                              "every step is a forward and backward of the top on this machine)")
     parser.add_argument("--skip-memory", action="store_true", help="do not run bench/split_memory.py")
+    parser.add_argument("--memory-json", type=Path, default=None,
+                        help="use this earlier bench/split_memory.py --json result instead of measuring again")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "mergesfl")
     parser.add_argument("--run-root", type=Path, default=Path("runs") / "mergesfl")
     args = parser.parse_args(argv)
@@ -200,9 +202,18 @@ def split_run(args, coordinator, evaluator: SplitEvaluator, mode: str, alpha: fl
     return {"mode": mode, "alpha": alpha, "seed": seed, "budget_s": budget_s, "curve": points, "steps": steps,
             "averagings": summary["averagings"], "idle_seconds": trace.idle_seconds,
             "idle_seconds_per_step": trace.idle_seconds / steps if steps else None,
+            "idle_seconds_per_device_step": _idle_per_device_step(trace),
+            "prefetched_bytes_per_device": trace.prefetched_bytes / max(1, len(devices)),
             "merged_batch_mean": statistics.fmean(sum(s.planned[n] for n in s.merged) for s in trace.steps) if steps else None,
             "bytes_per_device": {name: w["bytes_up"] + w["bytes_down"] for name, w in summary["per_worker"].items()},
             "batch_sizes_by_profile": _sizes_by_profile(devices, trace)}
+
+
+def _idle_per_device_step(trace) -> float | None:
+    """Idle time per merged device and step: a step's idle seconds over the devices merged in it
+    (plain split learning merges more devices per step, so its per-step sum alone overstates)."""
+    merged = sum(len(s.merged) for s in trace.steps)
+    return trace.idle_seconds / merged if merged else None
 
 
 def _scored(result: dict) -> dict:
@@ -249,7 +260,7 @@ def summarize(runs: list[dict], args, memory: dict | None) -> dict:
             per_seed = []
             for run in (r for r in runs if r["alpha"] == alpha and r["mode"] == mode):
                 target = fedavg[run["seed"]]["curve"][-1]["accuracy"] - 0.01
-                hit = next((p for p in run["curve"][1:] if p["accuracy"] >= target), None)
+                hit = next((p for p in run["curve"][1:] if p["accuracy"] is not None and p["accuracy"] >= target), None)
                 if mode == "fedavg":
                     per_round = run["bytes_per_device_round"]
                 else:
@@ -263,6 +274,7 @@ def summarize(runs: list[dict], args, memory: dict | None) -> dict:
                                  "fedavg_accuracy_at_same_time": _accuracy_at(fedavg[run["seed"]]["curve"],
                                                                               run["curve"][-1]["clock_s"]),
                                  "idle_seconds_per_step": run.get("idle_seconds_per_step"),
+                                 "idle_seconds_per_device_step": run.get("idle_seconds_per_device_step"),
                                  "steps": run.get("steps"), "batch_sizes_by_profile": run.get("batch_sizes_by_profile")})
             finals = [s["final_accuracy"] for s in per_seed]
             times = [s["time_to_target_s"] for s in per_seed]
@@ -274,6 +286,7 @@ def summarize(runs: list[dict], args, memory: dict | None) -> dict:
                 "device_peak_rss_mib": peak.get("fedavg" if mode == "fedavg" else "split"),
                 "bytes_per_device_round": _median([s["bytes_per_device_round"] for s in per_seed]),
                 "idle_seconds_per_step": _median([s["idle_seconds_per_step"] for s in per_seed]),
+                "idle_seconds_per_device_step": _median([s["idle_seconds_per_device_step"] for s in per_seed]),
                 "fedavg_accuracy_at_same_time": _mean([s["fedavg_accuracy_at_same_time"] for s in per_seed]),
                 "per_seed": per_seed}
         summary["alphas"][f"{alpha:g}"] = arms
@@ -307,7 +320,7 @@ def _peak_memory(memory: dict | None, split_layer: int) -> dict:
 
 def table(summary: dict) -> str:
     lines = ["| alpha | arm | final accuracy (95% CI over seeds) | FedAvg-LoRA at the same time | time to target (s) | "
-             "idle s/step | bytes/device/round | device peak RSS (MiB) |", "|---|---|---|---|---|---|---|---|"]
+             "idle s/step | idle s/device-step | bytes/device/round | device peak RSS (MiB) |", "|---|---|---|---|---|---|---|---|---|"]
     for alpha, arms in summary["alphas"].items():
         for mode, arm in arms.items():
             interval = arm["ci95"]
@@ -316,7 +329,8 @@ def table(summary: dict) -> str:
             same_time = arm["fedavg_accuracy_at_same_time"]
             cells = [alpha, mode, accuracy, "-" if same_time is None else f"{100 * same_time:.1f}%",
                      _fmt(arm["time_to_target_s"], "{:.0f}"),
-                     _fmt(arm["idle_seconds_per_step"], "{:.2f}"), _fmt(arm["bytes_per_device_round"], "{:,.0f}"),
+                     _fmt(arm["idle_seconds_per_step"], "{:.2f}"),
+                     _fmt(arm.get("idle_seconds_per_device_step"), "{:.2f}"), _fmt(arm["bytes_per_device_round"], "{:,.0f}"),
                      _fmt(arm["device_peak_rss_mib"], "{:.0f}")]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -367,7 +381,9 @@ def main(argv=None) -> int:
     cpu = cpu_model()
     print(f"CPU: {cpu}; alphas {args.alphas}; seeds {args.seeds}; arms {', '.join(args.arms)}", flush=True)
     memory = None
-    if not args.skip_memory:
+    if args.memory_json is not None:
+        memory = json.loads(args.memory_json.read_text())
+    elif not args.skip_memory:
         memory_json = args.run_root / "split_memory.json"
         subprocess.run([sys.executable, str(REPO / "bench" / "split_memory.py"), "--model", args.model,
                         "--split-layers", str(args.split_layer), "--seq", str(args.split_seq),
