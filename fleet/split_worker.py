@@ -189,8 +189,10 @@ class SplitWorker:
         adapter = self.manifest["adapter"]
         shared = self.cache_dir / BOTTOM_ADAPTER_FILE
         fetched += self.client.download(adapter["url"], adapter["sha256"], shared)
-        if not (directory / BOTTOM_ADAPTER_FILE).exists():
-            (directory / BOTTOM_ADAPTER_FILE).symlink_to(shared)
+        link = directory / BOTTOM_ADAPTER_FILE
+        if not link.is_symlink() and not link.exists():
+            # absolute: a relative target would resolve against the link's folder, not ours
+            link.symlink_to(shared.resolve())
         return fetched
 
     def _trainer(self, size: int) -> SplitBottomTrainer:
