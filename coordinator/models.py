@@ -191,6 +191,8 @@ class Job(Base):
     #: "on_demand": a tier's artifact is exported the first time a device is given it;
     #: "all": every tier the configurator may hand out is exported before round 1 opens.
     prepare_tiers: Mapped[str] = mapped_column(String(20), default="on_demand", server_default="on_demand")
+    #: client-level differential privacy (``coordinator.privacy.settings.PrivacySettings``), or None.
+    privacy: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     status: Mapped[str] = mapped_column(String(20), index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"), nullable=True)
@@ -241,6 +243,8 @@ class GlobalAdapter(Base):
     #: updates scaled down to the round's norm bound before aggregation (``Job.norm_clip_factor``).
     num_clipped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     strategy: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    #: DP jobs: epsilon spent (at the job's delta) once this adapter is released; else None.
+    epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 

@@ -61,6 +61,7 @@ from fleet.shared_downloads import SharedDownloads, is_sha256
 from fleet.transport import CoordinatorClient, IntegrityError, ProtocolError, RetryPolicy
 from fleet.virtual_clock import program_kind, task_cost
 from models.rank_pruning import RankSelfPruning
+from models.update_privacy import UpdatePrivacy, privatize
 from models.tier import LOCAL_SAMPLINGS
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ RUNTIMES = runtime_names()
 #: The optimizers it trains with on either runtime: SGD, and AdamW (stepped over the ExecuTorch
 #: runtime's own tensors, or compiled into the ONNX Runtime optimizer model).
 OPTIMIZERS = ("sgd", "adamw")
+#: What it does to an update for a differentially private job (models/update_privacy.py).
+PRIVACY_STEPS = ("clip", "local_noise")
 STATE_FILE = "device.json"
 
 
@@ -160,6 +163,9 @@ class TaskOutcome:
     #: HetLoRA rank self-pruning (``models/rank_pruning.py``): whether this task pruned the
     #: tail of the device's rank (None: the task did not ask for self-pruning)
     rank_pruned: bool | None = None
+    #: DP jobs: the update's change before it was clipped (kept here, never sent: the
+    #: guarantee covers the clipped update only)
+    update_norm_before_clip: float | None = None
     detail: str = ""
     started_at: float = field(default_factory=time.time)
 
@@ -268,7 +274,7 @@ class DeviceAgent:
         profile = self.config.profile
         return {"ram_mb": int(profile.ram_mb), "cores": 1, "gflops": round(self.peak_gflops, 3),
                 "bandwidth_mbps": float(profile.bandwidth_mbps), "runtimes": list(self.config.runtimes),
-                "optimizers": list(OPTIMIZERS)}
+                "optimizers": list(OPTIMIZERS), "privacy": list(PRIVACY_STEPS)}
 
     def ensure_registered(self) -> int:
         """Register with the enrollment key unless a saved token exists; returns the device id."""
@@ -382,6 +388,10 @@ class DeviceAgent:
             pruning = RankSelfPruning.from_train(train)
         except (TypeError, ValueError) as exc:
             raise ProtocolError(0, "inconsistent_task", f"bad rank_self_pruning settings: {exc}") from None
+        try:
+            privacy = UpdatePrivacy.from_train(train)
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(0, "inconsistent_task", f"bad privacy settings: {exc}") from None
         probe_wanted = train.get("probe_loss", False)
         if not isinstance(probe_wanted, bool):
             raise ProtocolError(0, "inconsistent_task", f"train.probe_loss must be true or false, got {probe_wanted!r}")
@@ -446,6 +456,8 @@ class DeviceAgent:
             outcome.rank_pruned = pruning.decide(start_adapter, trained)
             if outcome.rank_pruned:
                 trained = pruning.pruned(trained)
+        if privacy is not None:     # last: nothing after this may change what leaves the device
+            trained, outcome.update_norm_before_clip = privatize(trained, read_adapter(adapter_path), privacy)
         update = save(trained)
         outcome.bytes_up = len(update)
         # Measured utilization: counted FLOPs over this machine's measured time and peak.

@@ -11,6 +11,9 @@ Capabilities (all required at registration; a heartbeat may send any subset to u
                       (``export.formats.FORMATS``; other names are stored but never matched)
 ``optimizers``        optional list of strings: optimizers its trainer implements (``"sgd"``,
                       ``"adamw"``); without it, ``["sgd"]``
+``privacy``           optional list of strings: what it does to an update for a differentially
+                      private job (``"clip"``, ``"local_noise"``); without it, nothing, and
+                      DP jobs give it no task
 ====================  ======================================================================
 
 Every number has an upper bound as well as a lower one (``MAX_*`` below): a claim no device
@@ -72,8 +75,11 @@ CAPABILITIES = {
     # Optional: the optimizers the device's trainer implements (default: sgd only). The
     # coordinator never offers a task whose optimizer is not among them.
     "optimizers": lambda v: _names("capabilities.optimizers", v, "optimizer"),
+    # Optional: the update privacy steps the device implements (models/update_privacy.py):
+    # a DP job is offered only to devices that clip (and, under local DP, add their own noise).
+    "privacy": lambda v: _names("capabilities.privacy", v, "privacy step"),
 }
-OPTIONAL_CAPABILITIES = {"optimizers"}
+OPTIONAL_CAPABILITIES = {"optimizers", "privacy"}
 
 
 def parse_capabilities(value, *, partial: bool) -> dict:

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from coordinator.models import (Device, Evaluation, Job, JobStatus, Rejection, Round, RoundStatus, Task, Update,
-                                utcnow)
+from coordinator.models import (Device, Evaluation, GlobalAdapter, Job, JobStatus, Rejection, Round, RoundStatus,
+                                Task, Update, utcnow)
 from models.eval_schedule import is_evaluated_round
 
 #: Job statuses in which rounds may still change (pages showing them keep polling).
@@ -218,6 +218,8 @@ class RoundRow:
     metric: str | None = None
     #: whether the job's ``eval_every`` schedules this round's adapter for scoring
     scored: bool = True
+    #: DP jobs: epsilon spent once this round's adapter was released (at the job's delta)
+    epsilon: float | None = None
 
     @property
     def awaiting_score(self) -> bool:
@@ -291,6 +293,11 @@ def job_detail(session: Session, job_id: int) -> JobDetail | None:
                                            .where(Rejection.round_id.in_(in_job)).group_by(Rejection.round_id)):
         rounds[round_id].rejected = count
     by_number = {row.number: row for row in rounds.values()}
+    if job.privacy:
+        for number, epsilon in session.execute(select(GlobalAdapter.round, GlobalAdapter.epsilon)
+                                               .where(GlobalAdapter.job_id == job_id, GlobalAdapter.round >= 1)):
+            if number in by_number:
+                by_number[number].epsilon = epsilon
     initial, metric = None, None
     for evaluation in session.scalars(select(Evaluation).where(Evaluation.job_id == job_id)):
         session.expunge(evaluation)

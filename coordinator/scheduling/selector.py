@@ -36,6 +36,8 @@ class Requirements:
     runtime: str
     min_ram_mb: int
     optimizer: str = "sgd"
+    #: a DP job's device-side step (``"clip"``, or ``"local_noise"`` under local DP), or None.
+    privacy: str | None = None
 
 
 class Selector(ABC):
@@ -56,6 +58,9 @@ class Selector(ABC):
         if requirements.optimizer not in optimizers:
             return (f"the job trains with {requirements.optimizer}; the device's trainer offers {optimizers} "
                     "(capabilities.optimizers)")
+        if requirements.privacy is not None and requirements.privacy not in (capabilities.get("privacy") or []):
+            return (f"the job is differentially private and its devices must {requirements.privacy.replace('_', ' ')} "
+                    f"their updates; the device does not declare {requirements.privacy!r} in capabilities.privacy")
         return None
 
     @abstractmethod

@@ -31,6 +31,8 @@ import logging
 import math
 import threading
 
+import numpy as np
+
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as SQLTimeoutError
@@ -40,6 +42,8 @@ from coordinator.services import lifecycle
 from coordinator.services.adapter_mapping import lift
 from coordinator.services.artifacts import compiled_tier
 from coordinator.services.norm_clipping import clip_scales, scaled
+from coordinator.privacy.central_noise import clipped_delta, private_mean
+from coordinator.privacy.settings import PrivacySettings
 from coordinator.services.state import ServiceState
 from coordinator.strategies import ClientUpdate, get_strategy
 
@@ -96,6 +100,9 @@ class RoundAggregator:
             updates = session.scalars(select(Update).where(Update.round_id == round_id).order_by(Update.id)).all()
             task_starts = {task_id: (artifact_id, start_sha) for task_id, artifact_id, start_sha in session.execute(
                 select(Task.id, Task.artifact_id, Task.start_weights_sha256).where(Task.round_id == round_id)).all()}
+        privacy = PrivacySettings.from_dict(job.privacy)
+        if privacy is not None:
+            return self._close_private(job, round_, start, updates, task_starts, privacy)
         try:
             strategy = get_strategy(job.strategy)
             current = state.adapters.tensors(start.weights_sha256)
@@ -132,6 +139,73 @@ class RoundAggregator:
                           job.id, round_.number)
             lifecycle.fail_round(self.state, round_id, f"{type(exc).__name__}: {exc}")
             return False
+
+
+    def _close_private(self, job: Job, round_: Round, start: GlobalAdapter, updates: list[Update],
+                       task_starts: dict, privacy: PrivacySettings) -> bool:
+        """A DP job's round: DP-FedAvg over clipped changes (``coordinator/privacy/central_noise.py``),
+        its epsilon recorded with the new adapter. A round without updates releases nothing: the
+        adapter carries over and no noise is drawn (the accountant does not count it)."""
+        state = self.state
+        try:
+            current = state.adapters.tensors(start.weights_sha256)
+            deltas, num_clipped = [], 0
+            for update in updates:
+                delta, was_clipped = _private_delta(state, job, current, start.weights_sha256, update, privacy,
+                                                    *task_starts.get(update.task_id, (None, None)))
+                deltas.append(delta)
+                num_clipped += was_clipped
+            if not deltas:
+                aggregated = current
+            elif privacy.local_noise:      # the devices added the noise; the server cannot clip it away
+                aggregated = private_mean(current, deltas, clip_norm=privacy.clip_norm, noise_multiplier=0.0,
+                                          denominator=len(deltas), check_norms=False)
+            else:
+                aggregated = private_mean(current, deltas, clip_norm=privacy.clip_norm,
+                                          noise_multiplier=privacy.noise_multiplier,
+                                          denominator=job.devices_per_round)
+            weights_ref, ptd_ref = state.adapters.store(aggregated)
+        except Exception as exc:  # noqa: BLE001 - recorded as the round's failure, never retried
+            log.exception("job %s round %s: private aggregation failed; the round and the job are marked failed",
+                          job.id, round_.number)
+            lifecycle.fail_round(state, round_.id, f"{type(exc).__name__}: {exc}")
+            return False
+        try:
+            return lifecycle.record_aggregate(
+                state, round_.id, config_sha256=start.config_sha256, weights=weights_ref, ptd=ptd_ref,
+                num_updates=len(updates), num_examples=sum(u.num_examples for u in updates),
+                num_clipped=num_clipped, strategy=f"dp-fedavg ({privacy.mode})")
+        except (OperationalError, SQLTimeoutError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            log.exception("job %s round %s: recording the aggregate failed; the round and the job are marked failed",
+                          job.id, round_.number)
+            lifecycle.fail_round(state, round_.id, f"{type(exc).__name__}: {exc}")
+            return False
+
+
+def _private_delta(state: ServiceState, job: Job, current, start_sha256: str, update: Update,
+                   privacy: PrivacySettings, artifact_id: int | None, task_start_sha256: str | None):
+    """An update's change from the adapter its device started from, clipped to C in the device's
+    own layout (central DP; under local DP it carries the device's noise and is left as sent),
+    then lifted into the job's layout (zero where the device's tier trained nothing)."""
+    tensors = _load_update(state, update.sha256)
+    device_start = current if task_start_sha256 in (None, start_sha256) else state.adapters.tensors(task_start_sha256)
+    if privacy.local_noise:
+        delta = {key: np.asarray(value, dtype=np.float64) - np.asarray(device_start[key], dtype=np.float64)
+                 for key, value in tensors.items()}
+        was_clipped = False
+    else:
+        delta, was_clipped = clipped_delta(tensors, device_start, privacy.clip_norm)
+    if artifact_id is not None and artifact_id != job.artifact_id:
+        tier_info, reference_info = state.artifact_info(artifact_id), state.artifact_info(job.artifact_id)
+        tier, reference_tier = tier_info.artifact.manifest["tier"], reference_info.artifact.manifest["tier"]
+        if compiled_tier(tier) != compiled_tier(reference_tier):
+            shapes = {key: value.shape for key, value in current.items()}
+            lifted, _ = lift({k: v.astype(np.float32) for k, v in delta.items()}, tier_info.layout,
+                             reference_info.layout, shapes)
+            delta = {k: v.astype(np.float64) for k, v in lifted.items()}
+    return delta, was_clipped
 
 
 def _client_update(state: ServiceState, job: Job, current, start_sha256: str, update: Update, scale: float,

@@ -19,10 +19,12 @@ import logging
 from sqlalchemy import func, select
 
 from coordinator.models import Device, GlobalAdapter, Job, JobStatus, Round, RoundStatus, Task, TaskStatus, utcnow
+from coordinator.privacy.settings import PrivacySettings
 from coordinator.scheduling.configurator import configurator_class, get_configurator
 from coordinator.services import lifecycle
 from coordinator.services.payloads import task_payload
 from coordinator.services.state import ServiceState
+from coordinator.services.validation import max_update_norm
 from coordinator.services.tiers import Placement, place_device, place_on_job_tier
 from coordinator.strategies import get_strategy
 from export.formats import get_format
@@ -133,9 +135,12 @@ def task_offer(state: ServiceState, task_id: int) -> dict:
     if configurator.wants_probe_loss:
         train["probe_loss"] = True     # measure a held-out batch's loss before and after training
     train = get_strategy(job.strategy).configure_train(round_.number, train)
+    privacy = PrivacySettings.from_dict(job.privacy)
+    if privacy is not None:
+        train["privacy"] = privacy.device_section()     # clip (and under local DP, noise) on the device
     adapter = _start_adapter(state, get_format(info.format).start_adapter_kind, task, start)
     return task_payload(task, round_, job, info.artifact, info.files, start.round, adapter, train,
-                        info.max_update_bytes, max_num_examples(task, job))
+                        info.max_update_bytes, max_num_examples(task, job), max_update_norm(job, info.tensors))
 
 
 def _start_adapter(state: ServiceState, kind: str, task: Task, start: GlobalAdapter) -> tuple[str, int, str]:

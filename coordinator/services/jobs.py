@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from coordinator import fields, strict_json
 from coordinator.errors import ApiError
+from coordinator.privacy.settings import parse_privacy
 from coordinator.services.heavy_imports import ensure_heavy_imports
 from coordinator.services.label_positions import check_task_fits
 from coordinator.services.norm_clipping import DEFAULT_FACTOR as DEFAULT_NORM_CLIP_FACTOR
@@ -60,6 +61,8 @@ class JobSpec:
     configurator: str = "uniform"
     configurator_options: dict | None = None
     prepare_tiers: str = "on_demand"
+    #: client-level DP (``coordinator/privacy/settings.py``) as stored, or None.
+    privacy: dict | None = None
 
 
 def _bad(field: str, message: str) -> ApiError:
@@ -127,6 +130,7 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
         min_ram_mb = _integer(body, "min_ram_mb", None, 0, MAX_RAM_MB)
     eval_examples = _integer(body, "eval_examples", DEFAULT_EVAL_EXAMPLES, 0, MAX_EVAL_EXAMPLES)
     eval_every = _integer(body, "eval_every", 1, 1, MAX_ROUNDS)
+    privacy = parse_privacy(body.get("privacy"), strategy=strategy, rounds=rounds)
 
     tier_body = body.get("tier", {})
     if not isinstance(tier_body, dict):
@@ -154,7 +158,8 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
                    devices_per_round=devices_per_round, min_updates=min_updates,
                    round_deadline_s=round_deadline_s, local_steps=local_steps, lr=lr, strategy=strategy,
                    max_update_norm=max_update_norm, norm_clip_factor=norm_clip_factor, min_ram_mb=min_ram_mb,
-                   eval_examples=eval_examples, eval_every=eval_every)
+                   eval_examples=eval_examples, eval_every=eval_every,
+                   privacy=None if privacy is None else privacy.to_dict())
 
 
 def _configurator_fields(body: dict) -> tuple[str, dict | None, str]:

@@ -47,10 +47,12 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from coordinator.errors import ApiError
 from coordinator.models import CloseReason, GlobalAdapter, Job, JobStatus, Round, RoundStatus, utcnow
+from coordinator.privacy.accountant import epsilon_after
+from coordinator.privacy.settings import PrivacySettings
 from coordinator.services.jobs import JobSpec
 from coordinator.services.state import ServiceState
 from coordinator.storage import BlobRef
@@ -195,13 +197,19 @@ def record_aggregate(state: ServiceState, round_id: int, *, config_sha256: str, 
         if round_.status != RoundStatus.AGGREGATING:
             return False
         now = utcnow()
+        job = db.lock(session, Job, round_.job_id)
+        privacy = PrivacySettings.from_dict(job.privacy)
+        epsilon = None
+        if privacy is not None:     # this round counts if it released a new (noised) adapter
+            epsilon = epsilon_after(_released_rounds(session, job.id) + (num_updates > 0), privacy)
         session.add(GlobalAdapter(
             job_id=round_.job_id, round=round_.number, config_sha256=config_sha256,
             weights_sha256=weights.sha256, weights_size=weights.size,
             ptd_sha256=ptd.sha256, ptd_size=ptd.size, num_updates=num_updates,
-            num_examples=num_examples, num_clipped=num_clipped, strategy=strategy, created_at=now))
+            num_examples=num_examples, num_clipped=num_clipped, strategy=strategy, epsilon=epsilon,
+            created_at=now))
+        session.flush()
         round_.status, round_.closed_at = RoundStatus.CLOSED, now
-        job = db.lock(session, Job, round_.job_id)
         if job.status in (JobStatus.RUNNING, JobStatus.PAUSED):
             # paused: the next round opens when the job is resumed (resume_job)
             _advance(session, job, round_.number, now)
@@ -231,6 +239,20 @@ def fail_round(state: ServiceState, round_id: int, error: str) -> None:
             job.error = f"round {round_.number} could not be aggregated: {error}"
 
 
+def _released_rounds(session, job_id: int) -> int:
+    """Rounds of a job that released a new global adapter (aggregated at least one update)."""
+    return session.scalar(select(func.count(GlobalAdapter.id)).where(
+        GlobalAdapter.job_id == job_id, GlobalAdapter.round >= 1, GlobalAdapter.num_updates > 0)) or 0
+
+
+def _budget_spent(session, job: Job) -> bool:
+    """Whether one more released round would take a DP job past its epsilon budget."""
+    privacy = PrivacySettings.from_dict(job.privacy)
+    if privacy is None or privacy.epsilon_budget is None:
+        return False
+    return epsilon_after(_released_rounds(session, job.id) + 1, privacy) > privacy.epsilon_budget
+
+
 def _open_round(session, job: Job, number: int, now) -> Round:
     """Add round ``number`` of ``job`` (the caller holds the locks and commits)."""
     round_ = Round(job_id=job.id, number=number, status=RoundStatus.OPEN, opened_at=now,
@@ -241,10 +263,14 @@ def _open_round(session, job: Job, number: int, now) -> Round:
 
 
 def _advance(session, job: Job, finished: int, now) -> None:
-    """After round ``finished`` closed: complete the job if it was the last, else open the next
-    round if the job is running (a paused one waits for :func:`resume_job`)."""
+    """After round ``finished`` closed: complete the job if it was the last, or if one more round
+    would spend more than its privacy budget, else open the next round if the job is running (a
+    paused one waits for :func:`resume_job`)."""
     if finished >= job.rounds:
         job.status = JobStatus.COMPLETED
+    elif _budget_spent(session, job):
+        job.status = JobStatus.COMPLETED
+        log.info("job %s: its privacy budget allows no further round; completed after round %s", job.id, finished)
     elif job.status == JobStatus.RUNNING:
         _open_round(session, job, finished + 1, now)
     job.updated_at = now

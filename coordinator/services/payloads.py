@@ -55,9 +55,26 @@ def adapter_payload(job_id: int, adapter: GlobalAdapter) -> dict:
         "num_examples": adapter.num_examples,
         "num_clipped": adapter.num_clipped,
         "strategy": adapter.strategy,
+        "epsilon": adapter.epsilon,
         "ptd": blob_ref(adapter.ptd_sha256, adapter.ptd_size),
         "peft_zip_url": url_for("jobs.get_adapter", job_id=job_id, round=adapter.round),
     }
+
+
+def privacy_payload(job: Job, adapters: list[GlobalAdapter]) -> dict | None:
+    """A DP job's settings, the epsilon spent so far (at its delta) and whether its budget allows
+    another round; None for a job without privacy settings."""
+    from coordinator.privacy.accountant import epsilon_after
+    from coordinator.privacy.settings import PrivacySettings
+
+    settings = PrivacySettings.from_dict(job.privacy)
+    if settings is None:
+        return None
+    released = sum(1 for a in adapters if a.round >= 1 and a.num_updates > 0)
+    spent = epsilon_after(released, settings)
+    budget = settings.epsilon_budget
+    return {**settings.to_dict(), "released_rounds": released, "epsilon_spent": spent,
+            "budget_exhausted": budget is not None and epsilon_after(released + 1, settings) > budget}
 
 
 def evaluation_payload(evaluation: Evaluation | None) -> dict | None:
@@ -159,6 +176,7 @@ def job_payload(job: Job, artifact: Artifact | None, rounds: list[Round], adapte
         "min_ram_mb": job.min_ram_mb,
         "eval_examples": job.eval_examples,
         "eval_every": job.eval_every,
+        "privacy": privacy_payload(job, adapters),
         "pruning_sources": list(pruning_sources),
         "created_at": iso(job.created_at),
         "updated_at": iso(job.updated_at),
@@ -175,7 +193,7 @@ def job_payload(job: Job, artifact: Artifact | None, rounds: list[Round], adapte
 
 def task_payload(task: Task, round_: Round, job: Job, artifact: Artifact, files: list[ArtifactFile],
                  start_round: int, adapter: tuple[str, int, str], train: dict, max_update_bytes: int,
-                 max_num_examples: int) -> dict:
+                 max_num_examples: int, max_update_norm: float) -> dict:
     """A device's task: its artifact, its start adapter (cut to its tier), how to train, where to upload.
 
     ``adapter`` is (sha256, size, format): ``ptd`` for ExecuTorch artifacts, ``safetensors``
@@ -199,7 +217,7 @@ def task_payload(task: Task, round_: Round, job: Job, artifact: Artifact, files:
             "url": url_for("tasks.post_result", task_id=task.id),
             "format": "safetensors",
             "max_bytes": max_update_bytes,
-            "max_update_norm": job.max_update_norm,
+            "max_update_norm": max_update_norm,
             "max_num_examples": max_num_examples,
         },
         "deadline": iso(round_.deadline_at),

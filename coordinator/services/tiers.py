@@ -213,7 +213,15 @@ def ineligibility(state: ServiceState, job: Job, device: Device, artifact_id: in
     info = state.artifact_info(artifact_id)
     return state.selector.ineligibility(device.capabilities, Requirements(
         runtime=info.format, min_ram_mb=info.required_ram_mb if job.min_ram_mb is None else job.min_ram_mb,
-        optimizer=(tier.get("train") or {}).get("optimizer", "sgd")))
+        optimizer=(tier.get("train") or {}).get("optimizer", "sgd"), privacy=_privacy_step(job)))
+
+
+def _privacy_step(job: Job) -> str | None:
+    """What a DP job needs a device to do to its update before upload (None: not a DP job)."""
+    privacy = job.privacy or None
+    if privacy is None:
+        return None
+    return "local_noise" if privacy.get("mode") == "local" else "clip"
 
 
 def place_on_job_tier(state: ServiceState, job: Job, device: Device) -> tuple[Placement | None, str]:

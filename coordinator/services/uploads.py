@@ -32,7 +32,7 @@ from coordinator.models import Device, GlobalAdapter, Job, Round, RoundStatus, T
 from coordinator.services import lifecycle
 from coordinator.services.assignment import max_num_examples
 from coordinator.services.state import ServiceState
-from coordinator.services.validation import parse_meta, validate_update
+from coordinator.services.validation import max_update_norm, parse_meta, validate_update
 from models.rank_pruning import effective_rank
 
 
@@ -71,7 +71,7 @@ def accept_result(state: ServiceState, device: Device, task_id: int, meta_raw: s
     info = state.artifact_info(task.artifact_id or job.artifact_id)
     validated = validate_update(update, info.tensors,
                                 state.adapters.tensors(task.start_weights_sha256 or start.weights_sha256),
-                                job.max_update_norm)
+                                max_update_norm(job, info.tensors))
     rank = effective_rank(validated.tensors)
 
     late, froze = False, False
@@ -108,3 +108,4 @@ def accept_result(state: ServiceState, device: Device, task_id: int, meta_raw: s
     with db.read() as session:
         body["round_status"] = session.get(Round, round_.id).status
     return body
+

@@ -317,3 +317,18 @@ def validate_update(data: bytes, expected: Sequence[Mapping], start: Mapping[str
         raise ApiError("norm_exceeded", f"the update changes the adapter by L2 norm {delta_norm:.4g}; "
                                         f"this job accepts at most {max_norm:.4g}")
     return ValidatedUpdate(tensors=tensors, delta_norm=delta_norm, size=len(data))
+
+
+def max_update_norm(job, tensor_specs) -> float:
+    """The longest change a device of ``job`` may send (told to it in its task, checked at upload):
+    the job's ``max_update_norm``, and for a DP job the clip norm its devices clip to (with local
+    DP, plus what their own noise can add: ``models/update_privacy.server_norm_bound``)."""
+    from coordinator.privacy.settings import PrivacySettings
+    from models.update_privacy import server_norm_bound
+
+    privacy = PrivacySettings.from_dict(job.privacy)
+    if privacy is None:
+        return job.max_update_norm
+    values = sum(math.prod(spec["shape"]) for spec in tensor_specs)
+    bound = server_norm_bound(privacy.clip_norm, privacy.noise_multiplier, values, local_noise=privacy.local_noise)
+    return bound if privacy.local_noise else min(job.max_update_norm, bound)

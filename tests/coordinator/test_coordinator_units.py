@@ -283,7 +283,7 @@ def test_migrations_upgrade_a_0001_database_with_data(backend, tmp_path, request
             command.upgrade(alembic_config(conn), "0001")
             for row in rows:
                 conn.execute(text(row))
-        assert db.upgrade_schema() == head_revision() == "0009"
+        assert db.upgrade_schema() == head_revision() == "0010"
         with db.engine.connect() as conn:
             assert conn.execute(text("SELECT eval_examples, configurator, configurator_options, prepare_tiers, "
                                      "norm_clip_factor, eval_every FROM jobs")).all() == [(100, "uniform", None, "on_demand", None, 1)]
@@ -295,11 +295,12 @@ def test_migrations_upgrade_a_0001_database_with_data(backend, tmp_path, request
             assert conn.execute(text("SELECT COUNT(*) FROM evaluations")).scalar_one() == 0
             assert conn.execute(text("SELECT COUNT(*) FROM rejections")).scalar_one() == 0
             assert conn.execute(text("SELECT COUNT(*) FROM pruning_sources")).scalar_one() == 0
+            assert conn.execute(text("SELECT privacy FROM jobs")).all() == [(None,)]
         with db.engine.begin() as conn:  # and back down, keeping the rows
             command.downgrade(alembic_config(conn), "0001")
             assert current_revision(conn) == "0001"
             assert conn.execute(text("SELECT COUNT(*) FROM updates")).scalar_one() == 1
-        assert db.upgrade_schema() == "0009"
+        assert db.upgrade_schema() == "0010"
     finally:
         db.dispose()
 

@@ -32,7 +32,7 @@ class AndroidDeviceStatus(
         context.getSystemService(ActivityManager::class.java).getMemoryInfo(memory)
         val ramMb = memory.totalMem / (1024 * 1024)
         return Capabilities(ramMb, Runtime.getRuntime().availableProcessors().toLong(), gflops(), 0.0,
-            listOf(Capabilities.RUNTIME_EXECUTORCH), optimizers)
+            listOf(Capabilities.RUNTIME_EXECUTORCH), optimizers, Capabilities.PRIVACY_STEPS)
     }
 
     /** Measured on first use (about half a second), then cached in the settings. */

@@ -26,6 +26,7 @@ import dev.pockettune.core.training.TrainingOutcome;
 import dev.pockettune.core.training.TrainingRequest;
 import java.io.IOException;
 import java.nio.file.Path;
+import java.security.SecureRandom;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collections;
@@ -144,6 +145,11 @@ public final class TaskRunner {
             update = UpdateCheck.againstManifest(outcome.adapter, manifest.loraTensors);
         } catch (IllegalStateException e) {
             throw new TrainingException(e.getMessage(), e);
+        }
+        if (task.train.privacy != null) {
+            // A differentially private job: clip (and under local DP, noise) before anything leaves.
+            update = UpdateClipping.clip(update, start, task.train.privacy.clipNorm.doubleValue(),
+                    task.train.privacy.noiseMultiplierOrZero(), new SecureRandom());
         }
         double deltaNorm = UpdateCheck.deltaNorm(update, start);
         if (!(deltaNorm <= task.upload.maxUpdateNorm.doubleValue())) {

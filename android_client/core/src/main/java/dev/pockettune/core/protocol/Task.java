@@ -3,6 +3,7 @@ package dev.pockettune.core.protocol;
 import dev.pockettune.core.json.JsonFields;
 import dev.pockettune.core.json.JsonModel;
 import dev.pockettune.core.json.JsonOut;
+import dev.pockettune.core.json.ProtocolFormatException;
 import java.util.List;
 import org.json.JSONObject;
 
@@ -152,6 +153,12 @@ public final class Task implements JsonModel {
          * of training, before and after the task; null when the task does not say.
          */
         public final Boolean probeLoss;
+        /**
+         * {@code privacy}: a differentially private job's device step (clip the update's change to
+         * {@code clip_norm}, and under local DP add noise of {@code noise_multiplier * clip_norm});
+         * null when the job has none.
+         */
+        public final Privacy privacy;
         public final JSONObject extra;
 
         TrainSettings(JSONObject object, String path) {
@@ -164,6 +171,7 @@ public final class Task implements JsonModel {
             momentum = f.optNumber("momentum");
             weightDecay = f.optNumber("weight_decay");
             probeLoss = f.optBoolean("probe_loss");
+            privacy = f.opt("privacy", Privacy::new);
             extra = f.unknown();
         }
 
@@ -184,7 +192,37 @@ public final class Task implements JsonModel {
         public JSONObject toJson() {
             return new JsonOut().put("steps", steps).put("lr", lr).put("batch", batch).put("seq", seq)
                     .put("optimizer", optimizer).putIfPresent("momentum", momentum)
-                    .putIfPresent("weight_decay", weightDecay).putIfPresent("probe_loss", probeLoss).with(extra);
+                    .putIfPresent("weight_decay", weightDecay).putIfPresent("probe_loss", probeLoss)
+                    .putIfPresent("privacy", privacy).with(extra);
+        }
+    }
+
+    /** {@code train.privacy}: what the device does to its update before upload in a DP job. */
+    public static final class Privacy implements JsonModel {
+        public final Number clipNorm;
+        public final Number noiseMultiplier;
+        public final JSONObject extra;
+
+        Privacy(JSONObject object, String path) {
+            JsonFields f = JsonFields.of(object, path);
+            clipNorm = f.requireNumber("clip_norm");
+            noiseMultiplier = f.optNumber("noise_multiplier");
+            extra = f.unknown();
+            if (!(clipNorm.doubleValue() > 0) || Double.isInfinite(clipNorm.doubleValue())) {
+                throw new ProtocolFormatException(path + ".clip_norm must be a positive number, got " + clipNorm);
+            }
+            if (noiseMultiplier != null && !(noiseMultiplier.doubleValue() >= 0)) {
+                throw new ProtocolFormatException(path + ".noise_multiplier must be >= 0, got " + noiseMultiplier);
+            }
+        }
+
+        public double noiseMultiplierOrZero() {
+            return noiseMultiplier == null ? 0.0 : noiseMultiplier.doubleValue();
+        }
+
+        @Override
+        public JSONObject toJson() {
+            return new JsonOut().put("clip_norm", clipNorm).putIfPresent("noise_multiplier", noiseMultiplier).with(extra);
         }
     }
 
