@@ -193,6 +193,9 @@ class Job(Base):
     prepare_tiers: Mapped[str] = mapped_column(String(20), default="on_demand", server_default="on_demand")
     #: client-level differential privacy (``coordinator.privacy.settings.PrivacySettings``), or None.
     privacy: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    #: how devices send their updates (``models/update_codecs``: ``{"name": ..., **options}``);
+    #: None: ``fp32``, the trained values themselves.
+    update_encoding: Mapped[dict | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     status: Mapped[str] = mapped_column(String(20), index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     artifact_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"), nullable=True)
@@ -301,6 +304,9 @@ class Update(Base):
     device_id: Mapped[int] = mapped_column(ForeignKey("devices.id"), index=True)
     sha256: Mapped[str] = mapped_column(String(SHA256_HEX), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
+    #: bytes of the update as the device sent it (its encoding's form; ``size`` is what is stored,
+    #: the decoded fp32 tensors); None for rows older than encodings.
+    wire_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     num_examples: Mapped[int] = mapped_column(Integer)
     loss_before: Mapped[float] = mapped_column(Float)
     loss_after: Mapped[float] = mapped_column(Float)

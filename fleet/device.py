@@ -41,6 +41,7 @@ passes a real phone would run: every example it had not had before (``prefix_cha
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import platform as platform_module
@@ -59,8 +60,10 @@ from fleet.profiles import PROFILES, DeviceProfile
 from fleet.runtimes import get_runtime, runtime_names
 from fleet.shared_downloads import SharedDownloads, is_sha256
 from fleet.transport import CoordinatorClient, IntegrityError, ProtocolError, RetryPolicy
+from fleet.update_encoding import encode_update
 from fleet.virtual_clock import program_kind, task_cost
 from models.rank_pruning import RankSelfPruning
+from models.update_codecs import codec_names, get_codec
 from models.update_privacy import UpdatePrivacy, privatize
 from models.tier import LOCAL_SAMPLINGS
 
@@ -180,6 +183,8 @@ class TrainedTask:
     task: dict
     outcome: TaskOutcome
     update: bytes | None = None
+    #: ``update`` is the gzip-compressed safetensors file (sent as ``application/gzip``)
+    gzipped: bool = False
 
 
 @dataclass
@@ -274,7 +279,8 @@ class DeviceAgent:
         profile = self.config.profile
         return {"ram_mb": int(profile.ram_mb), "cores": 1, "gflops": round(self.peak_gflops, 3),
                 "bandwidth_mbps": float(profile.bandwidth_mbps), "runtimes": list(self.config.runtimes),
-                "optimizers": list(OPTIMIZERS), "privacy": list(PRIVACY_STEPS)}
+                "optimizers": list(OPTIMIZERS), "privacy": list(PRIVACY_STEPS),
+                "update_encodings": [name for name in codec_names() if name != "fp32"]}
 
     def ensure_registered(self) -> int:
         """Register with the enrollment key unless a saved token exists; returns the device id."""
@@ -389,6 +395,10 @@ class DeviceAgent:
         except (TypeError, ValueError) as exc:
             raise ProtocolError(0, "inconsistent_task", f"bad rank_self_pruning settings: {exc}") from None
         try:
+            codec = get_codec(task["upload"].get("encoding"))
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(0, "inconsistent_task", f"bad upload encoding: {exc}") from None
+        try:
             privacy = UpdatePrivacy.from_train(train)
         except (TypeError, ValueError) as exc:
             raise ProtocolError(0, "inconsistent_task", f"bad privacy settings: {exc}") from None
@@ -456,16 +466,26 @@ class DeviceAgent:
             outcome.rank_pruned = pruning.decide(start_adapter, trained)
             if outcome.rank_pruned:
                 trained = pruning.pruned(trained)
-        if privacy is not None:     # last: nothing after this may change what leaves the device
-            trained, outcome.update_norm_before_clip = privatize(trained, read_adapter(adapter_path), privacy)
-        update = save(trained)
-        outcome.bytes_up = len(update)
+        start = read_adapter(adapter_path) if privacy is not None or codec.sends_change else None
+        if privacy is not None:     # before encoding: nothing after this may undo the clip or the noise
+            trained, outcome.update_norm_before_clip = privatize(trained, start, privacy)
+        gzipped = False
+        if codec.sends_change:      # the change in the job's encoding, with error feedback
+            residual = self.state_dir / "residuals" / f"job{task['job_id']}.safetensors"
+            update = encode_update(trained, start, codec, residual)
+            # A quantized or sparse change compresses further (fp32 trained values hardly do).
+            packed = gzip.compress(update, compresslevel=9, mtime=0)
+            if len(packed) < len(update):
+                update, gzipped = packed, True
+        else:
+            update = save(trained)
+        outcome.bytes_up = len(update)      # the bytes on the wire
         # Measured utilization: counted FLOPs over this machine's measured time and peak.
         outcome.peak_gflops = self.host_peak_gflops
         outcome.__dict__.update(utilization(outcome.flops_per_step, outcome.steps, compute, outcome.peak_gflops))
         self._cost(outcome, manifest)
         outcome.status = "trained"
-        return TrainedTask(task, outcome, update)
+        return TrainedTask(task, outcome, update, gzipped)
 
     def upload(self, trained: "TrainedTask") -> TaskOutcome:
         """Upload a trained result: ``accepted``, ``cut`` (its round had closed) or ``rejected:<code>``."""
@@ -481,7 +501,7 @@ class DeviceAgent:
                 "metrics": self._metrics(outcome)}
         up_before = self.client.transfers.seconds_up
         try:
-            self.client.upload_result(task["upload"]["url"], meta, trained.update)
+            self.client.upload_result(task["upload"]["url"], meta, trained.update, gzipped=trained.gzipped)
             outcome.status = "accepted"
         except ProtocolError as exc:
             # A result that reaches a round already closed (frozen at min_updates or at its

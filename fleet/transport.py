@@ -168,15 +168,17 @@ class CoordinatorClient:
             return None, response.headers.get("PocketTune-No-Task-Reason", ""), retry_after
         return response.json(), "", 0.0
 
-    def upload_result(self, upload_url: str, meta: dict, update: bytes) -> dict:
-        """POST the result; a 409 ``already_submitted`` after a lost answer counts as accepted."""
+    def upload_result(self, upload_url: str, meta: dict, update: bytes, *, gzipped: bool = False) -> dict:
+        """POST the result (``gzipped``: ``update`` is the gzip-compressed safetensors file); a 409
+        ``already_submitted`` after a lost answer counts as accepted."""
         started = time.perf_counter()
         if self.throttle.bytes_per_second:
             self.throttle.pace(len(update), started, 0)
         try:
             response = self.request("POST", upload_url, files={
                 "meta": (None, json.dumps(meta), "application/json"),
-                "update": ("update.safetensors", update, "application/octet-stream")})
+                "update": ("update.safetensors.gz", update, "application/gzip") if gzipped
+                else ("update.safetensors", update, "application/octet-stream")})
             answer = response.json()
         except ProtocolError as exc:
             if exc.code != "already_submitted":

@@ -14,6 +14,9 @@ Capabilities (all required at registration; a heartbeat may send any subset to u
 ``privacy``           optional list of strings: what it does to an update for a differentially
                       private job (``"clip"``, ``"local_noise"``); without it, nothing, and
                       DP jobs give it no task
+``update_encodings``  optional list of strings: the update encodings it can send besides fp32
+                      (``models/update_codecs``: ``"fp16"``, ``"int8"``, ``"int8_tensor"``,
+                      ``"topk"``); a job with another encoding gives it no task
 ====================  ======================================================================
 
 Every number has an upper bound as well as a lower one (``MAX_*`` below): a claim no device
@@ -78,8 +81,10 @@ CAPABILITIES = {
     # Optional: the update privacy steps the device implements (models/update_privacy.py):
     # a DP job is offered only to devices that clip (and, under local DP, add their own noise).
     "privacy": lambda v: _names("capabilities.privacy", v, "privacy step"),
+    # Optional: the update encodings it sends (models/update_codecs) besides fp32.
+    "update_encodings": lambda v: _names("capabilities.update_encodings", v, "update encoding"),
 }
-OPTIONAL_CAPABILITIES = {"optimizers", "privacy"}
+OPTIONAL_CAPABILITIES = {"optimizers", "privacy", "update_encodings"}
 
 
 def parse_capabilities(value, *, partial: bool) -> dict:

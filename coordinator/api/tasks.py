@@ -31,18 +31,21 @@ def get_next_task():
 @bp.post("/tasks/<id:task_id>/result")
 @device_required
 def post_result(task_id: int):
-    """Multipart upload: ``meta`` (JSON, a field or a file part) and ``update`` (safetensors file part).
+    """Multipart upload: ``meta`` (JSON, a field or a file part) and ``update`` (safetensors file part,
+    or gzip-compressed safetensors when the part's type is ``application/gzip``).
 
     A refusal is answered as usual and logged (``services/rejections.py``) for the dashboard.
     """
-    meta, update = None, None
+    meta, update, gzipped = None, None, False
     if request.mimetype == "multipart/form-data":
         meta_file = request.files.get("meta")
         meta = meta_file.read() if meta_file is not None else request.form.get("meta")
         update_file = request.files.get("update")
         update = update_file.read() if update_file is not None else None
+        # an update part of type application/gzip is the safetensors file gzip-compressed
+        gzipped = update_file is not None and update_file.mimetype == "application/gzip"
     try:
-        return accept_result(state(), g.device, task_id, meta, update), 201
+        return accept_result(state(), g.device, task_id, meta, update, gzipped=gzipped), 201
     except ApiError as error:
         record_rejection(state(), g.device, task_id, error, len(update or b""))
         raise

@@ -38,6 +38,8 @@ class Requirements:
     optimizer: str = "sgd"
     #: a DP job's device-side step (``"clip"``, or ``"local_noise"`` under local DP), or None.
     privacy: str | None = None
+    #: the job's update encoding when not ``fp32`` (``models/update_codecs``), or None.
+    update_encoding: str | None = None
 
 
 class Selector(ABC):
@@ -61,6 +63,10 @@ class Selector(ABC):
         if requirements.privacy is not None and requirements.privacy not in (capabilities.get("privacy") or []):
             return (f"the job is differentially private and its devices must {requirements.privacy.replace('_', ' ')} "
                     f"their updates; the device does not declare {requirements.privacy!r} in capabilities.privacy")
+        encoding = requirements.update_encoding
+        if encoding is not None and encoding not in (capabilities.get("update_encodings") or []):
+            return (f"the job's devices send updates as {encoding}; the device does not declare it in "
+                    "capabilities.update_encodings")
         return None
 
     @abstractmethod

@@ -63,6 +63,8 @@ class JobSpec:
     prepare_tiers: str = "on_demand"
     #: client-level DP (``coordinator/privacy/settings.py``) as stored, or None.
     privacy: dict | None = None
+    #: how devices send updates (``models/update_codecs``), as stored; None: fp32.
+    update_encoding: dict | None = None
 
 
 def _bad(field: str, message: str) -> ApiError:
@@ -131,6 +133,7 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
     eval_examples = _integer(body, "eval_examples", DEFAULT_EVAL_EXAMPLES, 0, MAX_EVAL_EXAMPLES)
     eval_every = _integer(body, "eval_every", 1, 1, MAX_ROUNDS)
     privacy = parse_privacy(body.get("privacy"), strategy=strategy, rounds=rounds)
+    update_encoding = _update_encoding(body.get("update_encoding"))
 
     tier_body = body.get("tier", {})
     if not isinstance(tier_body, dict):
@@ -159,7 +162,23 @@ def parse_job_spec(body, default_max_update_norm: float) -> JobSpec:
                    round_deadline_s=round_deadline_s, local_steps=local_steps, lr=lr, strategy=strategy,
                    max_update_norm=max_update_norm, norm_clip_factor=norm_clip_factor, min_ram_mb=min_ram_mb,
                    eval_examples=eval_examples, eval_every=eval_every,
-                   privacy=None if privacy is None else privacy.to_dict())
+                   privacy=None if privacy is None else privacy.to_dict(), update_encoding=update_encoding)
+
+
+def _update_encoding(value) -> dict | None:
+    """A job's ``update_encoding`` (``{"name": "int8"}``, ``{"name": "topk", "fraction": 0.1}``),
+    checked by building the codec; None for fp32, the default."""
+    from models.update_codecs import codec_names, get_codec
+
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        raise _bad("update_encoding", f"must be an object with a name, one of {', '.join(codec_names())}")
+    try:
+        codec = get_codec(value)
+    except (TypeError, ValueError) as exc:
+        raise _bad("update_encoding", str(exc)) from None
+    return None if codec.name == "fp32" else {"name": codec.name, **codec.options()}
 
 
 def _configurator_fields(body: dict) -> tuple[str, dict | None, str]:

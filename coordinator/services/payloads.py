@@ -119,6 +119,7 @@ def update_payload(update: Update) -> dict:
         "bytes_downloaded": update.bytes_downloaded,
         "bytes_uploaded": update.bytes_uploaded,
         "delta_norm": update.delta_norm,
+        "wire_bytes": update.wire_bytes,
         "effective_rank": update.effective_rank,
         "received_at": iso(update.received_at),
         "metrics": update.metrics,
@@ -177,6 +178,7 @@ def job_payload(job: Job, artifact: Artifact | None, rounds: list[Round], adapte
         "eval_examples": job.eval_examples,
         "eval_every": job.eval_every,
         "privacy": privacy_payload(job, adapters),
+        "update_encoding": job.update_encoding or {"name": "fp32"},
         "pruning_sources": list(pruning_sources),
         "created_at": iso(job.created_at),
         "updated_at": iso(job.updated_at),
@@ -219,6 +221,8 @@ def task_payload(task: Task, round_: Round, job: Job, artifact: Artifact, files:
             "max_bytes": max_update_bytes,
             "max_update_norm": max_update_norm,
             "max_num_examples": max_num_examples,
+            # how to send it (models/update_codecs); absent: the trained fp32 values
+            **({"encoding": job.update_encoding} if job.update_encoding else {}),
         },
         "deadline": iso(round_.deadline_at),
     }

@@ -213,7 +213,8 @@ def ineligibility(state: ServiceState, job: Job, device: Device, artifact_id: in
     info = state.artifact_info(artifact_id)
     return state.selector.ineligibility(device.capabilities, Requirements(
         runtime=info.format, min_ram_mb=info.required_ram_mb if job.min_ram_mb is None else job.min_ram_mb,
-        optimizer=(tier.get("train") or {}).get("optimizer", "sgd"), privacy=_privacy_step(job)))
+        optimizer=(tier.get("train") or {}).get("optimizer", "sgd"), privacy=_privacy_step(job),
+        update_encoding=(job.update_encoding or {}).get("name")))
 
 
 def _privacy_step(job: Job) -> str | None:

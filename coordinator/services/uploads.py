@@ -32,8 +32,10 @@ from coordinator.models import Device, GlobalAdapter, Job, Round, RoundStatus, T
 from coordinator.services import lifecycle
 from coordinator.services.assignment import max_num_examples
 from coordinator.services.state import ServiceState
-from coordinator.services.validation import max_update_norm, parse_meta, validate_update
+from coordinator.services.validation import (max_encoded_update_bytes, max_update_bytes, max_update_norm,
+                                             parse_meta, validate_encoded_update, validate_update)
 from models.rank_pruning import effective_rank
+from models.update_codecs import get_codec
 
 
 def _check_state(task: Task, round_: Round, now) -> None:
@@ -46,8 +48,9 @@ def _check_state(task: Task, round_: Round, now) -> None:
 
 
 def accept_result(state: ServiceState, device: Device, task_id: int, meta_raw: str | bytes | None,
-                  update: bytes | None) -> dict:
-    """Validate and store one result; returns the response body (raises ``ApiError`` to reject)."""
+                  update: bytes | None, *, gzipped: bool = False) -> dict:
+    """Validate and store one result; returns the response body (raises ``ApiError`` to reject).
+    ``gzipped``: the update arrived gzip-compressed (its wire size is the compressed one)."""
     db = state.db
     with db.read() as session:
         task = session.get(Task, task_id)
@@ -69,13 +72,23 @@ def accept_result(state: ServiceState, device: Device, task_id: int, meta_raw: s
                       else {start.weights_sha256, start.ptd_sha256})
     meta = parse_meta(meta_raw, max_num_examples=max_num_examples(task, job), start_adapters=start_adapters)
     info = state.artifact_info(task.artifact_id or job.artifact_id)
-    validated = validate_update(update, info.tensors,
-                                state.adapters.tensors(task.start_weights_sha256 or start.weights_sha256),
-                                max_update_norm(job, info.tensors))
+    codec = get_codec(job.update_encoding)
+    wire_bytes = len(update)
+    if gzipped:
+        limit = max_update_bytes(info.tensors) if not codec.sends_change else \
+            max_encoded_update_bytes(info.tensors, codec)
+        update = _gunzip(update, limit)
+    check = validate_update if not codec.sends_change else \
+        lambda *args: validate_encoded_update(*args, codec=codec)
+    validated = check(update, info.tensors,
+                      state.adapters.tensors(task.start_weights_sha256 or start.weights_sha256),
+                      max_update_norm(job, info.tensors))
+    # What is stored is what aggregation reads: the trained fp32 tensors (decoded from a change).
+    stored_bytes = update if not codec.sends_change else _safetensors(validated.tensors)
     rank = effective_rank(validated.tensors)
 
     late, froze = False, False
-    with state.blobs.stage(update) as staged:
+    with state.blobs.stage(stored_bytes) as staged:
         with db.write() as session:
             round_ = db.lock(session, Round, round_.id)
             task = session.get(Task, task_id, populate_existing=True)
@@ -87,7 +100,8 @@ def accept_result(state: ServiceState, device: Device, task_id: int, meta_raw: s
                 _check_state(task, round_, now)
                 ref = staged.ref
                 stored = Update(task_id=task.id, round_id=round_.id, device_id=device.id, sha256=ref.sha256,
-                                size=ref.size, delta_norm=validated.delta_norm, received_at=now,
+                                size=ref.size, wire_bytes=wire_bytes, delta_norm=validated.delta_norm,
+                                received_at=now,
                                 effective_rank=rank, **meta.to_dict())
                 session.add(stored)
                 task.status, task.submitted_at = TaskStatus.SUBMITTED, now
@@ -109,3 +123,27 @@ def accept_result(state: ServiceState, device: Device, task_id: int, meta_raw: s
         body["round_status"] = session.get(Round, round_.id).status
     return body
 
+
+
+def _safetensors(tensors) -> bytes:
+    from safetensors.numpy import save
+
+    return save({key: tensors[key] for key in sorted(tensors)}, metadata={"format": "pt"})
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """A gzip-compressed update, decompressed to at most ``limit`` bytes (a larger one is refused
+    before it is inflated further: a small body must not expand into gigabytes)."""
+    import zlib
+
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise ApiError("malformed_update", f"the update part says application/gzip but is not gzip data ({exc})") from None
+    if len(out) > limit:
+        raise ApiError("update_too_large", f"the gzip-compressed update inflates past {limit} bytes, the most a "
+                                           "valid update of this job could be")
+    if not inflater.eof or inflater.unused_data:
+        raise ApiError("malformed_update", "the gzip-compressed update is truncated or has trailing data")
+    return out

@@ -326,9 +326,74 @@ def max_update_norm(job, tensor_specs) -> float:
     from coordinator.privacy.settings import PrivacySettings
     from models.update_privacy import server_norm_bound
 
+    from models.update_codecs import get_codec
+
     privacy = PrivacySettings.from_dict(job.privacy)
     if privacy is None:
         return job.max_update_norm
+    if not privacy.local_noise and not get_codec(job.update_encoding).lossless:
+        # A lossy encoding (int8 rounding, top-k's error feedback) can send a change longer than
+        # C; the coordinator clips every change to C at aggregation, which is what the guarantee
+        # rests on, so the upload is held to the job's ceiling only.
+        return job.max_update_norm
     values = sum(math.prod(spec["shape"]) for spec in tensor_specs)
     bound = server_norm_bound(privacy.clip_norm, privacy.noise_multiplier, values, local_noise=privacy.local_noise)
-    return bound if privacy.local_noise else min(job.max_update_norm, bound)
+    # Under local DP the device's noise may take a change past the job's ceiling: the noise's bound rules.
+    return max(bound, job.max_update_norm) if privacy.local_noise else min(job.max_update_norm, bound)
+
+
+def max_encoded_update_bytes(expected: Sequence[Mapping], codec) -> int:
+    """The largest upload that could be a valid update for ``expected`` tensors in ``codec``'s encoding."""
+    entries = codec.entries(expected)
+    return codec.wire_bytes(expected) + HEADER_ALLOWANCE_BYTES + HEADER_ALLOWANCE_PER_TENSOR * len(entries)
+
+
+def validate_encoded_update(data: bytes, expected: Sequence[Mapping], start: Mapping[str, np.ndarray],
+                            max_norm: float, codec) -> ValidatedUpdate:
+    """:func:`validate_update` for an update sent as a change in ``codec``'s encoding
+    (``models/update_codecs``): exactly the codec's entries (names, dtypes, shapes), finite
+    values, a decodable change; the tensors returned are ``start + change`` (float32), and the
+    change's norm is bounded as for any update."""
+    limit = max_encoded_update_bytes(expected, codec)
+    if len(data) > limit:
+        raise ApiError("update_too_large", f"update is {len(data)} bytes; a {codec.name} update of this job's "
+                                           f"{len(expected)} LoRA tensors is at most {limit} bytes")
+    entries, buffer_start = parse_safetensors_header(data)
+    wanted = codec.entries(expected)
+    missing, unexpected = set(wanted) - set(entries), set(entries) - set(wanted)
+    if missing or unexpected:
+        parts = [f"missing {len(missing)} entr(ies): {_listed(missing)}"] if missing else []
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} entr(ies): {_listed(unexpected)}")
+        raise ApiError("tensor_names", f"a {codec.name} update does not match the manifest: " + "; ".join(parts))
+    arrays = {}
+    for name, (dtype, shape) in sorted(wanted.items()):
+        entry = entries[name]
+        if entry.dtype != dtype:
+            raise ApiError("tensor_dtype", f"{name} is {entry.dtype}; a {codec.name} update sends {dtype}")
+        if tuple(entry.shape) != tuple(shape):
+            raise ApiError("tensor_shape", f"{name} has shape {list(entry.shape)}; a {codec.name} update of "
+                                           f"this tier sends {list(shape)}")
+        numpy_dtype = np.dtype(SAFETENSORS_DTYPES[dtype][0]).newbyteorder("<")
+        array = np.frombuffer(data, dtype=numpy_dtype, count=math.prod(shape),
+                              offset=buffer_start + entry.start).reshape(shape)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ApiError("non_finite", f"{name} has {int((~np.isfinite(array)).sum())} non-finite value(s)")
+        arrays[name] = array
+    try:
+        change = codec.decode(arrays, expected)
+    except ValueError as exc:
+        raise ApiError("malformed_update", f"the {codec.name} update cannot be decoded: {exc}") from None
+    tensors, squared = {}, 0.0
+    for spec in expected:
+        name = spec["name"]
+        delta = change[name].astype(np.float64)
+        tensors[name] = (np.asarray(start[name], dtype=np.float64) + delta).astype(np.float32)
+        if not np.isfinite(tensors[name]).all():
+            raise ApiError("non_finite", f"tensor {name} overflows float32 once its change is applied")
+        squared += float(np.dot(delta.ravel(), delta.ravel()))
+    delta_norm = math.sqrt(squared)
+    if not delta_norm <= max_norm:
+        raise ApiError("norm_exceeded", f"the update changes the adapter by L2 norm {delta_norm:.4g}; "
+                                        f"this job accepts at most {max_norm:.4g}")
+    return ValidatedUpdate(tensors=tensors, delta_norm=delta_norm, size=len(data))
