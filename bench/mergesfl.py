@@ -37,6 +37,7 @@ Writes ``<out>/results.json`` (every run), ``<out>/summary.json`` (per alpha and
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import subprocess
@@ -196,7 +197,11 @@ def split_run(args, coordinator, evaluator: SplitEvaluator, mode: str, alpha: fl
         return not marks
 
     conductor.run(stop=checkpoint)
-    summary = admin.json("GET", f"api/v1/split-jobs/{job_id}")["progress"]
+    # Stopped: the coordinator keeps the job's model and progress and frees its top's copy of the
+    # model; the devices unload their programs (a comparison runs many split jobs in one process).
+    summary = admin.json("POST", f"api/v1/split-jobs/{job_id}/stop", {})["progress"]
+    for device in devices:
+        device.worker.close()
     trace = conductor.trace
     steps = len(trace.steps)
     return {"mode": mode, "alpha": alpha, "seed": seed, "budget_s": budget_s, "curve": points, "steps": steps,
@@ -406,6 +411,7 @@ def main(argv=None) -> int:
                                     args.run_root / f"{mode}-a{alpha:g}-s{seed}")
                     run["wall_seconds"] = time.monotonic() - t0
                     results["runs"].append(run)
+                    gc.collect()        # the run's devices and their runtime modules
                     print(f"{mode}, Dirichlet({alpha:g}), seed {seed}: {100 * run['curve'][-1]['accuracy']:.1f}% after "
                           f"{run['steps']} steps, {run['curve'][-1]['clock_s']:.0f} s on the {args.clock} clock "
                           f"(FedAvg-LoRA {100 * base['curve'][-1]['accuracy']:.1f}%)", flush=True)

@@ -195,6 +195,12 @@ class SplitWorker:
             link.symlink_to(shared.resolve())
         return fetched
 
+    def close(self) -> None:
+        """Unload the runtime module (the frozen bottom, embeddings included): a simulation of many
+        devices frees each one's program when its run ends."""
+        self._trainers.clear()
+        self._active = None
+
     def _trainer(self, size: int) -> SplitBottomTrainer:
         """The runtime module for ``size``, holding the device's current LoRA weights.
 

@@ -41,6 +41,14 @@ def _job(job_id: int, *, running: bool = True):
     return job
 
 
+def _session(job_id: int):
+    """A running job's session (a job stopped meanwhile has none: 409 like any job not running)."""
+    session = _job(job_id).session
+    if session is None:
+        raise ApiError("job_not_running", f"split job {job_id} was stopped")
+    return session
+
+
 def _worker() -> str:
     return str(g.device.id)
 
@@ -125,8 +133,21 @@ def set_clock(job_id: int):
 @admin_required
 def get_full_adapter(job_id: int):
     """The job's model as one PEFT adapter (safetensors): the newest average of the devices'
-    bottoms and the server's top, for evaluation and deployment."""
-    return _safetensors_response(_job(job_id).session.full_adapter())
+    bottoms and the server's top, for evaluation and deployment (a stopped job's as it stopped)."""
+    job = _job(job_id, running=False)
+    if job.status not in ("running", "stopped"):
+        raise ApiError("job_not_running", f"split job {job_id} is {job.status}: it has no model yet")
+    return _safetensors_response(job.full_adapter())
+
+
+@bp.post("/split-jobs/<id:job_id>/stop")
+@admin_required
+def stop_split_job(job_id: int):
+    """End a running split job now: its model and progress are kept, the top's copy of the model
+    is freed, and its devices are told ``job_not_running`` from then on."""
+    job = _job(job_id)
+    job.stop()
+    return job.payload()
 
 
 # --- devices -----------------------------------------------------------------------------------------
@@ -138,7 +159,7 @@ def join(job_id: int):
     """Join the job: the manifest (programs per batch size, the start adapter, learning rate)."""
     job = _job(job_id)
     try:
-        job.session.join(_worker())
+        _session(job_id).join(_worker())
     except StepError as error:
         raise _refused(error) from None
     manifest = dict(job.manifest)
@@ -153,7 +174,7 @@ def join(job_id: int):
 @device_required
 def next_action(job_id: int):
     try:
-        return _job(job_id).session.next_action(_worker())
+        return _session(job_id).next_action(_worker())
     except StepError as error:
         raise _refused(error) from None
 
@@ -162,7 +183,7 @@ def next_action(job_id: int):
 @device_required
 def post_features(job_id: int, step: int):
     """Step ``step``'s features and labels (safetensors ``features``, ``labels``)."""
-    session = _job(job_id).session
+    session = _session(job_id)
     worker = _worker()
     try:
         size = session.planned_size(worker, step)
@@ -180,7 +201,7 @@ def post_features(job_id: int, step: int):
 @device_required
 def get_gradient(job_id: int, step: int):
     try:
-        gradient = _job(job_id).session.gradient(_worker(), step)
+        gradient = _session(job_id).gradient(_worker(), step)
     except StepError as error:
         raise _refused(error) from None
     return _safetensors_response({"gradient": gradient})
@@ -189,7 +210,7 @@ def get_gradient(job_id: int, step: int):
 @bp.post("/split-jobs/<id:job_id>/averagings/<int:number>/adapter")
 @device_required
 def post_adapter(job_id: int, number: int):
-    session = _job(job_id).session
+    session = _session(job_id)
     try:
         session.require_joined(_worker())       # not joined: 403 before the body is read
     except StepError as error:
@@ -205,7 +226,7 @@ def post_adapter(job_id: int, number: int):
 @device_required
 def get_adapter(job_id: int, number: int):
     try:
-        tensors = _job(job_id).session.averaged_adapter(_worker(), number)
+        tensors = _session(job_id).averaged_adapter(_worker(), number)
     except StepError as error:
         raise _refused(error) from None
     return _safetensors_response(tensors)

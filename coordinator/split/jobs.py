@@ -138,6 +138,28 @@ class SplitJob:
     session: object = None
     clock: Callable[[], float] = field(default=time.monotonic)
     created_at: float = field(default_factory=time.time)
+    #: once stopped: the job's model as one adapter and its last progress (the session, whose
+    #: top holds a copy of the model, is let go)
+    final_adapter: dict | None = None
+    final_progress: dict | None = None
+
+    def stop(self) -> None:
+        """End the job now: keep its model (the newest average of the bottoms and the top) and its
+        progress, and free the session and the top's model (a job otherwise holds them for as
+        long as the process runs). Devices are then refused with 409 ``job_not_running``."""
+        if self.status != "running":
+            raise ValueError(f"split job {self.job_id} is {self.status}; only a running job can be stopped")
+        session = self.session
+        self.final_adapter, self.final_progress = session.full_adapter(), session.summary()
+        self.status, self.session = "stopped", None
+
+    def full_adapter(self) -> dict:
+        """The job's model as one PEFT adapter (while it runs, or as it was stopped)."""
+        if self.session is not None:
+            return self.session.full_adapter()
+        if self.final_adapter is None:
+            raise ValueError(f"split job {self.job_id} is {self.status}: it has no model")
+        return self.final_adapter
 
     def device_files(self) -> set[str]:
         """The blobs this job's devices may fetch."""
@@ -159,6 +181,8 @@ class SplitJob:
         body["spec"]["batch_sizes"] = list(self.spec.batch_sizes)
         if self.session is not None:
             body["progress"] = self.session.summary()
+        elif self.final_progress is not None:
+            body["progress"] = self.final_progress
         if isinstance(self.clock, ConductedClock):
             body["clock_now"] = self.clock.now
         return body

@@ -108,6 +108,22 @@ def test_a_split_job_runs_to_the_end_over_http(server, tmp_path):
     listing = requests.get(f"{server.base_url}/split-jobs", timeout=60)
     assert listing.status_code == 200 and f'data-split-job="{job["split_job_id"]}"' in listing.text
 
+    # Stopped: the model and the progress stay, the top is let go, devices are told so.
+    from safetensors.torch import load
+
+    before = load(admin.get(f"/api/v1/split-jobs/{job['split_job_id']}/adapter").content)
+    stopped = admin.post(f"/api/v1/split-jobs/{job['split_job_id']}/stop", json={})
+    assert stopped.status_code == 200 and stopped.json()["status"] == "stopped", stopped.text
+    assert stopped.json()["progress"]["steps_run"] == 4
+    after = load(admin.get(f"/api/v1/split-jobs/{job['split_job_id']}/adapter").content)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    device_client = pairs[0][1].client
+    refused = device_client.request("GET", f"api/v1/split-jobs/{job['split_job_id']}/next", ok=(409,))
+    assert refused.json()["error"]["code"] == "job_not_running"
+    again = admin.post(f"/api/v1/split-jobs/{job['split_job_id']}/stop", json={})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "job_not_running"
+    assert requests.get(f"{server.base_url}/split-jobs/{job['split_job_id']}", timeout=60).status_code == 200
+
 
 def test_bad_split_requests_are_refused_and_change_nothing(server, tmp_path):
     admin = server.admin()
