@@ -211,7 +211,8 @@ def split_run(args, coordinator, evaluator: SplitEvaluator, mode: str, alpha: fl
             "prefetched_bytes_per_device": trace.prefetched_bytes / max(1, len(devices)),
             "merged_batch_mean": statistics.fmean(sum(s.planned[n] for n in s.merged) for s in trace.steps) if steps else None,
             "bytes_per_device": {name: w["bytes_up"] + w["bytes_down"] for name, w in summary["per_worker"].items()},
-            "batch_sizes_by_profile": _sizes_by_profile(devices, trace)}
+            "batch_sizes_by_profile": _sizes_by_profile(devices, trace),
+            "device_gflop_mean": _device_gflop(trace, shape, args, len(devices))}
 
 
 def _idle_per_device_step(trace) -> float | None:
@@ -219,6 +220,16 @@ def _idle_per_device_step(trace) -> float | None:
     (plain split learning merges more devices per step, so its per-step sum alone overstates)."""
     merged = sum(len(s.merged) for s in trace.steps)
     return trace.idle_seconds / merged if merged else None
+
+
+def _device_gflop(trace, shape, args, devices: int) -> float:
+    """GFLOP a split device computed over the run, mean over the fleet: per merged step its
+    bottom's two forwards and one backward (fleet/split_cost.py), counted, not timed."""
+    from fleet.split_cost import bottom_step_flops
+
+    total = sum(bottom_step_flops(shape, args.split_layer, step.planned[name], args.split_seq, args.split_rank)
+                for step in trace.steps for name in step.merged)
+    return total / max(1, devices) / 1e9
 
 
 def _scored(result: dict) -> dict:
@@ -236,11 +247,20 @@ def _sizes_by_profile(devices, trace) -> dict:
 
 # --- FedAvg-LoRA ----------------------------------------------------------------------------------------
 
+def _fedavg_device_gflop(report: dict) -> dict:
+    """GFLOP the fleet's devices computed (every training pass of every task they ran, finished
+    or not), mean over the fleet: counted FLOPs per step times steps."""
+    outcomes = report.get("outcomes") or []
+    total = sum((o.get("flops_per_step") or 0) * (o.get("steps") or 0) for o in outcomes)
+    return {"device_gflop_mean": total / max(1, report["spec"]["devices"]) / 1e9}
+
+
 def fedavg_run(args, coordinator, alpha: float, seed: int, workdir: Path) -> dict:
     from federated_accuracy import federated_run
     from heterogeneity import curve
 
-    report = federated_run(args, coordinator, f"dirichlet:{alpha:g}", seed, workdir)
+    report = federated_run(args, coordinator, f"dirichlet:{alpha:g}", seed, workdir,
+                           summarize_outcomes=_fedavg_device_gflop)
     points = curve(report)
     devices_rounds = max(1, args.devices) * max(1, len(report["rounds"]))
     clock = "steady_s" if args.clock == "steady" else "virtual_s"
@@ -248,7 +268,8 @@ def fedavg_run(args, coordinator, alpha: float, seed: int, workdir: Path) -> dic
         point["clock_s"] = point[clock]
     return {"mode": "fedavg", "alpha": alpha, "seed": seed, "curve": points,
             "bytes_per_device_round": (points[-1]["bytes_up"] + points[-1]["bytes_down"]) / devices_rounds,
-            "budget_s": points[-1][clock]}
+            "budget_s": points[-1][clock],
+            "device_gflop_mean": report["outcome_summary"]["device_gflop_mean"]}
 
 
 # --- summary ---------------------------------------------------------------------------------------------
@@ -280,6 +301,7 @@ def summarize(runs: list[dict], args, memory: dict | None) -> dict:
                                                                               run["curve"][-1]["clock_s"]),
                                  "idle_seconds_per_step": run.get("idle_seconds_per_step"),
                                  "idle_seconds_per_device_step": run.get("idle_seconds_per_device_step"),
+                                 "device_gflop_mean": run.get("device_gflop_mean"),
                                  "steps": run.get("steps"), "batch_sizes_by_profile": run.get("batch_sizes_by_profile")})
             finals = [s["final_accuracy"] for s in per_seed]
             times = [s["time_to_target_s"] for s in per_seed]
@@ -292,6 +314,7 @@ def summarize(runs: list[dict], args, memory: dict | None) -> dict:
                 "bytes_per_device_round": _median([s["bytes_per_device_round"] for s in per_seed]),
                 "idle_seconds_per_step": _median([s["idle_seconds_per_step"] for s in per_seed]),
                 "idle_seconds_per_device_step": _median([s["idle_seconds_per_device_step"] for s in per_seed]),
+                "device_gflop_mean": _median([s["device_gflop_mean"] for s in per_seed]),
                 "fedavg_accuracy_at_same_time": _mean([s["fedavg_accuracy_at_same_time"] for s in per_seed]),
                 "per_seed": per_seed}
         summary["alphas"][f"{alpha:g}"] = arms
@@ -325,7 +348,7 @@ def _peak_memory(memory: dict | None, split_layer: int) -> dict:
 
 def table(summary: dict) -> str:
     lines = ["| alpha | arm | final accuracy (95% CI over seeds) | FedAvg-LoRA at the same time | time to target (s) | "
-             "idle s/step | idle s/device-step | bytes/device/round | device peak RSS (MiB) |", "|---|---|---|---|---|---|---|---|---|"]
+             "idle s/step | idle s/device-step | device GFLOP | bytes/device/round | device peak RSS (MiB) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for alpha, arms in summary["alphas"].items():
         for mode, arm in arms.items():
             interval = arm["ci95"]
@@ -335,7 +358,8 @@ def table(summary: dict) -> str:
             cells = [alpha, mode, accuracy, "-" if same_time is None else f"{100 * same_time:.1f}%",
                      _fmt(arm["time_to_target_s"], "{:.0f}"),
                      _fmt(arm["idle_seconds_per_step"], "{:.2f}"),
-                     _fmt(arm.get("idle_seconds_per_device_step"), "{:.2f}"), _fmt(arm["bytes_per_device_round"], "{:,.0f}"),
+                     _fmt(arm.get("idle_seconds_per_device_step"), "{:.2f}"),
+                     _fmt(arm.get("device_gflop_mean"), "{:,.0f}"), _fmt(arm["bytes_per_device_round"], "{:,.0f}"),
                      _fmt(arm["device_peak_rss_mib"], "{:.0f}")]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -30,6 +30,7 @@ def test_the_mergesfl_bench_writes_the_summary_the_issue_asks_for(tmp_path):
         [seed] = arm["per_seed"]
         assert 0.0 <= seed["final_accuracy"] <= 1.0 and len(seed["final_ci95"]) == 2
         assert arm["device_peak_rss_mib"] > 0 and arm["bytes_per_device_round"] > 0
+        assert arm["device_gflop_mean"] > 0         # counted device compute, FedAvg and split alike
     # Equal time: each split arm ran to FedAvg-LoRA's time on the steady clock (its last step may pass it).
     budget = arms["fedavg"]["per_seed"][0]["clock_s"]
     for label in ("mergesfl", "plain"):
