@@ -395,7 +395,7 @@ class DeviceAgent:
         except (TypeError, ValueError) as exc:
             raise ProtocolError(0, "inconsistent_task", f"bad rank_self_pruning settings: {exc}") from None
         try:
-            codec = get_codec(task["upload"].get("encoding"))
+            codec = get_codec((task.get("upload") or {}).get("encoding"))
         except (TypeError, ValueError) as exc:
             raise ProtocolError(0, "inconsistent_task", f"bad upload encoding: {exc}") from None
         try:
