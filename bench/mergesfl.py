@@ -80,6 +80,9 @@ def parse_args(argv=None):
                         help="stop a split run after this many steps even before the virtual budget (host time: "
                              "every step is a forward and backward of the top on this machine)")
     parser.add_argument("--skip-memory", action="store_true", help="do not run bench/split_memory.py")
+    parser.add_argument("--from-results", type=Path, nargs="+", default=None, metavar="RESULTS_JSON",
+                        help="run nothing: summarize the runs of these results.json files together (invocations of "
+                             "the same settings on other seeds), writing the combined results and summary to --out")
     parser.add_argument("--memory-json", type=Path, default=None,
                         help="use this earlier bench/split_memory.py --json result instead of measuring again")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "mergesfl")
@@ -396,8 +399,53 @@ def plot(runs: list[dict], args, out: Path) -> list[Path]:
     return paths
 
 
+def combine(args) -> int:
+    """``--from-results``: one summary over the runs of several invocations with the same settings
+    (seeds aside), so that a comparison cut short can be completed on the seeds it lacks."""
+    from fleet.split_cost import SERVER_SPEEDUP_OVER_REFERENCE
+
+    sources = [json.loads(path.read_text()) for path in args.from_results]
+    ignored = {"seeds", "out", "run_root", "from_results", "memory_json", "skip_memory"}
+    first = {k: v for k, v in sources[0]["settings"].items() if k not in ignored}
+    for path, source in zip(args.from_results, sources):
+        settings = {k: v for k, v in source["settings"].items() if k not in ignored}
+        differing = sorted(k for k in set(first) | set(settings) if first.get(k) != settings.get(k))
+        if differing:
+            raise SystemExit(f"{path}: settings differ from {args.from_results[0]}'s in {differing}: not one comparison")
+    runs = [run for source in sources for run in source["runs"]]
+    seen = [(r["mode"], r["alpha"], r["seed"]) for r in runs]
+    if len(set(seen)) != len(seen):
+        raise SystemExit("the same arm, alpha and seed appear twice across the files")
+    for key, value in sources[0]["settings"].items():
+        if key not in ignored and hasattr(args, key):
+            setattr(args, key, value)
+    args.seeds = sorted({r["seed"] for r in runs})
+    args.alphas = sorted({r["alpha"] for r in runs})
+    memory = next((source["memory"] for source in sources if source.get("memory")), None)
+    if memory is None and args.memory_json is not None:
+        memory = json.loads(args.memory_json.read_text())
+    summary = summarize(runs, args, memory)
+    wall = [source.get("wall_seconds") for source in sources]
+    summary.update(cpu=sources[0]["cpu"], server_speedup_over_reference=SERVER_SPEEDUP_OVER_REFERENCE,
+                   invocations=[{"results": str(path), "seeds": sorted({r["seed"] for r in source["runs"]}),
+                                 "cpu": source["cpu"], "wall_seconds": source.get("wall_seconds")}
+                                for path, source in zip(args.from_results, sources)],
+                   wall_seconds=sum(w for w in wall if w is not None))
+    args.out.mkdir(parents=True, exist_ok=True)
+    combined = {"settings": {**sources[0]["settings"], "seeds": args.seeds}, "cpu": sources[0]["cpu"],
+                "memory": memory, "invocations": summary["invocations"], "runs": runs}
+    (args.out / "results.json").write_text(json.dumps(combined, indent=1))
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    for path in plot(runs, args, args.out):
+        print(f"plot: {path}")
+    print(table(summary))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_results:
+        return combine(args)
     from federated_accuracy import cpu_model, experiment_tier
     from fleet.local_coordinator import LocalCoordinator
     from models.console import quiet_library_chatter
