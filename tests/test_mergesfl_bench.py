@@ -38,3 +38,20 @@ def test_the_mergesfl_bench_writes_the_summary_the_issue_asks_for(tmp_path):
         assert seed["clock_s"] >= budget and seed["steps"] >= 1 and seed["idle_seconds_per_step"] is not None
         assert seed["fedavg_accuracy_at_same_time"] is not None
     assert "whole comparison" in done.stdout and (tmp_path / "out" / "accuracy_by_virtual_time.png").is_file()
+
+    # --from-results: the same runs summarized again give the same arms; other settings are refused.
+    again = subprocess.run([sys.executable, str(REPO / "bench" / "mergesfl.py"), "--from-results",
+                            str(tmp_path / "out" / "results.json"), "--out", str(tmp_path / "again")],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    resummarized = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert resummarized["alphas"]["0.5"]["mergesfl"]["final_accuracy"] == arms["mergesfl"]["final_accuracy"]
+    other = json.loads((tmp_path / "out" / "results.json").read_text())
+    other["settings"]["target_batch"] += 1
+    for run in other["runs"]:
+        run["seed"] += 1
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    refused = subprocess.run([sys.executable, str(REPO / "bench" / "mergesfl.py"), "--from-results",
+                              str(tmp_path / "out" / "results.json"), str(tmp_path / "other.json"),
+                              "--out", str(tmp_path / "mixed")], capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "target_batch" in refused.stderr
